@@ -1,0 +1,306 @@
+/*
+ * jr.h — the journal: sequenced, checksummed, compressed records in
+ * append-only segment files.  The source of truth of a rewind store.
+ *
+ * One journal is one directory (STORE/disks/NAME/journal/) holding segment
+ * files named by the seq of their first record, 20 decimal digits.  Every
+ * byte is specified in FORMAT.md; this header is the programming contract.
+ *
+ * Invariants
+ * - seq is store-wide: all journals of a store draw (seq, timestamp) pairs
+ *   from one struct jr_clock, so seqs are strictly increasing inside a
+ *   journal, and across journals they are gap-free as assigned.  Each
+ *   record also names the seq of the previous record of the same journal
+ *   (prev_seq), so a missing record is detectable without a global view.
+ * - Timestamps (ns since the epoch) are strictly increasing in seq order,
+ *   even when the wall clock steps backwards: jr_clock hands out
+ *   max(now, last + 1).
+ * - Records are appended in seq order; a segment is sealed (a SEAL record
+ *   written and synced) before the next one is created, and never
+ *   modified afterwards.
+ * - Recovery (jr_writer_open) truncates a torn tail — only in the last
+ *   segment, only when nothing valid follows the damage.  Anything bad
+ *   elsewhere is RW_ECORRUPT naming the segment file and seq.
+ *
+ * Durability contract
+ * - jr_writer_append() returns once the record holds a seq and sits in
+ *   the writer's queue; it may not be in the file yet.
+ * - jr_writer_flush() returns 0 only when every record appended before the
+ *   call is on stable storage (one fdatasync covers a whole group: group
+ *   commit).  jr_writer_write_out() pushes queued records into the file
+ *   (readable by readers) without syncing.
+ * - A failed write or fdatasync is sticky: that error (e.g. -EIO) is
+ *   returned by every later append, write_out and flush until the journal
+ *   is closed and reopened (which re-runs recovery).  It is never retried
+ *   into a later success (DESIGN.md invariant 3).
+ *
+ * Thread model
+ * - struct jr_clock and struct jr_writer are thread-safe: many threads may
+ *   append and flush concurrently; concurrent flushes share one fdatasync.
+ * - struct jr_reader and struct jr_cctx are single-threaded handles.
+ *   Readers may run in other processes while a writer appends; they see
+ *   records up to what the writer has written out.
+ *
+ * Error model: 0 or a count on success; -errno or RW_E* (common/rw.h) on
+ * failure, with rw_err_msg() naming the file / seq involved.
+ *
+ * Ownership: handles are created by _open/_new and released by
+ * _close/_free; _free(NULL) and _close(NULL) are no-ops.  Payload pointers
+ * handed out by a reader belong to the reader until its next call.
+ */
+#ifndef RW_JOURNAL_H
+#define RW_JOURNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ------------------------------------------------------------- records */
+
+#define JR_HDR_SIZE 64u
+/* Largest logical length of a WRITE record, and so of an NBD write. */
+#define JR_MAX_WRITE (32u * 1024 * 1024)
+/* Largest logical length of ZERO / TRIM records (their payload is empty). */
+#define JR_MAX_RANGE 0xFFFFFFFFu
+/* Largest stored payload a reader will ever allocate for. */
+#define JR_MAX_STORED JR_MAX_WRITE
+
+enum jr_type {
+	JR_WRITE = 1,   /* payload = the bytes written */
+	JR_ZERO = 2,    /* range reads back as zeroes; no payload */
+	JR_TRIM = 3,    /* range discarded (reads back as zeroes); no payload */
+	JR_SEAL = 15,   /* last record of a sealed segment; see FORMAT.md */
+};
+
+enum {
+	JR_F_ZSTD = 0x01, /* payload is one zstd frame of `length` bytes */
+};
+
+/* A decoded record header. */
+struct jr_rec {
+	uint8_t type;        /* enum jr_type */
+	uint8_t flags;       /* JR_F_* */
+	uint64_t seq;
+	uint64_t ts_ns;      /* wall-clock ns since the epoch, monotonic */
+	uint64_t prev_seq;   /* seq of the previous record in this journal, 0 = none */
+	uint32_t disk_id;
+	uint64_t offset;     /* byte offset on the disk */
+	uint32_t length;     /* logical length in bytes */
+	uint32_t stored_len; /* payload bytes in the file (0 for ZERO/TRIM/SEAL) */
+	uint32_t crc;        /* CRC32C over header bytes 0..59 and the payload */
+};
+
+/* Where a record lives: its segment (named by first seq) and byte offset. */
+struct jr_loc {
+	uint64_t segment;
+	uint64_t offset;
+};
+
+/*
+ * Encodes rec into hdr, computing rec->crc over the header and the stored
+ * payload (stored_len bytes at payload; may be NULL when stored_len is 0).
+ * Does not validate; returns the crc it wrote.
+ */
+uint32_t jr_rec_encode(struct jr_rec *rec, uint8_t hdr[JR_HDR_SIZE],
+		       const void *payload);
+
+/*
+ * Decodes and bounds-checks a header: magic, header length, type, flags,
+ * stored_len <= JR_MAX_STORED, length/stored_len consistent with the type,
+ * offset + length not overflowing.  Does not check the crc (the payload is
+ * needed for that).  Returns 0 or RW_ECORRUPT.
+ */
+int jr_rec_decode(const uint8_t hdr[JR_HDR_SIZE], struct jr_rec *rec);
+
+/* Checks rec->crc against hdr and the stored payload.  0 or RW_ECORRUPT. */
+int jr_rec_verify(const struct jr_rec *rec, const uint8_t hdr[JR_HDR_SIZE],
+		  const void *payload);
+
+/* Writes the segment file name for first_seq ("%020llu") into buf[32]. */
+void jr_segment_name(uint64_t first_seq, char buf[32]);
+
+/* Returns "write", "zero", "trim", "seal" or "?". */
+const char *jr_type_name(uint8_t type);
+
+/* ---------------------------------------------------------- compression */
+
+/*
+ * A compression context, one per appending thread (zstd contexts are
+ * not thread-safe).  level 1..19; jr_cctx_new returns 0 or -ENOMEM.
+ */
+struct jr_cctx;
+int jr_cctx_new(struct jr_cctx **out, int level);
+void jr_cctx_free(struct jr_cctx *cc);
+
+/* The default zstd level, chosen by bench/ (see FORMAT.md). */
+#define JR_ZSTD_LEVEL_DEFAULT 1
+
+/* ---------------------------------------------------------------- clock */
+
+/*
+ * The store-wide (seq, timestamp) source.  next_seq is the seq the next
+ * record gets (>= 1); last_ts the newest timestamp handed out so far.
+ */
+struct jr_clock;
+int jr_clock_new(struct jr_clock **out, uint64_t next_seq, uint64_t last_ts);
+void jr_clock_free(struct jr_clock *c);
+/* Raises the clock so it never hands out seq <= seq or ts <= ts. */
+void jr_clock_observe(struct jr_clock *c, uint64_t seq, uint64_t ts);
+/* Takes the next pair atomically. */
+void jr_clock_take(struct jr_clock *c, uint64_t *seq, uint64_t *ts);
+/* Returns the seq the next take would hand out. */
+uint64_t jr_clock_peek(struct jr_clock *c);
+
+/* --------------------------------------------------------------- writer */
+
+enum jr_backend {
+	JR_BACKEND_AUTO = 0, /* io_uring, falling back to sync when refused */
+	JR_BACKEND_URING,    /* io_uring or fail */
+	JR_BACKEND_SYNC,     /* pwritev + fdatasync */
+};
+
+struct jr_writer_opts {
+	uint32_t disk_id;          /* stamped into every record and segment */
+	uint64_t segment_bytes;    /* seal at this size; default 64 MiB */
+	uint64_t segment_age_ns;   /* seal at this age; default 10 min */
+	size_t batch_bytes;        /* write out when this much is queued; 1 MiB */
+	enum jr_backend backend;
+};
+
+/* Fills o with the defaults above (disk_id 0). */
+void jr_writer_opts_default(struct jr_writer_opts *o);
+
+/* What recovery found when the writer opened. */
+struct jr_recovery {
+	uint64_t segments;        /* segment files present after recovery */
+	uint64_t last_seq;        /* seq of the newest record, 0 when empty */
+	uint64_t last_ts;         /* its timestamp */
+	uint64_t truncated_bytes; /* torn tail removed from the last segment */
+	uint64_t torn_segment;    /* the segment that was truncated, or 0 */
+};
+
+/* What the input to an append looks like. */
+struct jr_append {
+	uint8_t type;           /* JR_WRITE, JR_ZERO or JR_TRIM */
+	uint64_t offset;
+	uint32_t length;        /* <= JR_MAX_WRITE for writes */
+	const void *data;       /* length bytes for JR_WRITE, else NULL */
+};
+
+/* What an append produced. */
+struct jr_appended {
+	uint64_t seq;
+	uint64_t ts_ns;
+	struct jr_loc loc;
+	uint32_t stored_len;
+	uint8_t flags;
+};
+
+struct jr_writer_stats {
+	uint64_t last_seq;          /* newest seq appended */
+	uint64_t written_seq;       /* newest seq in the file */
+	uint64_t durable_seq;       /* newest seq covered by an fdatasync */
+	uint64_t oldest_unsynced_ns;/* append time (rw_clock_ns) of the oldest
+				     * record not yet durable; 0 when none */
+	uint64_t records;           /* records appended since open */
+	uint64_t logical_bytes;     /* logical bytes of WRITE records since open */
+	uint64_t stored_bytes;      /* payload bytes stored since open */
+	uint64_t syncs;             /* fdatasyncs issued since open */
+	bool uring;                 /* true when the io_uring back end is in use */
+	int error;                  /* the sticky error, or 0 */
+};
+
+struct jr_writer;
+
+/*
+ * Opens (creating dir when missing) the journal in dir for appending:
+ * removes leftover temporary files, checks every segment header and that
+ * every segment but the last is sealed, scans the last segment and
+ * truncates a torn tail, then observes the newest (seq, ts) on clock.
+ * rep (may be NULL) receives what recovery found.
+ * Returns 0 and *out, or RW_ECORRUPT (naming segment and seq), RW_EVERSION,
+ * -errno.  The writer keeps a reference to clock, which must outlive it.
+ */
+int jr_writer_open(struct jr_writer **out, const char *dir,
+		   const struct jr_writer_opts *opts, struct jr_clock *clock,
+		   struct jr_recovery *rep);
+
+/*
+ * Appends one record.  cc (may be NULL) compresses a WRITE payload when
+ * that saves space; it runs in the calling thread before the writer lock.
+ * Returns 0 and fills out (may be NULL), -EINVAL for a bad type or length,
+ * or the sticky error.
+ */
+int jr_writer_append(struct jr_writer *w, const struct jr_append *a,
+		     struct jr_cctx *cc, struct jr_appended *out);
+
+/* Puts everything queued into the file without syncing.  0 or error. */
+int jr_writer_write_out(struct jr_writer *w);
+
+/*
+ * Makes every record appended before the call durable (write out +
+ * fdatasync, shared with concurrent callers).  0 or the sticky error.
+ */
+int jr_writer_flush(struct jr_writer *w);
+
+/* Seals the current segment if it is older than segment_age_ns.  0 or error. */
+int jr_writer_tick(struct jr_writer *w);
+
+/* Copies the writer's counters into st. */
+void jr_writer_stats(struct jr_writer *w, struct jr_writer_stats *st);
+
+/* Flushes, closes files and frees.  Returns the flush's error, or 0. */
+int jr_writer_close(struct jr_writer *w);
+
+/* --------------------------------------------------------------- reader */
+
+enum {
+	JR_READ_HEADERS = 0x01, /* skip payloads: no decompression, no payload
+				 * crc (headers are still bounds-checked) */
+};
+
+struct jr_seginfo {
+	uint64_t first_seq; /* from the file name, checked against the header */
+	uint64_t bytes;     /* file size */
+};
+
+struct jr_reader;
+
+/*
+ * Opens a reader over the journal in dir (read-only; never truncates).
+ * Returns 0 and *out, or -errno / RW_ECORRUPT for an unreadable directory.
+ */
+int jr_reader_open(struct jr_reader **out, const char *dir, unsigned flags);
+
+/* Positions the reader at the first record with seq >= seq.  0 or error. */
+int jr_reader_seek(struct jr_reader *r, uint64_t seq);
+
+/*
+ * Reads the next record.  Returns 1 with *rec and *loc filled and *payload
+ * (may be NULL) pointing at the decompressed bytes of a WRITE (NULL for
+ * other types, or with JR_READ_HEADERS), owned by the reader until the next
+ * call; 0 at the clean end of the journal, which includes a torn tail of
+ * the last segment; RW_ECORRUPT naming the segment and seq otherwise.
+ * SEAL records are consumed silently and never returned.
+ */
+int jr_reader_next(struct jr_reader *r, struct jr_rec *rec,
+		   struct jr_loc *loc, const void **payload);
+
+/*
+ * Reads and verifies the record at loc, decompressing a WRITE into buf
+ * (bufsz >= rec->length required, else -ENOBUFS).  Returns 0,
+ * RW_ENOTFOUND when no such segment, RW_ECORRUPT naming segment and
+ * offset, or -errno.
+ */
+int jr_reader_read_at(struct jr_reader *r, const struct jr_loc *loc,
+		      struct jr_rec *rec, void *buf, size_t bufsz);
+
+/*
+ * Lists the segments (sorted by first seq).  *out is malloc'ed and owned by
+ * the caller (free()).  Returns the count (>= 0) or -errno.
+ */
+int jr_segments_list(const char *dir, struct jr_seginfo **out);
+
+void jr_reader_close(struct jr_reader *r);
+
+#endif /* RW_JOURNAL_H */

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# deps.sh PROFILE — make sure the Debian packages a profile needs are present.
+# As root, installs the missing ones with apt-get; otherwise prints the exact
+# apt-get line and fails.  Profiles: build, test, bench.
+set -euo pipefail
+
+build_pkgs=(gcc make pkg-config liburing-dev liblmdb-dev libzstd-dev libcunit1-dev)
+test_pkgs=(qemu-utils libnbd-bin nbdkit fio e2fsprogs lmdb-utils zstd python3 curl)
+bench_pkgs=(fio e2fsprogs qemu-utils nbdkit)
+
+case "${1:-build}" in
+build) want=("${build_pkgs[@]}") ;;
+test) want=("${build_pkgs[@]}" "${test_pkgs[@]}") ;;
+bench) want=("${build_pkgs[@]}" "${bench_pkgs[@]}") ;;
+*) echo "deps.sh: unknown profile '$1'" >&2; exit 2 ;;
+esac
+
+missing=()
+for p in "${want[@]}"; do
+	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+		missing+=("$p")
+	fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+line="apt-get install -y --no-install-recommends ${missing[*]}"
+if [ "$(id -u)" -ne 0 ]; then
+	echo "rewind needs these Debian packages: ${missing[*]}" >&2
+	echo "run as root:  apt-get update && $line" >&2
+	exit 1
+fi
+echo "installing: ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq >/dev/null || apt-get update
+$line >/dev/null || $line
