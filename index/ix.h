@@ -1,0 +1,258 @@
+/*
+ * ix.h — the store and its index: LMDB maps every block version and every
+ * moment to the journal record that holds it.
+ *
+ * A store is one directory (DESIGN.md §3):
+ *     STORE/rewind.store          store identity (magic, version, store id)
+ *     STORE/lock                  flock()ed by the one process that writes
+ *     STORE/index/                LMDB environment (derived, rebuildable)
+ *     STORE/disks/NAME/disk.meta  disk identity (id, size, block size, ctime)
+ *     STORE/disks/NAME/head.img   current contents, sparse
+ *     STORE/disks/NAME/base.img   contents at the horizon, sparse
+ *     STORE/disks/NAME/journal/   segments (journal/jr.h)
+ * FORMAT.md documents every byte of rewind.store, disk.meta and every LMDB
+ * key and value.
+ *
+ * Invariants
+ * - The journal is the source of truth; everything in LMDB can be rebuilt
+ *   from rewind.store, the disk.meta files and the journals
+ *   (ix_rebuild).  last_indexed_seq of a disk moves in the same write
+ *   transaction as that disk's entries, so after a crash at any point the
+ *   index is a prefix and ix_catch_up() completes it to what a rebuild
+ *   gives.
+ * - Block versions are keyed (disk id, block, seq) big-endian, so a cursor
+ *   seek finds "newest version of block B with seq <= S" in one step.
+ * - The time map holds one (timestamp -> seq) entry per record; timestamps
+ *   are strictly increasing in seq (jr.h), so resolving T is one seek.
+ * - MDB_WRITEMAP is never used; mdb_reader_check runs at open; MDB_MAP_FULL
+ *   grows the map and replays the batch, losing nothing.
+ *
+ * Thread model: one struct ix per process, shared by its threads.  Write
+ * batches are serialised by LMDB (one writer at a time, across processes
+ * too).  A struct ix_read is a read transaction owned by one thread; keep
+ * it short (long scans re-open in slices).
+ *
+ * Error model: 0 / counts, or -errno / RW_E* with rw_err_msg() naming the
+ * store, disk, block or seq.  A full filesystem is -ENOSPC naming the store.
+ *
+ * Ownership: _open/_close, _new/_free, _begin/_commit|_abort pairs; every
+ * release function accepts NULL.
+ */
+#ifndef RW_INDEX_H
+#define RW_INDEX_H
+
+#include "journal/jr.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#define IX_NAME_MAX 64          /* disk names: [A-Za-z0-9._-], 1..64 chars,
+				 * not starting with '.' */
+#define IX_LABEL_MAX 128        /* mark labels: printable, no '/' */
+#define IX_BLOCK_SIZE_DEFAULT 4096u
+
+/* ---------------------------------------------------------------- store */
+
+/*
+ * Creates a new store in dir (created if missing; must be empty otherwise).
+ * Returns 0, RW_EEXIST when dir already holds a store, or -errno.
+ */
+int ix_store_init(const char *dir);
+
+/* Returns true when name is a valid disk name (see IX_NAME_MAX). */
+bool ix_name_valid(const char *name);
+
+enum {
+	IX_RDONLY = 0x01,  /* read-only: no lock, no catch-up, no writes */
+	IX_LOCK = 0x02,    /* take STORE/lock exclusively (RW_EBUSY if held) */
+};
+
+struct ix;
+
+/*
+ * Opens the store at dir: checks rewind.store, opens (creating if needed)
+ * the LMDB environment, runs mdb_reader_check, registers every
+ * disks/NAME/disk.meta that the index does not know yet.  Does not replay
+ * journals: call ix_catch_up() (writers do; readers need not).
+ * Returns 0 and *out, RW_ENOTFOUND when dir is not a store, RW_EVERSION,
+ * RW_EBUSY (IX_LOCK and another process holds the lock), -errno.
+ */
+int ix_open(struct ix **out, const char *dir, unsigned flags);
+void ix_close(struct ix *ix);
+
+/* The store directory this handle was opened on (owned by ix). */
+const char *ix_store_dir(const struct ix *ix);
+
+/* ---------------------------------------------------------------- disks */
+
+struct ix_disk {
+	uint32_t id;                 /* >= 1, never reused in a store */
+	char name[IX_NAME_MAX + 1];
+	uint64_t size;               /* bytes */
+	uint32_t block_size;         /* power of two, 512 .. 1 MiB */
+	uint64_t ctime_ns;
+	uint64_t horizon_seq;        /* oldest restorable seq (0 = creation) */
+	uint64_t horizon_ts;
+	uint64_t last_indexed_seq;   /* newest seq of this disk in the index */
+	uint64_t head_synced_seq;    /* head.img holds every record <= this */
+};
+
+/*
+ * Creates disk name of size bytes: writes disks/NAME/disk.meta, an empty
+ * sparse head.img and base.img of that size, the journal directory, and
+ * registers it.  base_src (may be NULL) is a raw image copied into base
+ * and head, holes kept (import).  Returns 0 and *out (may be NULL),
+ * RW_EEXIST, -EINVAL (bad name, size or block size, message says which),
+ * -errno naming the file.
+ */
+int ix_disk_create(struct ix *ix, const char *name, uint64_t size,
+		   uint32_t block_size, const char *base_src,
+		   struct ix_disk *out);
+
+/* Looks a disk up by name or id.  0, or RW_ENOTFOUND naming it. */
+int ix_disk_get(struct ix *ix, const char *name, struct ix_disk *out);
+int ix_disk_get_id(struct ix *ix, uint32_t id, struct ix_disk *out);
+
+/* Lists disks sorted by name; *out malloc'ed (caller frees).  Count or error. */
+int ix_disk_list(struct ix *ix, struct ix_disk **out);
+
+/* Path helpers: write "STORE/disks/NAME/<what>" into buf. 0 or -ENAMETOOLONG. */
+int ix_disk_path(const struct ix *ix, const char *name, const char *what,
+		 char *buf, size_t bufsz);
+
+/* Updates the mutable per-disk fields (horizon, head_synced_seq). */
+int ix_disk_set_horizon(struct ix *ix, uint32_t id, uint64_t seq, uint64_t ts);
+int ix_disk_set_head_synced(struct ix *ix, uint32_t id, uint64_t seq);
+
+/* ------------------------------------------------------------- indexing */
+
+struct ix_batch;
+
+/*
+ * Starts a batch of records to index.  Records are buffered in memory;
+ * nothing touches LMDB before ix_batch_commit.  Returns 0 or -ENOMEM.
+ */
+int ix_batch_new(struct ix *ix, struct ix_batch **out);
+
+/*
+ * Adds a journal record (as read from the journal or returned by an
+ * append).  Records of one disk must come in increasing seq; records of
+ * several disks may mix.  SEAL records are ignored.  0 or -ENOMEM/-EINVAL.
+ */
+int ix_batch_add(struct ix_batch *b, const struct jr_rec *rec,
+		 const struct jr_loc *loc);
+
+/*
+ * Writes the batch in one LMDB write transaction: block versions, time
+ * map, segment summaries and each disk's last_indexed_seq.  Records with
+ * seq <= a disk's last_indexed_seq are skipped (idempotent replay).
+ * Grows the map on MDB_MAP_FULL and retries.  The batch is emptied and
+ * may be reused.  Returns 0 or error (nothing of the batch is visible then).
+ */
+int ix_batch_commit(struct ix_batch *b);
+void ix_batch_free(struct ix_batch *b);
+
+/*
+ * Called for every record catch-up replays, so the caller can also apply
+ * it to head.img.  Return 0 to continue, negative to stop with that error.
+ */
+typedef int (*ix_replay_fn)(void *arg, const struct ix_disk *d,
+			    const struct jr_rec *rec, const void *payload);
+
+/*
+ * Replays every journal record of every disk after its last_indexed_seq
+ * into the index (batched), calling fn (may be NULL) for each record with
+ * seq > head_synced_seq (payload decoded for WRITEs).  Returns the number
+ * of records replayed or an error (RW_ECORRUPT naming segment and seq).
+ */
+int ix_catch_up(struct ix *ix, ix_replay_fn fn, void *arg);
+
+/* Drops the LMDB environment's contents and re-indexes every journal. */
+int ix_rebuild(struct ix *ix);
+
+/* -------------------------------------------------------------- lookups */
+
+/* One version of one block. */
+struct ix_version {
+	uint64_t seq;
+	struct jr_loc loc;
+	uint8_t type;     /* JR_WRITE, JR_ZERO, JR_TRIM */
+	bool partial;     /* the record covers only part of the block */
+};
+
+struct ix_read;
+
+/* Opens a read transaction.  0 and *out, or error. */
+int ix_read_begin(struct ix *ix, struct ix_read **out);
+/* Ends it (NULL ok). */
+void ix_read_end(struct ix_read *rd);
+/* Re-opens the snapshot (mdb_txn_reset + renew) so LMDB can reuse pages. */
+int ix_read_renew(struct ix_read *rd);
+
+/*
+ * Fills out[] (capacity cap) with the versions of block of disk that a
+ * reader as-of seq needs, newest first: the newest version with
+ * seq' <= seq, then older ones while the newer are partial, stopping at
+ * the first full one (or when history ends: then base underlies them).
+ * Versions older than the disk's horizon are never returned.
+ * Returns the count (0 = block comes from base), -ENOBUFS when more than
+ * cap are needed, or error.
+ */
+int ix_block_asof(struct ix_read *rd, uint32_t disk, uint64_t block,
+		  uint64_t seq, struct ix_version *out, int cap);
+
+/*
+ * Calls fn for every version of every block of disk with seq in
+ * (after, upto], in key order (block, then seq).  fn returns 0 to go on.
+ * Returns 0 or the first error.
+ */
+int ix_versions_range(struct ix_read *rd, uint32_t disk, uint64_t after,
+		      uint64_t upto,
+		      int (*fn)(void *arg, uint64_t block,
+				const struct ix_version *v),
+		      void *arg);
+
+/*
+ * Resolves a timestamp: the newest record (any disk) with ts <= ts_ns.
+ * Returns 0 with *seq and *rec_ts, or RW_ENOTFOUND when every record is
+ * newer (or the store has none).
+ */
+int ix_time_to_seq(struct ix_read *rd, uint64_t ts_ns, uint64_t *seq,
+		   uint64_t *rec_ts);
+/* The timestamp of seq (exact).  0 or RW_ENOTFOUND. */
+int ix_seq_to_time(struct ix_read *rd, uint64_t seq, uint64_t *ts_ns);
+/* The newest (seq, ts) in the time map.  0 or RW_ENOTFOUND when empty. */
+int ix_latest(struct ix_read *rd, uint64_t *seq, uint64_t *ts_ns);
+
+/* -------------------------------------------------------------- segments */
+
+struct ix_segment {
+	uint64_t first_seq, last_seq;
+	uint64_t first_ts, last_ts;
+	uint64_t bytes;       /* bytes of records indexed from it */
+	uint64_t records;
+	bool sealed;
+};
+
+/* Lists a disk's segments in order; *out malloc'ed.  Count or error. */
+int ix_segment_list(struct ix_read *rd, uint32_t disk, struct ix_segment **out);
+
+/* ---------------------------------------------------------------- marks */
+
+struct ix_mark {
+	char label[IX_LABEL_MAX + 1];
+	uint64_t ts_ns;
+	uint64_t seq;
+	uint64_t created_ns;
+};
+
+/* Adds or replaces a mark.  0, -EINVAL for a bad label, or error. */
+int ix_mark_put(struct ix *ix, uint32_t disk, const struct ix_mark *m);
+/* 0, or RW_ENOTFOUND naming disk and label. */
+int ix_mark_get(struct ix_read *rd, uint32_t disk, const char *label,
+		struct ix_mark *out);
+int ix_mark_del(struct ix *ix, uint32_t disk, const char *label);
+/* Lists marks by seq; *out malloc'ed.  Count or error. */
+int ix_mark_list(struct ix_read *rd, uint32_t disk, struct ix_mark **out);
+
+#endif /* RW_INDEX_H */
