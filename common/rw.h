@@ -194,6 +194,28 @@ int rw_parse_size(const char *s, uint64_t *out);
  */
 int rw_parse_duration(const char *s, uint64_t *out_ns);
 
+/*
+ * A point in time as users write it (--at WHEN):
+ *   ISO 8601 with or without zone and fraction: 2026-11-22T10:15:03.250Z,
+ *     2026-11-22 10:15:03 (no zone = local time, per TZ), +01:00 / -0530;
+ *   epoch seconds in GNU date form: @1763806503.25;
+ *   relative: "90s ago", "10m ago", "2h ago", "1d ago";
+ *   now;  seq:N;  mark:LABEL.
+ * Times resolve to nanoseconds since the epoch (now_ns anchors relative
+ * forms); seq and mark are passed through for the store to resolve.
+ */
+enum rw_when_kind { RW_WHEN_TIME, RW_WHEN_SEQ, RW_WHEN_MARK };
+
+struct rw_when {
+	enum rw_when_kind kind;
+	uint64_t ts_ns;     /* RW_WHEN_TIME */
+	uint64_t seq;       /* RW_WHEN_SEQ */
+	char mark[129];     /* RW_WHEN_MARK */
+};
+
+/* Parses s; returns 0, or RW_EPARSE with a detail listing accepted forms. */
+int rw_parse_when(const char *s, uint64_t now_ns, struct rw_when *out);
+
 /* Formats n bytes as "1.5 GiB" into buf (at least 16 bytes); returns buf. */
 char *rw_fmt_size(uint64_t n, char *buf, size_t bufsz);
 

@@ -7,7 +7,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -191,6 +193,75 @@ static void test_clock_source(void)
 	CU_ASSERT(rw_clock_ns() > 1700000000ull * 1000000000ull);
 }
 
+static void test_parse_when(void)
+{
+	const uint64_t now = 1763806503250000000ull; /* 2025-11-22T10:15:03.25Z */
+	static const struct { const char *in; uint64_t ns; } ok[] = {
+		{ "2026-11-22T10:15:03.250Z", 1795342503250000000ull },
+		{ "2026-11-22T10:15:03Z", 1795342503000000000ull },
+		{ "2026-11-22t10:15:03.000000001z", 1795342503000000001ull },
+		{ "2026-11-22T11:15:03.25+01:00", 1795342503250000000ull },
+		{ "2026-11-22T04:45:03.25-0530", 1795342503250000000ull },
+		{ "2026-11-22 10:15:03.250Z", 1795342503250000000ull },
+		{ "2026-11-22T10:15Z", 1795342500000000000ull },
+		{ "@1763806503.25", 1763806503250000000ull },
+		{ "@1763806503", 1763806503000000000ull },
+		{ "@0.5", 500000000ull },
+		{ "now", 1763806503250000000ull },
+		{ "90s ago", 1763806413250000000ull },
+		{ "10m ago", 1763805903250000000ull },
+		{ "2h ago", 1763799303250000000ull },
+		{ "1d ago", 1763720103250000000ull },
+	};
+	static const char *const bad[] = {
+		"", "yesterday", "2026-13-01T00:00:00Z", "2026-02-31T00:00:00Z",
+		"2026-11-22T25:00:00Z", "2026-11-22T10:15:03.Z", "2026-11-22T10:15:03Zjunk",
+		"@", "@abc", "@1.2.3", "10 parsecs ago", "ago", "seq:", "seq:x1",
+		"seq:-1", "mark:", "2026-11-22T10:15:03+25:00", "99999999999999 ago",
+	};
+	struct rw_when w;
+
+	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+		int err = rw_parse_when(ok[i].in, now, &w);
+		CU_ASSERT_EQUAL(err, 0);
+		CU_ASSERT_EQUAL(w.kind, RW_WHEN_TIME);
+		if (err || w.ts_ns != ok[i].ns)
+			printf("\n  parse_when('%s') = %d, %llu (want %llu)\n", ok[i].in,
+			       err, (unsigned long long)w.ts_ns,
+			       (unsigned long long)ok[i].ns);
+		CU_ASSERT_EQUAL(w.ts_ns, ok[i].ns);
+	}
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		int err = rw_parse_when(bad[i], now, &w);
+		if (err != RW_EPARSE)
+			printf("\n  parse_when('%s') accepted\n", bad[i]);
+		CU_ASSERT_EQUAL(err, RW_EPARSE);
+		CU_ASSERT_PTR_NOT_NULL(strstr(rw_err_msg(), "ISO 8601"));
+	}
+	CU_ASSERT_EQUAL(rw_parse_when("seq:42", now, &w), 0);
+	CU_ASSERT_EQUAL(w.kind, RW_WHEN_SEQ);
+	CU_ASSERT_EQUAL(w.seq, 42);
+	CU_ASSERT_EQUAL(rw_parse_when("mark:before-upgrade", now, &w), 0);
+	CU_ASSERT_EQUAL(w.kind, RW_WHEN_MARK);
+	CU_ASSERT_STRING_EQUAL(w.mark, "before-upgrade");
+
+	/* Local time follows TZ, including its offset on that date. */
+	char *old = getenv("TZ") ? strdup(getenv("TZ")) : NULL;
+	setenv("TZ", "Europe/Berlin", 1);
+	tzset();
+	CU_ASSERT_EQUAL(rw_parse_when("2026-11-22 11:15:03.25", now, &w), 0);
+	CU_ASSERT_EQUAL(w.ts_ns, 1795342503250000000ull);
+	CU_ASSERT_EQUAL(rw_parse_when("2026-07-01 12:00:00", now, &w), 0);
+	CU_ASSERT_EQUAL(w.ts_ns, 1782900000000000000ull); /* 10:00Z, CEST */
+	if (old) {
+		setenv("TZ", old, 1);
+		free(old);
+	} else {
+		unsetenv("TZ");
+	}
+	tzset();
+}
+
 int main(void)
 {
 	tu_add_suite("common",
@@ -202,6 +273,7 @@ int main(void)
 		     "error strings", test_strerror,
 		     "fault seam", test_fault_seam,
 		     "clock source", test_clock_source,
+		     "parse --at times", test_parse_when,
 		     NULL);
 	return tu_run();
 }
