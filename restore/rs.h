@@ -1,0 +1,131 @@
+/*
+ * rs.h — time travel: a disk as it was at any restorable moment.
+ *
+ * Contract
+ * - A point in time (struct rw_when, common/rw.h) resolves to a seq S:
+ *   the newest record with timestamp <= T (store-wide clock, so every disk
+ *   of a VM resolves to the same instant).  A point before the disk's
+ *   horizon or after the latest record is RW_ERANGE, with a message that
+ *   states the restorable range.  "now" resolves to the latest record.
+ * - As-of S, a block is its newest version with seq <= S applied over the
+ *   older versions it only partly covers, over base; never a version with
+ *   seq > S, never older than the horizon (invariant 5).
+ * - Every journal record used is checksummed (jr_reader_read_at); a bad
+ *   one fails the operation with RW_ECORRUPT naming segment and offset —
+ *   nothing silently wrong is ever written.
+ * - Read transactions are short: views renew them every few thousand
+ *   blocks so a long restore never pins LMDB pages.
+ *
+ * Thread model: a struct rs_view belongs to one thread.  Several views of
+ * the same store may run in one or many processes, alongside a server.
+ *
+ * Errors: 0 / counts, or -errno / RW_E* with rw_err_msg() detail.
+ * Ownership: rs_view_open/_close; results written into caller buffers.
+ */
+#ifndef RW_RESTORE_H
+#define RW_RESTORE_H
+
+#include "common/rw.h"
+#include "index/ix.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* The restorable range of a disk. */
+struct rs_range {
+	uint64_t oldest_seq, oldest_ts;  /* horizon (or creation) */
+	uint64_t latest_seq, latest_ts;  /* newest record in the index */
+};
+
+/* Fills r for disk d.  0 or error. */
+int rs_range_get(struct ix *ix, const struct ix_disk *d, struct rs_range *r);
+
+/*
+ * Resolves w to a seq for disk d (and the timestamp of that point).
+ * Returns 0, RW_ERANGE (message states the range), RW_ENOTFOUND (mark).
+ */
+int rs_resolve(struct ix *ix, const struct ix_disk *d, const struct rw_when *w,
+	       uint64_t *seq, uint64_t *ts);
+
+struct rs_view;
+
+/* Opens a view of disk d as-of seq.  0 and *out, or error. */
+int rs_view_open(struct rs_view **out, struct ix *ix, const struct ix_disk *d,
+		 uint64_t seq);
+void rs_view_close(struct rs_view *v);
+
+/*
+ * Reads len bytes at off of the disk as-of the view's seq into buf.
+ * Returns 0, -EINVAL when the range is outside the disk, or error.
+ */
+int rs_view_read(struct rs_view *v, uint64_t off, uint64_t len, void *buf);
+
+/*
+ * Builds one block as-of the view's seq; *out points into the view and is
+ * valid until the next call on it.  0 or error.
+ */
+int rs_view_block(struct rs_view *v, uint64_t block, const uint8_t **out);
+
+/* Formats ns since the epoch as ISO 8601 UTC with microseconds into buf. */
+char *rs_fmt_time(uint64_t ns, char buf[40]);
+
+/* How rs_restore_file went. */
+struct rs_restore_stats {
+	bool backward;          /* true: copied head and undid newer blocks */
+	uint64_t blocks_fixed;  /* blocks rebuilt from the journal */
+	uint64_t bytes_copied;  /* bytes copied from base or head */
+	uint64_t bytes_written; /* data bytes in the output (not holes) */
+};
+
+typedef void (*rs_progress_fn)(void *arg, uint64_t done, uint64_t total);
+
+enum {
+	RS_ALLOW_BACKWARD = 0x01, /* head may be used (no writer is live) */
+	RS_OVERWRITE = 0x02,      /* replace an existing output file */
+};
+
+/*
+ * Writes the disk as-of seq to out_path as a sparse raw image (zero blocks
+ * become holes), choosing the cheaper of forward-from-base and
+ * backward-from-head (only with RS_ALLOW_BACKWARD).  The file appears
+ * under its name only when complete (written as out_path.tmp, fsynced,
+ * renamed).  progress (may be NULL) is called with bytes done/total.
+ * Returns 0 and fills st (may be NULL), RW_EEXIST when out_path exists
+ * without RS_OVERWRITE, or error (the partial file is removed).
+ */
+int rs_restore_file(struct ix *ix, const struct ix_disk *d, uint64_t seq,
+		    const char *out_path, unsigned flags,
+		    rs_progress_fn progress, void *arg,
+		    struct rs_restore_stats *st);
+
+/*
+ * Receives the rewrites of a rollback, in increasing offset order: len
+ * bytes at off, data NULL meaning zeroes.  The sink journals them as
+ * ordinary records and applies them to head, so a rollback is history and
+ * can itself be rolled back.  Returns 0 or an error that stops the
+ * rollback.
+ */
+typedef int (*rs_sink_fn)(void *arg, uint64_t off, uint32_t len,
+			  const void *data);
+
+struct rs_rollback_stats {
+	uint64_t blocks;        /* blocks rewritten (written after the point) */
+	uint64_t data_bytes;    /* rewritten with data */
+	uint64_t zero_bytes;    /* rewritten as zeroes */
+};
+
+/*
+ * Sets disk d back to its state as-of seq by handing the sink every block
+ * that has a version in (seq, upto] (upto: the newest indexed record the
+ * caller has made sure head reflects), with its content as-of seq.
+ * Adjacent blocks of the same kind are coalesced up to 1 MiB.  Touches
+ * nothing else.  Returns 0 and fills st (may be NULL), or error (the sink
+ * may have received part of the rewrites: a partial rollback is still
+ * journaled history and can be completed by running it again).
+ */
+int rs_rollback(struct ix *ix, const struct ix_disk *d, uint64_t seq,
+		uint64_t upto, rs_sink_fn sink, void *arg,
+		rs_progress_fn progress, void *parg,
+		struct rs_rollback_stats *st);
+
+#endif /* RW_RESTORE_H */
