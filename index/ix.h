@@ -170,6 +170,15 @@ int ix_catch_up(struct ix *ix, ix_replay_fn fn, void *arg);
 /* Drops the LMDB environment's contents and re-indexes every journal. */
 int ix_rebuild(struct ix *ix);
 
+/*
+ * (Added.)  Re-indexes one disk: drops its block versions and segment
+ * entries and resets its last_indexed_seq to 0 in one transaction, then
+ * ix_catch_up() (without replay).  The time map is left in place (its
+ * entries are re-put with the same values); marks, horizon and
+ * head_synced_seq are kept.  0 or error; RW_ENOTFOUND for an unknown id.
+ */
+int ix_disk_reindex(struct ix *ix, uint32_t id);
+
 /* -------------------------------------------------------------- lookups */
 
 /* One version of one block. */
@@ -254,5 +263,45 @@ int ix_mark_get(struct ix_read *rd, uint32_t disk, const char *label,
 int ix_mark_del(struct ix *ix, uint32_t disk, const char *label);
 /* Lists marks by seq; *out malloc'ed.  Count or error. */
 int ix_mark_list(struct ix_read *rd, uint32_t disk, struct ix_mark **out);
+
+/* ---------------------------------------------------------------- verify */
+
+/* One inconsistency found by ix_verify (pointers valid during the call). */
+struct ix_problem {
+	const char *disk;     /* disk name */
+	uint32_t disk_id;
+	uint64_t block;       /* UINT64_MAX when not about one block */
+	uint64_t seq;         /* 0 when unknown */
+	uint64_t segment;     /* segment (first seq), 0 when unknown */
+	uint64_t offset;      /* byte offset of the record in its segment */
+	const char *what;     /* what is wrong, one line */
+};
+
+struct ix_verify_report {
+	uint64_t disks;        /* disks checked */
+	uint64_t records;      /* journal records read and verified */
+	uint64_t versions;     /* block-version entries checked */
+	uint64_t segments;     /* segment files / entries checked */
+	uint64_t time_entries; /* time map entries checked */
+	uint64_t unindexed;    /* records after last_indexed_seq (not errors) */
+	uint64_t problems;     /* inconsistencies reported through fn */
+};
+
+/*
+ * Cross-checks the index against the journals of the disks named in
+ * names[0..nnames) (all disks when nnames == 0): every journal record is
+ * read in full (crc, decompression) and must have a block version for
+ * each block it touches and a time map entry; every block version must
+ * point at a record (read with jr_reader_read_at when the journal pass
+ * did not see it) that carries that disk, block and seq; every segment
+ * entry must match a segment file and its record count; with all disks,
+ * every time map entry must name a record.  Calls fn (may be NULL) per
+ * problem.  Returns 0 when the check ran (rep->problems says whether it
+ * passed), RW_ENOTFOUND for an unknown disk name, or another error.
+ * Keeps one read transaction per disk open while it scans.
+ */
+typedef void (*ix_verify_fn)(void *arg, const struct ix_problem *p);
+int ix_verify(struct ix *ix, const char *const *names, int nnames,
+	      ix_verify_fn fn, void *arg, struct ix_verify_report *rep);
 
 #endif /* RW_INDEX_H */

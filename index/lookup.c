@@ -1,0 +1,540 @@
+/*
+ * lookup.c — read transactions and every lookup: block versions as-of a
+ * seq, version ranges, the time map, segments and marks.
+ *
+ * How: an ix_read is one LMDB read transaction with its cursors kept open
+ * (a cursor seek is the unit of cost; opening a cursor per lookup would
+ * double it).  "Newest version of block B with seq <= S" is one
+ * MDB_SET_RANGE on (disk, B, S) — an exact hit is the answer, otherwise
+ * the entry before it — followed by MDB_PREV steps only while the
+ * versions found are partial.  The disk's horizon is cached in the ix_read
+ * (it cannot change inside one snapshot).
+ *
+ * Rejected: MDB_DUPSORT with (disk, block) keys and seq-prefixed
+ * duplicates.  It saves the repeated 12-byte key prefix for blocks with
+ * many versions, but measured no better for the random-block workload
+ * (most blocks hold one version; see FORMAT-index.md) and makes the
+ * as-of walk two-level (MDB_GET_BOTH_RANGE then MDB_PREV_DUP).
+ *
+ * ix_seq_to_time binary-searches the time map by timestamp (timestamps
+ * increase with seq): about 64 seeks, fine for resolving one user input;
+ * a second seq -> ts table would cost ~26 bytes per record for that.
+ */
+#include "index/ix_int.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+int ix_read_begin(struct ix *ix, struct ix_read **out)
+{
+	struct ix_read *rd = calloc(1, sizeof(*rd));
+	int rc;
+
+	*out = NULL;
+	if (!rd)
+		return -ENOMEM;
+	rd->ix = ix;
+	rc = ix_txn_begin(ix, MDB_RDONLY, &rd->txn);
+	if (rc) {
+		free(rd);
+		return ix_fail(ix, rc, "beginning a read transaction");
+	}
+	rd->locked = true;
+	*out = rd;
+	return 0;
+}
+
+void ix_read_end(struct ix_read *rd)
+{
+	if (!rd)
+		return;
+	if (rd->cv)
+		mdb_cursor_close(rd->cv);
+	if (rd->ct)
+		mdb_cursor_close(rd->ct);
+	if (rd->txn) {
+		if (rd->locked)
+			ix_txn_abort(rd->ix, rd->txn);
+		else
+			mdb_txn_abort(rd->txn);
+	}
+	free(rd);
+}
+
+int ix_read_renew(struct ix_read *rd)
+{
+	struct ix *ix = rd->ix;
+	int rc;
+
+	mdb_txn_reset(rd->txn);
+	rd->hz_valid = false;
+	if (rd->locked) {
+		pthread_rwlock_unlock(&ix->txlock);
+		rd->locked = false;
+	}
+	for (int tries = 0;; tries++) {
+		pthread_rwlock_rdlock(&ix->txlock);
+		rc = mdb_txn_renew(rd->txn);
+		if (rc == 0)
+			break;
+		pthread_rwlock_unlock(&ix->txlock);
+		if (rc != MDB_MAP_RESIZED || tries > 8)
+			return ix_fail(ix, rc, "renewing a read transaction");
+		pthread_rwlock_wrlock(&ix->txlock);
+		mdb_env_set_mapsize(ix->env, 0);
+		pthread_rwlock_unlock(&ix->txlock);
+	}
+	rd->locked = true;
+	if (rd->cv && (rc = mdb_cursor_renew(rd->txn, rd->cv)))
+		return ix_fail(ix, rc, "renewing a cursor");
+	if (rd->ct && (rc = mdb_cursor_renew(rd->txn, rd->ct)))
+		return ix_fail(ix, rc, "renewing a cursor");
+	return 0;
+}
+
+static int horizon(struct ix_read *rd, uint32_t disk, uint64_t *hz)
+{
+	struct ix_disk d;
+	int rc;
+
+	if (rd->hz_valid && rd->hz_disk == disk) {
+		*hz = rd->hz_seq;
+		return 0;
+	}
+	rc = ix_disk_load(rd->ix, rd->txn, disk, &d);
+	if (rc == MDB_NOTFOUND)
+		return rw_err_set(RW_ENOTFOUND, "store '%s': no disk with id %u",
+				  rd->ix->dir, disk);
+	if (rc)
+		return ix_fail(rd->ix, rc, "reading a disk");
+	rd->hz_disk = disk;
+	rd->hz_seq = d.horizon_seq;
+	rd->hz_valid = true;
+	*hz = d.horizon_seq;
+	return 0;
+}
+
+static int vcursor(struct ix_read *rd)
+{
+	int rc;
+
+	if (rd->cv)
+		return 0;
+	rc = mdb_cursor_open(rd->txn, rd->ix->db_versions, &rd->cv);
+	return rc ? ix_fail(rd->ix, rc, "opening a cursor") : 0;
+}
+
+int ix_block_asof(struct ix_read *rd, uint32_t disk, uint64_t block,
+		  uint64_t seq, struct ix_version *out, int cap)
+{
+	uint8_t kb[IX_VKEY];
+	MDB_val k = { IX_VKEY, kb }, v;
+	uint64_t hz = 0;
+	int n = 0, rc;
+
+	if ((rc = horizon(rd, disk, &hz)) || (rc = vcursor(rd)))
+		return rc;
+	ix_vkey(kb, disk, block, seq);
+	rc = mdb_cursor_get(rd->cv, &k, &v, MDB_SET_RANGE);
+	if (rc == MDB_NOTFOUND)
+		rc = mdb_cursor_get(rd->cv, &k, &v, MDB_LAST);
+	else if (rc == 0 && (k.mv_size != IX_VKEY || memcmp(k.mv_data, kb, IX_VKEY) != 0))
+		rc = mdb_cursor_get(rd->cv, &k, &v, MDB_PREV);
+	while (rc == 0) {
+		const uint8_t *kp = k.mv_data;
+		struct ix_version ver;
+		uint64_t s;
+
+		if (k.mv_size != IX_VKEY || memcmp(kp, kb, 12) != 0)
+			break; /* another block: history of this one ended */
+		s = rw_get_be64(kp + 12);
+		if (s < hz)
+			break;
+		if (ix_vval_decode(v.mv_data, v.mv_size, s, &ver))
+			return rw_err_set(RW_ECORRUPT, "store '%s': corrupt version entry disk id %u block %llu seq %llu",
+					  rd->ix->dir, disk, (unsigned long long)block,
+					  (unsigned long long)s);
+		if (n >= cap)
+			return rw_err_set(-ENOBUFS, "disk id %u block %llu as-of seq %llu needs more than %d versions",
+					  disk, (unsigned long long)block,
+					  (unsigned long long)seq, cap);
+		out[n++] = ver;
+		if (!ver.partial)
+			return n;
+		rc = mdb_cursor_get(rd->cv, &k, &v, MDB_PREV);
+	}
+	if (rc && rc != MDB_NOTFOUND)
+		return ix_fail(rd->ix, rc, "looking up a block");
+	return n;
+}
+
+int ix_versions_range(struct ix_read *rd, uint32_t disk, uint64_t after,
+		      uint64_t upto,
+		      int (*fn)(void *arg, uint64_t block,
+				const struct ix_version *v),
+		      void *arg)
+{
+	uint8_t kb[IX_VKEY];
+	MDB_val k = { IX_VKEY, kb }, v;
+	int rc;
+
+	if ((rc = vcursor(rd)))
+		return rc;
+	ix_vkey(kb, disk, 0, 0);
+	for (rc = mdb_cursor_get(rd->cv, &k, &v, MDB_SET_RANGE); rc == 0;
+	     rc = mdb_cursor_get(rd->cv, &k, &v, MDB_NEXT)) {
+		const uint8_t *kp = k.mv_data;
+		struct ix_version ver;
+		uint64_t s, blk;
+
+		if (k.mv_size != IX_VKEY || rw_get_be32(kp) != disk)
+			break;
+		s = rw_get_be64(kp + 12);
+		if (s <= after || s > upto)
+			continue;
+		blk = rw_get_be64(kp + 4);
+		if (ix_vval_decode(v.mv_data, v.mv_size, s, &ver))
+			return rw_err_set(RW_ECORRUPT, "store '%s': corrupt version entry disk id %u block %llu seq %llu",
+					  rd->ix->dir, disk, (unsigned long long)blk,
+					  (unsigned long long)s);
+		rc = fn(arg, blk, &ver);
+		if (rc)
+			return rc;
+	}
+	if (rc && rc != MDB_NOTFOUND)
+		return ix_fail(rd->ix, rc, "scanning versions");
+	return 0;
+}
+
+/* ------------------------------------------------------------ time map */
+
+static int tcursor(struct ix_read *rd)
+{
+	int rc;
+
+	if (rd->ct)
+		return 0;
+	rc = mdb_cursor_open(rd->txn, rd->ix->db_time, &rd->ct);
+	return rc ? ix_fail(rd->ix, rc, "opening a cursor") : 0;
+}
+
+static int time_entry(struct ix_read *rd, const MDB_val *k, const MDB_val *v,
+		      uint64_t *seq, uint64_t *ts)
+{
+	if (k->mv_size != 8 || v->mv_size != 8)
+		return rw_err_set(RW_ECORRUPT, "store '%s': corrupt time map entry", rd->ix->dir);
+	if (ts)
+		*ts = rw_get_be64(k->mv_data);
+	if (seq)
+		*seq = rw_get_le64(v->mv_data);
+	return 0;
+}
+
+int ix_time_to_seq(struct ix_read *rd, uint64_t ts_ns, uint64_t *seq,
+		   uint64_t *rec_ts)
+{
+	uint8_t kb[8];
+	MDB_val k = { 8, kb }, v;
+	int rc;
+
+	if ((rc = tcursor(rd)))
+		return rc;
+	rw_put_be64(kb, ts_ns);
+	rc = mdb_cursor_get(rd->ct, &k, &v, MDB_SET_RANGE);
+	if (rc == MDB_NOTFOUND)
+		rc = mdb_cursor_get(rd->ct, &k, &v, MDB_LAST);
+	else if (rc == 0 && rw_get_be64(k.mv_data) != ts_ns)
+		rc = mdb_cursor_get(rd->ct, &k, &v, MDB_PREV);
+	if (rc == MDB_NOTFOUND)
+		return rw_err_set(RW_ENOTFOUND, "store '%s': no record at or before %llu ns",
+				  rd->ix->dir, (unsigned long long)ts_ns);
+	if (rc)
+		return ix_fail(rd->ix, rc, "resolving a time");
+	return time_entry(rd, &k, &v, seq, rec_ts);
+}
+
+int ix_latest(struct ix_read *rd, uint64_t *seq, uint64_t *ts_ns)
+{
+	MDB_val k, v;
+	int rc;
+
+	if ((rc = tcursor(rd)))
+		return rc;
+	rc = mdb_cursor_get(rd->ct, &k, &v, MDB_LAST);
+	if (rc == MDB_NOTFOUND)
+		return rw_err_set(RW_ENOTFOUND, "store '%s' has no records", rd->ix->dir);
+	if (rc)
+		return ix_fail(rd->ix, rc, "reading the time map");
+	return time_entry(rd, &k, &v, seq, ts_ns);
+}
+
+/* First entry with ts >= t: 0, or MDB_NOTFOUND. */
+static int time_ceil(struct ix_read *rd, uint64_t t, uint64_t *seq, uint64_t *ts)
+{
+	uint8_t kb[8];
+	MDB_val k = { 8, kb }, v;
+	int rc;
+
+	rw_put_be64(kb, t);
+	rc = mdb_cursor_get(rd->ct, &k, &v, MDB_SET_RANGE);
+	if (rc)
+		return rc;
+	return time_entry(rd, &k, &v, seq, ts);
+}
+
+int ix_seq_to_time(struct ix_read *rd, uint64_t seq, uint64_t *ts_ns)
+{
+	MDB_val k, v;
+	uint64_t lo = 0, hi = 0, s = 0, t = 0;
+	int rc;
+
+	if ((rc = tcursor(rd)))
+		return rc;
+	rc = mdb_cursor_get(rd->ct, &k, &v, MDB_FIRST);
+	if (rc == 0)
+		rc = time_entry(rd, &k, &v, NULL, &lo);
+	if (rc == 0)
+		rc = mdb_cursor_get(rd->ct, &k, &v, MDB_LAST);
+	if (rc == 0)
+		rc = time_entry(rd, &k, &v, NULL, &hi);
+	/* Smallest ts whose entry has seq >= the one asked. */
+	while (rc == 0 && lo < hi) {
+		uint64_t mid = lo + (hi - lo) / 2;
+		rc = time_ceil(rd, mid, &s, &t);
+		if (rc)
+			break;
+		if (s >= seq)
+			hi = t;
+		else
+			lo = t + 1;
+	}
+	if (rc == 0)
+		rc = time_ceil(rd, lo, &s, &t);
+	if (rc == 0 && s == seq) {
+		*ts_ns = t;
+		return 0;
+	}
+	if (rc == 0 || rc == MDB_NOTFOUND)
+		return rw_err_set(RW_ENOTFOUND, "store '%s': no record with seq %llu in the time map",
+				  rd->ix->dir, (unsigned long long)seq);
+	return ix_fail(rd->ix, rc, "reading the time map");
+}
+
+/* ------------------------------------------------------------ segments */
+
+int ix_segment_list(struct ix_read *rd, uint32_t disk, struct ix_segment **out)
+{
+	MDB_cursor *c = NULL;
+	uint8_t kb[IX_SKEY];
+	MDB_val k = { IX_SKEY, kb }, v;
+	struct ix_segment *arr = NULL;
+	size_t n = 0, cap = 0;
+	int rc;
+
+	*out = NULL;
+	rc = mdb_cursor_open(rd->txn, rd->ix->db_segments, &c);
+	if (rc)
+		return ix_fail(rd->ix, rc, "listing segments");
+	ix_skey(kb, disk, 0);
+	for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); rc == 0;
+	     rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+		if (k.mv_size != IX_SKEY || rw_get_be32(k.mv_data) != disk)
+			break;
+		if (n == cap) {
+			cap = cap ? cap * 2 : 16;
+			struct ix_segment *na = realloc(arr, cap * sizeof(*na));
+			if (!na) {
+				rc = -ENOMEM;
+				break;
+			}
+			arr = na;
+		}
+		if (ix_segval_decode(v.mv_data, v.mv_size, &arr[n])) {
+			rc = rw_err_set(RW_ECORRUPT, "store '%s': corrupt entry of segment %llu of disk id %u",
+					rd->ix->dir,
+					(unsigned long long)rw_get_be64((uint8_t *)k.mv_data + 4), disk);
+			break;
+		}
+		n++;
+	}
+	mdb_cursor_close(c);
+	if (rc && rc != MDB_NOTFOUND) {
+		free(arr);
+		return ix_fail(rd->ix, rc, "listing segments");
+	}
+	*out = arr;
+	return (int)n;
+}
+
+/* ------------------------------------------------------------ marks */
+
+static bool label_valid(const char *l)
+{
+	size_t n = 0;
+
+	if (!l || !*l)
+		return false;
+	for (const unsigned char *p = (const unsigned char *)l; *p; p++, n++)
+		if (*p < 0x20 || *p == 0x7f || *p == '/')
+			return false;
+	return n <= IX_LABEL_MAX;
+}
+
+static size_t mkey(uint8_t *kb, uint32_t disk, const char *label)
+{
+	size_t n = strlen(label);
+
+	rw_put_be32(kb, disk);
+	memcpy(kb + 4, label, n);
+	return 4 + n;
+}
+
+struct mark_ctx {
+	uint32_t disk;
+	const struct ix_mark *m;
+	const char *label;
+};
+
+static int mark_put_fn(struct ix *ix, MDB_txn *txn, void *arg)
+{
+	struct mark_ctx *mc = arg;
+	uint8_t kb[4 + IX_LABEL_MAX], vb[IX_MARKVAL];
+	MDB_val k = { mkey(kb, mc->disk, mc->m->label), kb }, v = { IX_MARKVAL, vb };
+	struct ix_disk d;
+	int rc = ix_disk_load(ix, txn, mc->disk, &d);
+
+	if (rc == MDB_NOTFOUND)
+		return rw_err_set(RW_ENOTFOUND, "store '%s': no disk with id %u", ix->dir, mc->disk);
+	if (rc)
+		return rc;
+	rw_put_le64(vb, mc->m->ts_ns);
+	rw_put_le64(vb + 8, mc->m->seq);
+	rw_put_le64(vb + 16, mc->m->created_ns);
+	return mdb_put(txn, ix->db_marks, &k, &v, 0);
+}
+
+int ix_mark_put(struct ix *ix, uint32_t disk, const struct ix_mark *m)
+{
+	struct mark_ctx mc = { disk, m, NULL };
+
+	if (!label_valid(m->label))
+		return rw_err_set(-EINVAL, "invalid mark label '%s' (1..%d printable characters, no '/')",
+				  m->label, IX_LABEL_MAX);
+	return ix_write(ix, mark_put_fn, &mc, "adding a mark");
+}
+
+static int mark_del_fn(struct ix *ix, MDB_txn *txn, void *arg)
+{
+	struct mark_ctx *mc = arg;
+	uint8_t kb[4 + IX_LABEL_MAX];
+	MDB_val k = { mkey(kb, mc->disk, mc->label), kb };
+	int rc = mdb_del(txn, ix->db_marks, &k, NULL);
+
+	if (rc == MDB_NOTFOUND)
+		return rw_err_set(RW_ENOTFOUND, "store '%s': disk id %u has no mark '%s'",
+				  ix->dir, mc->disk, mc->label);
+	return rc;
+}
+
+int ix_mark_del(struct ix *ix, uint32_t disk, const char *label)
+{
+	struct mark_ctx mc = { disk, NULL, label };
+
+	if (!label_valid(label))
+		return rw_err_set(RW_ENOTFOUND, "store '%s': disk id %u has no mark '%s'",
+				  ix->dir, disk, label ? label : "");
+	return ix_write(ix, mark_del_fn, &mc, "deleting a mark");
+}
+
+static int mark_decode(const MDB_val *k, const MDB_val *v, struct ix_mark *m)
+{
+	size_t ln = k->mv_size - 4;
+
+	if (k->mv_size < 5 || ln > IX_LABEL_MAX || v->mv_size != IX_MARKVAL)
+		return RW_ECORRUPT;
+	memcpy(m->label, (uint8_t *)k->mv_data + 4, ln);
+	m->label[ln] = 0;
+	m->ts_ns = rw_get_le64(v->mv_data);
+	m->seq = rw_get_le64((uint8_t *)v->mv_data + 8);
+	m->created_ns = rw_get_le64((uint8_t *)v->mv_data + 16);
+	return 0;
+}
+
+int ix_mark_get(struct ix_read *rd, uint32_t disk, const char *label,
+		struct ix_mark *out)
+{
+	uint8_t kb[4 + IX_LABEL_MAX];
+	MDB_val k, v;
+	int rc;
+
+	if (!label_valid(label))
+		return rw_err_set(RW_ENOTFOUND, "store '%s': disk id %u has no mark '%s'",
+				  rd->ix->dir, disk, label ? label : "");
+	k.mv_size = mkey(kb, disk, label);
+	k.mv_data = kb;
+	rc = mdb_get(rd->txn, rd->ix->db_marks, &k, &v);
+	if (rc == MDB_NOTFOUND)
+		return rw_err_set(RW_ENOTFOUND, "store '%s': disk id %u has no mark '%s'",
+				  rd->ix->dir, disk, label);
+	if (rc)
+		return ix_fail(rd->ix, rc, "reading a mark");
+	if (mark_decode(&k, &v, out))
+		return rw_err_set(RW_ECORRUPT, "store '%s': corrupt mark '%s' of disk id %u",
+				  rd->ix->dir, label, disk);
+	return 0;
+}
+
+static int mark_seq_cmp(const void *a, const void *b)
+{
+	const struct ix_mark *x = a, *y = b;
+
+	if (x->seq != y->seq)
+		return x->seq < y->seq ? -1 : 1;
+	return strcmp(x->label, y->label);
+}
+
+int ix_mark_list(struct ix_read *rd, uint32_t disk, struct ix_mark **out)
+{
+	MDB_cursor *c = NULL;
+	uint8_t kb[4];
+	MDB_val k = { 4, kb }, v;
+	struct ix_mark *arr = NULL;
+	size_t n = 0, cap = 0;
+	int rc;
+
+	*out = NULL;
+	rc = mdb_cursor_open(rd->txn, rd->ix->db_marks, &c);
+	if (rc)
+		return ix_fail(rd->ix, rc, "listing marks");
+	rw_put_be32(kb, disk);
+	for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); rc == 0;
+	     rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+		if (k.mv_size < 4 || rw_get_be32(k.mv_data) != disk)
+			break;
+		if (n == cap) {
+			cap = cap ? cap * 2 : 16;
+			struct ix_mark *na = realloc(arr, cap * sizeof(*na));
+			if (!na) {
+				rc = -ENOMEM;
+				break;
+			}
+			arr = na;
+		}
+		if (mark_decode(&k, &v, &arr[n])) {
+			rc = rw_err_set(RW_ECORRUPT, "store '%s': corrupt mark entry of disk id %u",
+					rd->ix->dir, disk);
+			break;
+		}
+		n++;
+	}
+	mdb_cursor_close(c);
+	if (rc && rc != MDB_NOTFOUND) {
+		free(arr);
+		return ix_fail(rd->ix, rc, "listing marks");
+	}
+	if (n)
+		qsort(arr, n, sizeof(*arr), mark_seq_cmp);
+	*out = arr;
+	return (int)n;
+}
