@@ -1,0 +1,120 @@
+/*
+ * cap-int.h — capture's private structures, shared by its .c files only.
+ *
+ *   disk.c       one served disk: journal writer, head.img, the write path,
+ *                range locks, head sync, recovery replay
+ *   handshake.c  fixed newstyle option haggling
+ *   conn.c       transmission phase: request reader, workers, replies
+ *   wire.c       socket I/O with deadlines
+ *   server.c     store open/recovery, listeners, accept loop,
+ *                housekeeping thread, shutdown
+ *   validate.c   request checks and error mapping (public in cap.h)
+ */
+#ifndef RW_CAPTURE_INT_H
+#define RW_CAPTURE_INT_H
+
+#include "capture/cap.h"
+#include "index/ix.h"
+#include "journal/jr.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+/* One write in progress on a disk, from before its append until its bytes
+ * are in head.  Lives on the worker's stack. */
+struct cap_range {
+	uint64_t off, end;      /* [off, end) */
+	uint64_t seq_lb;        /* a lower bound of the seq it will get */
+	struct cap_range *next;
+};
+
+struct cap_disk {
+	struct ix_disk meta;
+	char head_path[4096];
+	char journal_dir[4096];
+	int head_fd;
+	struct jr_writer *w;
+	struct jr_clock *clock;           /* the server's, shared */
+
+	pthread_mutex_t mu;               /* guards ranges */
+	pthread_cond_t cv;
+	struct cap_range *ranges;
+
+	atomic_bool head_failed;          /* head diverged: refuse writes */
+	atomic_bool punch_ok;             /* fallocate punch/zero works */
+	atomic_int last_err;              /* last journal error logged */
+	uint64_t head_synced_seq;         /* housekeeping thread only */
+	uint64_t indexed_written_seq;     /* housekeeping thread only */
+	uint64_t synced_ops;              /* housekeeping thread only */
+	uint64_t hk_snap;                 /* housekeeping thread only */
+
+	atomic_uint_fast64_t n_reads, n_writes, n_zeroes, n_trims, n_flushes;
+	atomic_uint_fast64_t n_compressed, n_uncompressed;
+};
+
+/* disk.c */
+int cap_disk_open(struct cap_disk *d, struct ix *ix, const struct ix_disk *m,
+		  struct jr_clock *clock, struct jr_recovery *rep);
+/* Replays journal records with seq > head_synced_seq into head.img, then
+ * fsyncs it.  Returns the number of records applied or an error. */
+int cap_disk_replay(struct cap_disk *d);
+int cap_disk_read(struct cap_disk *d, void *buf, uint64_t off, uint32_t len);
+/*
+ * The write path for WRITE (data != NULL), WRITE_ZEROES and TRIM.
+ * type: JR_WRITE / JR_ZERO / JR_TRIM; flags: NBD_CMD_FLAG_*; cc may be NULL.
+ * *compressed (may be NULL) tells whether the record was stored zstd.
+ */
+int cap_disk_write(struct cap_disk *d, uint8_t type, uint64_t off,
+		   uint32_t len, const void *data, uint16_t flags,
+		   struct jr_cctx *cc, bool *compressed);
+int cap_disk_flush(struct cap_disk *d);
+/* Highest seq such that every record of this disk <= it is in head. */
+uint64_t cap_disk_head_watermark(struct cap_disk *d);
+/* Flushes the journal up to the watermark, fsyncs head, records
+ * head_synced_seq in the index.  0 or error. */
+int cap_disk_sync_head(struct cap_disk *d, struct ix *ix);
+/* Closes writer and head (journal flushed first).  Returns first error. */
+int cap_disk_close(struct cap_disk *d);
+
+/* wire.c — socket I/O.  deadline_ns is a rw_mono_ns() time, 0 = none.
+ * recv_full returns 0, -ECONNRESET at EOF (even mid-message), -ETIMEDOUT
+ * or -errno. */
+int cap_recv_full(int fd, void *buf, size_t len, uint64_t deadline_ns);
+int cap_recv_discard(int fd, uint64_t len, uint64_t deadline_ns);
+int cap_send_iov(int fd, struct iovec *iov, int n);
+int cap_send_full(int fd, const void *buf, size_t len);
+
+struct cap_server;
+struct cap_conn {
+	struct cap_server *srv;
+	int fd;
+	char peer[192];
+	uint64_t deadline_ns;             /* handshake deadline */
+	struct cap_disk *disk;            /* chosen export */
+	bool structured;
+	bool no_zeroes;
+	uint16_t eflags;
+
+	pthread_t thread;
+	atomic_bool done;                 /* thread finished; join me */
+	struct cap_conn *next;            /* server's list */
+};
+
+/* handshake.c: 0 when an export was chosen (c->disk set), 1 when the
+ * client ended the handshake cleanly, negative on error (logged by caller). */
+int cap_handshake(struct cap_conn *c);
+/* conn.c: serves transmission until the client leaves or the socket is
+ * shut down.  Returns 0 or an error (already logged). */
+int cap_conn_serve(struct cap_conn *c);
+
+/* server.c: what connections need from the server. */
+struct cap_disk *cap_server_find_disk(struct cap_server *s, const char *name);
+size_t cap_server_ndisks(struct cap_server *s);
+struct cap_disk *cap_server_disk(struct cap_server *s, size_t i);
+const struct cap_server_opts *cap_server_get_opts(struct cap_server *s);
+bool cap_server_stopping(struct cap_server *s);
+
+#endif /* RW_CAPTURE_INT_H */

@@ -1,0 +1,121 @@
+/*
+ * cap.h — capture: the NBD server that journals every guest write.
+ *
+ * `rewind serve` is one struct cap_server: it opens a store exclusively,
+ * recovers it (journal tails, index, head.img), then serves every disk of
+ * the store as an NBD export named after the disk, on a unix socket and/or
+ * a TCP address, until cap_server_stop() is called.
+ *
+ * Invariants (DESIGN.md §4, §5)
+ * - Write path: validate -> jr_writer_append -> jr_writer_write_out -> the
+ *   same bytes into head.img -> reply.  A record is in the journal file
+ *   (the kernel's page cache at least) before its reply leaves, so a
+ *   process crash (kill -9) loses no acknowledged write, and a write issued
+ *   after another write's reply has the larger seq.
+ * - FLUSH, and every request with FUA, replies only after jr_writer_flush()
+ *   returned 0: every record appended before is on stable storage.  All
+ *   connections to a disk share one jr_writer, so a FLUSH covers writes
+ *   completed on any connection (NBD_FLAG_CAN_MULTI_CONN is advertised).
+ * - head.img is never synced on the flush path.  A housekeeping thread
+ *   fsyncs it every few seconds and records head_synced_seq, so recovery
+ *   replays only the journal tail after it into head.
+ * - Overlapping writes to one disk are applied to head in seq order (a
+ *   range lock spans append + head write), so head always equals the
+ *   journal replayed in seq order.
+ * - Every number from the wire is bounds-checked before use; no buffer is
+ *   allocated from a length above the advertised maximum payload
+ *   (JR_MAX_WRITE); a half-received write is never journaled.
+ * - A failed journal write or fdatasync is sticky (jr.h): that disk answers
+ *   every later write and flush with NBD_EIO (NBD_ENOSPC for a full
+ *   filesystem) until the server is restarted, which re-runs recovery.
+ *
+ * Thread model: cap_server_open/run/close from one thread;
+ * cap_server_stop() from anywhere, including a signal handler.  Inside,
+ * one accept loop, one thread per connection that reads requests plus a
+ * few workers per connection (replies may go out of order; one mutex
+ * serialises a connection's reply writes), and one housekeeping thread.
+ *
+ * Error model: 0 or a negative code (-errno / RW_E*) with rw_err_msg()
+ * naming the store, disk or address.  The server loop logs through
+ * rw_log() (it is the boundary); everything else only returns errors.
+ */
+#ifndef RW_CAPTURE_H
+#define RW_CAPTURE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct cap_server_opts {
+	const char *store_dir;          /* required */
+	const char *socket_path;        /* unix socket; NULL = STORE/rewind.sock,
+					 * "" = none */
+	const char *listen;             /* "HOST:PORT" for TCP, NULL = none */
+	unsigned max_conns;             /* connection cap; default 100 */
+	uint64_t handshake_timeout_ns;  /* whole handshake; default 10 s */
+	unsigned workers;               /* request workers per connection; 4 */
+	int zstd_level;                 /* 0 = no compression; default 1 */
+	uint64_t index_interval_ns;     /* index lag target; default 50 ms */
+	uint64_t head_sync_interval_ns; /* head.img fsync period; default 5 s */
+};
+
+/* Fills o with the defaults above (store_dir NULL). */
+void cap_server_opts_default(struct cap_server_opts *o);
+
+struct cap_server;
+
+/*
+ * Opens the store with IX_LOCK (RW_EBUSY when another server holds it),
+ * opens one journal writer per disk on one shared clock, replays the
+ * journal tails into the index and into head.img, then binds the
+ * listening sockets (a stale unix socket file is replaced).  Logs what
+ * recovery found.  Returns 0 and *out, or an error (nothing left open).
+ */
+int cap_server_open(struct cap_server **out, const struct cap_server_opts *o);
+
+/*
+ * Accepts and serves connections until cap_server_stop().  Returns 0 on a
+ * requested stop, or an error of the accept loop.  Connections still open
+ * are drained (in-flight requests answered) before it returns.
+ */
+int cap_server_run(struct cap_server *s);
+
+/* Asks run() to return.  Async-signal-safe; s may be NULL. */
+void cap_server_stop(struct cap_server *s);
+
+/*
+ * Shuts down: writes out and flushes every journal, indexes everything,
+ * fsyncs every head.img and records head_synced_seq, closes the store and
+ * removes the unix socket.  Returns 0 or the first error met (everything
+ * is released either way).  NULL is a no-op.
+ */
+int cap_server_close(struct cap_server *s);
+
+/* Where the server listens: "unix:PATH" and/or "tcp:HOST:PORT". */
+const char *cap_server_address(const struct cap_server *s);
+
+/* ---------------------------------------------------------- requests */
+
+/*
+ * The result of validating one NBD request header against an export: 0
+ * (valid) or the NBD error to answer with (NBD_EINVAL, NBD_ENOSPC, ...).
+ * Pure: no I/O; exposed for unit tests.
+ *   size          export size in bytes
+ *   structured    structured replies were negotiated
+ *   max_payload   largest READ / WRITE length accepted
+ */
+struct cap_req {
+	uint16_t flags;
+	uint16_t type;
+	uint64_t offset;
+	uint32_t count;
+};
+uint32_t cap_req_check(const struct cap_req *r, uint64_t size,
+		       bool structured, uint32_t max_payload);
+
+/* The transmission flags rewind advertises for a writable disk. */
+uint16_t cap_export_flags(bool structured);
+
+/* Maps a negative rewind/errno code to an NBD error value. */
+uint32_t cap_nbd_errno(int err);
+
+#endif /* RW_CAPTURE_H */

@@ -1,0 +1,370 @@
+/*
+ * disk.c — one served disk: the write path (journal, then head), reads,
+ * flushes, the periodic head sync and the recovery replay into head.
+ *
+ * Write path: take a range lock on [off, off+len) -> jr_writer_append ->
+ * jr_writer_write_out -> apply the same change to head.img -> release ->
+ * (FUA: jr_writer_flush) -> the caller replies.  write_out before the
+ * reply puts the record into the kernel's page cache, so kill -9 of the
+ * server cannot lose an acknowledged write (DESIGN.md §5.2); concurrent
+ * callers share one write_out (group write) inside the journal.
+ *
+ * Range locks: overlapping writes wait for each other across append and
+ * head write, so head receives them in seq order and always equals the
+ * journal replayed in order.  Without this two in-flight writes to one
+ * block could get seq 10 and 11 and reach head as 11 then 10, leaving head
+ * different from every restore of the journal.  Non-overlapping writes
+ * (the common case) never wait.  Each lock also carries a lower bound of
+ * the seq its write will get, which gives the head watermark: every
+ * record of this disk below min(bounds) — or below the clock when nothing
+ * is in flight — is already in head.  That is what a head fsync may
+ * record as head_synced_seq.
+ *
+ * Zero and trim punch a hole (FALLOC_FL_PUNCH_HOLE | KEEP_SIZE), or with
+ * NO_HOLE allocate zeroes (FALLOC_FL_ZERO_RANGE); both read back as zeroes.
+ * When the filesystem refuses fallocate we write zero buffers and stop
+ * promising fast zeroes (FAST_ZERO is then refused up front with ENOTSUP,
+ * before anything is journaled).
+ *
+ * A head write that fails after its record is journaled leaves head
+ * behind the journal: the disk then refuses writes (EIO) and never
+ * records a later head_synced_seq, so the next start replays the record.
+ *
+ * Rejected alternative: one mutex per disk around the whole write path.
+ * Simple, but it serialises every guest write behind one pwrite and kills
+ * the parallelism a queue depth of 32 brings.
+ */
+#include "capture/cap-int.h"
+#include "capture/nbd-protocol.h"
+#include "common/rw.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const uint8_t zero_buf[1 << 20];
+
+int cap_disk_open(struct cap_disk *d, struct ix *ix, const struct ix_disk *m,
+		  struct jr_clock *clock, struct jr_recovery *rep)
+{
+	struct jr_writer_opts wo;
+	int err;
+
+	d->meta = *m;
+	d->head_fd = -1;
+	d->w = NULL;
+	d->clock = clock;
+	d->ranges = NULL;
+	d->head_synced_seq = m->head_synced_seq;
+	d->indexed_written_seq = 0;
+	d->synced_ops = 0;
+	atomic_init(&d->head_failed, false);
+	atomic_init(&d->punch_ok, true);
+	atomic_init(&d->last_err, 0);
+	atomic_init(&d->n_reads, 0);
+	atomic_init(&d->n_writes, 0);
+	atomic_init(&d->n_zeroes, 0);
+	atomic_init(&d->n_trims, 0);
+	atomic_init(&d->n_flushes, 0);
+	atomic_init(&d->n_compressed, 0);
+	atomic_init(&d->n_uncompressed, 0);
+	pthread_mutex_init(&d->mu, NULL);
+	pthread_cond_init(&d->cv, NULL);
+
+	err = ix_disk_path(ix, m->name, "head.img", d->head_path,
+			   sizeof(d->head_path));
+	if (!err)
+		err = ix_disk_path(ix, m->name, "journal", d->journal_dir,
+				   sizeof(d->journal_dir));
+	if (err)
+		return rw_err_set(err, "disk '%s': path too long", m->name);
+
+	err = rw_sys_open(d->head_path, O_RDWR | O_CLOEXEC, 0);
+	if (err < 0)
+		return rw_err_set(err, "cannot open '%s': %s", d->head_path,
+				  rw_strerror(err));
+	d->head_fd = err;
+
+	jr_writer_opts_default(&wo);
+	wo.disk_id = m->id;
+	err = jr_writer_open(&d->w, d->journal_dir, &wo, clock, rep);
+	if (err) {
+		d->w = NULL;
+		close(d->head_fd);
+		d->head_fd = -1;
+		return err; /* the journal named the segment */
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------- head */
+
+static int head_zero(struct cap_disk *d, uint64_t off, uint64_t len,
+		     bool no_hole)
+{
+	if (atomic_load(&d->punch_ok)) {
+		int mode = no_hole ? FALLOC_FL_ZERO_RANGE
+				   : FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+		if (fallocate(d->head_fd, mode, (off_t)off, (off_t)len) == 0)
+			return 0;
+		if (errno != EOPNOTSUPP && errno != ENOSYS)
+			return rw_err_set(-errno, "cannot zero %llu+%llu of '%s': %s",
+					  (unsigned long long)off,
+					  (unsigned long long)len, d->head_path,
+					  strerror(errno));
+		/* ZERO_RANGE may be missing where PUNCH_HOLE works. */
+		if (no_hole && fallocate(d->head_fd, FALLOC_FL_PUNCH_HOLE |
+					 FALLOC_FL_KEEP_SIZE, (off_t)off,
+					 (off_t)len) == 0)
+			return 0;
+		atomic_store(&d->punch_ok, false);
+	}
+	while (len) {
+		size_t n = len > sizeof(zero_buf) ? sizeof(zero_buf) : (size_t)len;
+		int err = rw_sys_pwrite_full(d->head_fd, zero_buf, n, (off_t)off);
+		if (err)
+			return rw_err_set(err, "cannot write zeroes to '%s' at %llu: %s",
+					  d->head_path, (unsigned long long)off,
+					  rw_strerror(err));
+		off += n;
+		len -= n;
+	}
+	return 0;
+}
+
+static int head_apply(struct cap_disk *d, uint8_t type, uint64_t off,
+		      uint32_t len, const void *data, bool no_hole)
+{
+	if (type == JR_WRITE) {
+		int err = rw_sys_pwrite_full(d->head_fd, data, len, (off_t)off);
+		if (err)
+			return rw_err_set(err, "cannot write '%s' at %llu: %s",
+					  d->head_path, (unsigned long long)off,
+					  rw_strerror(err));
+		return 0;
+	}
+	return head_zero(d, off, len, no_hole);
+}
+
+/* ------------------------------------------------------- range locks */
+
+static bool overlaps(const struct cap_range *a, const struct cap_range *b)
+{
+	return a->off < b->end && b->off < a->end;
+}
+
+static void range_lock(struct cap_disk *d, struct cap_range *r)
+{
+	pthread_mutex_lock(&d->mu);
+	for (;;) {
+		struct cap_range *x = d->ranges;
+		while (x && !overlaps(x, r))
+			x = x->next;
+		if (!x)
+			break;
+		pthread_cond_wait(&d->cv, &d->mu);
+	}
+	/* Under d->mu, so a watermark taken now sees either this range or
+	 * a clock value below every seq it can get. */
+	r->seq_lb = jr_clock_peek(d->clock);
+	r->next = d->ranges;
+	d->ranges = r;
+	pthread_mutex_unlock(&d->mu);
+}
+
+static void range_unlock(struct cap_disk *d, struct cap_range *r)
+{
+	pthread_mutex_lock(&d->mu);
+	struct cap_range **pp = &d->ranges;
+	while (*pp && *pp != r)
+		pp = &(*pp)->next;
+	if (*pp)
+		*pp = r->next;
+	pthread_cond_broadcast(&d->cv);
+	pthread_mutex_unlock(&d->mu);
+}
+
+uint64_t cap_disk_head_watermark(struct cap_disk *d)
+{
+	pthread_mutex_lock(&d->mu);
+	uint64_t lb = jr_clock_peek(d->clock);
+	for (struct cap_range *x = d->ranges; x; x = x->next)
+		if (x->seq_lb < lb)
+			lb = x->seq_lb;
+	pthread_mutex_unlock(&d->mu);
+	return lb ? lb - 1 : 0;
+}
+
+/* ------------------------------------------------------------ I/O path */
+
+int cap_disk_read(struct cap_disk *d, void *buf, uint64_t off, uint32_t len)
+{
+	ssize_t n = rw_sys_pread_full(d->head_fd, buf, len, (off_t)off);
+
+	atomic_fetch_add(&d->n_reads, 1);
+	if (n < 0)
+		return rw_err_set((int)n, "cannot read '%s' at %llu: %s",
+				  d->head_path, (unsigned long long)off,
+				  rw_strerror((int)n));
+	if ((size_t)n < len) /* head shorter than the disk: reads as zeroes */
+		memset((uint8_t *)buf + n, 0, len - (size_t)n);
+	return 0;
+}
+
+int cap_disk_write(struct cap_disk *d, uint8_t type, uint64_t off,
+		   uint32_t len, const void *data, uint16_t flags,
+		   struct jr_cctx *cc, bool *compressed)
+{
+	struct jr_append a = { .type = type, .offset = off, .length = len,
+			       .data = type == JR_WRITE ? data : NULL };
+	struct jr_appended out;
+	struct cap_range r = { .off = off, .end = off + len };
+	int err;
+
+	if (compressed)
+		*compressed = false;
+	if (atomic_load(&d->head_failed))
+		return rw_err_set(-EIO, "disk '%s': head.img failed earlier; "
+				  "restart the server to recover",
+				  d->meta.name);
+	if (type == JR_ZERO && (flags & NBD_CMD_FLAG_FAST_ZERO) &&
+	    !atomic_load(&d->punch_ok))
+		return -ENOTSUP; /* would be slow: refuse before journaling */
+
+	range_lock(d, &r);
+	err = jr_writer_append(d->w, &a, cc, &out);
+	if (!err)
+		err = jr_writer_write_out(d->w);
+	if (err) {
+		range_unlock(d, &r);
+		return err;
+	}
+	err = head_apply(d, type, off, len, data,
+			 (flags & NBD_CMD_FLAG_NO_HOLE) != 0);
+	if (err) {
+		atomic_store(&d->head_failed, true);
+		range_unlock(d, &r);
+		return err;
+	}
+	range_unlock(d, &r);
+
+	if (type == JR_WRITE) {
+		atomic_fetch_add(&d->n_writes, 1);
+		bool z = (out.flags & JR_F_ZSTD) != 0;
+		atomic_fetch_add(z ? &d->n_compressed : &d->n_uncompressed, 1);
+		if (compressed)
+			*compressed = z;
+	} else {
+		atomic_fetch_add(type == JR_ZERO ? &d->n_zeroes : &d->n_trims, 1);
+	}
+	if (flags & NBD_CMD_FLAG_FUA)
+		return jr_writer_flush(d->w);
+	return 0;
+}
+
+int cap_disk_flush(struct cap_disk *d)
+{
+	atomic_fetch_add(&d->n_flushes, 1);
+	return jr_writer_flush(d->w);
+}
+
+int cap_disk_sync_head(struct cap_disk *d, struct ix *ix)
+{
+	uint64_t ops = atomic_load(&d->n_writes) + atomic_load(&d->n_zeroes) +
+		       atomic_load(&d->n_trims);
+	uint64_t mark = cap_disk_head_watermark(d);
+	int err;
+
+	if (atomic_load(&d->head_failed))
+		return 0; /* keep head_synced_seq where it is: replay fixes it */
+	if (mark <= d->head_synced_seq || ops == d->synced_ops)
+		return 0;
+	/* The journal must be durable up to mark before head may claim it:
+	 * otherwise a power loss could leave head ahead of the journal. */
+	err = jr_writer_flush(d->w);
+	if (err)
+		return err;
+	err = rw_sys_fsync(d->head_fd);
+	if (err)
+		return rw_err_set(err, "cannot fsync '%s': %s", d->head_path,
+				  rw_strerror(err));
+	err = ix_disk_set_head_synced(ix, d->meta.id, mark);
+	if (err)
+		return err;
+	d->head_synced_seq = mark;
+	d->synced_ops = ops;
+	return 0;
+}
+
+/* -------------------------------------------------------------- replay */
+
+int cap_disk_replay(struct cap_disk *d)
+{
+	struct jr_reader *r = NULL;
+	struct jr_rec rec;
+	struct jr_loc loc;
+	const void *payload;
+	int err, n = 0;
+
+	err = jr_reader_open(&r, d->journal_dir, 0);
+	if (err)
+		return err;
+	err = jr_reader_seek(r, d->head_synced_seq + 1);
+	while (!err) {
+		err = jr_reader_next(r, &rec, &loc, &payload);
+		if (err <= 0)
+			break;
+		err = 0;
+		if (rec.seq <= d->head_synced_seq)
+			continue;
+		if (rec.type == JR_WRITE && !payload) {
+			err = rw_err_set(RW_ECORRUPT, "disk '%s': seq %llu has no "
+					 "payload", d->meta.name,
+					 (unsigned long long)rec.seq);
+			break;
+		}
+		if (!rw_range_ok(rec.offset, rec.length, d->meta.size)) {
+			err = rw_err_set(RW_ECORRUPT, "disk '%s': seq %llu lies "
+					 "past the end of the disk", d->meta.name,
+					 (unsigned long long)rec.seq);
+			break;
+		}
+		if (rec.type != JR_WRITE && rec.type != JR_ZERO &&
+		    rec.type != JR_TRIM)
+			continue;
+		err = head_apply(d, rec.type, rec.offset, rec.length, payload,
+				 false);
+		n++;
+	}
+	jr_reader_close(r);
+	if (err < 0)
+		return err;
+	err = rw_sys_fsync(d->head_fd);
+	if (err)
+		return rw_err_set(err, "cannot fsync '%s': %s", d->head_path,
+				  rw_strerror(err));
+	return n;
+}
+
+int cap_disk_close(struct cap_disk *d)
+{
+	int err = 0, e;
+
+	if (d->w) {
+		e = jr_writer_close(d->w);
+		if (e && !err)
+			err = e;
+		d->w = NULL;
+	}
+	if (d->head_fd >= 0) {
+		if (close(d->head_fd) && !err)
+			err = -errno;
+		d->head_fd = -1;
+	}
+	pthread_mutex_destroy(&d->mu);
+	pthread_cond_destroy(&d->cv);
+	return err;
+}

@@ -1,0 +1,745 @@
+/*
+ * server.c — `rewind serve`: open and recover a store, listen, accept,
+ * keep the index and head.img close behind the journal, shut down cleanly.
+ *
+ * Startup: ix_open(IX_LOCK) makes this the store's only writer.  One
+ * jr_writer per disk is opened on one shared jr_clock; the clock observes
+ * every journal's recovery report and the index's newest (seq, ts), so a
+ * seq is never handed out twice even if the index is ahead of a journal
+ * whose unsynced tail was lost.  Then each disk's journal tail after its
+ * head_synced_seq is replayed into head.img (journal reader, in seq
+ * order), head is fsynced, and ix_catch_up() indexes what the index lacks.
+ * The replay reads the journal itself rather than riding on
+ * ix_catch_up()'s callback, so it does not depend on how far the index got:
+ * head_synced_seq and last_indexed_seq move independently.
+ *
+ * Running: the accept loop polls the listening sockets and a self-pipe
+ * that cap_server_stop() writes (async-signal-safe).  Each connection gets
+ * a thread (handshake, then conn.c).  Above max_conns a new connection is
+ * closed at once.  A housekeeping thread wakes every index_interval
+ * (50 ms): it ticks the writers (segment age), indexes new records with
+ * ix_catch_up() when some journal moved (headers only, from the files,
+ * which hold every acknowledged record since the write path writes out
+ * before replying), and every head_sync_interval fsyncs each head.img and
+ * records head_synced_seq (disk.c).
+ *
+ * Shutdown: stop accepting, shut the read side of every connection (their
+ * readers see EOF, workers answer what was in flight), join them, then
+ * write out, flush, index, sync heads and close.
+ *
+ * Rejected alternative: indexing from jr_appended results collected on the
+ * write path.  It saves re-reading headers, but concurrent appends finish
+ * out of seq order and ix_batch_commit skips seqs at or below a disk's
+ * last_indexed_seq, so a late straggler would silently never be indexed;
+ * reading the files, which are in seq order by construction, cannot miss.
+ */
+#include "capture/cap-int.h"
+#include "common/rw.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define MAX_LISTEN 2
+
+struct cap_server {
+	struct cap_server_opts o;
+	char *store_dir, *socket_path, *listen;
+	char addr[512];
+	struct ix *ix;
+	struct jr_clock *clock;
+	struct cap_disk *disks;
+	size_t ndisks, nopen;
+
+	int lfd[MAX_LISTEN];
+	int nl;
+	int stop_pipe[2];
+	atomic_bool stopping;
+
+	pthread_mutex_t mu;            /* conns, nconns, conn fds */
+	struct cap_conn *conns;
+	unsigned nconns;
+
+	pthread_t hk;
+	bool hk_started;
+	pthread_mutex_t hk_mu;
+	pthread_cond_t hk_cv;
+	bool hk_stop;
+	int hk_last_err;
+};
+
+void cap_server_opts_default(struct cap_server_opts *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->max_conns = 100;
+	o->handshake_timeout_ns = 10ull * 1000000000ull;
+	o->workers = 4;
+	o->zstd_level = JR_ZSTD_LEVEL_DEFAULT;
+	o->index_interval_ns = 50ull * 1000000ull;
+	o->head_sync_interval_ns = 5ull * 1000000000ull;
+}
+
+struct cap_disk *cap_server_find_disk(struct cap_server *s, const char *name)
+{
+	for (size_t i = 0; i < s->ndisks; i++)
+		if (!strcmp(s->disks[i].meta.name, name))
+			return &s->disks[i];
+	return NULL;
+}
+
+size_t cap_server_ndisks(struct cap_server *s)
+{
+	return s->ndisks;
+}
+
+struct cap_disk *cap_server_disk(struct cap_server *s, size_t i)
+{
+	return i < s->ndisks ? &s->disks[i] : NULL;
+}
+
+const struct cap_server_opts *cap_server_get_opts(struct cap_server *s)
+{
+	return &s->o;
+}
+
+bool cap_server_stopping(struct cap_server *s)
+{
+	return atomic_load(&s->stopping);
+}
+
+const char *cap_server_address(const struct cap_server *s)
+{
+	return s->addr;
+}
+
+void cap_server_stop(struct cap_server *s)
+{
+	if (!s)
+		return;
+	atomic_store(&s->stopping, true);
+	ssize_t n = write(s->stop_pipe[1], "x", 1);
+	(void)n;
+}
+
+/* ------------------------------------------------------------ listening */
+
+static int listen_unix(const char *path)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	struct stat st;
+	int fd;
+
+	if (strlen(path) >= sizeof(a.sun_path))
+		return rw_err_set(-ENAMETOOLONG, "socket path '%s' is longer than "
+				  "%zu bytes; choose a shorter --socket", path,
+				  sizeof(a.sun_path) - 1);
+	memcpy(a.sun_path, path, strlen(path) + 1);
+	/* We hold the store lock, so a socket file left here is stale. */
+	if (lstat(path, &st) == 0) {
+		if (!S_ISSOCK(st.st_mode))
+			return rw_err_set(-EEXIST, "'%s' exists and is not a "
+					  "socket", path);
+		if (unlink(path))
+			return rw_err_set(-errno, "cannot remove stale socket "
+					  "'%s': %s", path, strerror(errno));
+	}
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return rw_err_set(-errno, "socket: %s", strerror(errno));
+	if (bind(fd, (struct sockaddr *)&a, sizeof(a)) || listen(fd, 128)) {
+		int e = -errno;
+		close(fd);
+		return rw_err_set(e, "cannot listen on '%s': %s", path,
+				  strerror(-e));
+	}
+	return fd;
+}
+
+static int listen_tcp(const char *spec)
+{
+	char host[256];
+	const char *port, *h = spec;
+	size_t hl;
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM,
+				  .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
+	struct addrinfo *res = NULL;
+	int fd = -1, err = 0;
+
+	if (*h == '[') {
+		const char *end = strchr(h, ']');
+		if (!end || end[1] != ':')
+			return rw_err_set(RW_EPARSE, "invalid --listen '%s' "
+					  "(use HOST:PORT or [V6]:PORT)", spec);
+		h++;
+		hl = (size_t)(end - h);
+		port = end + 2;
+	} else {
+		const char *colon = strrchr(h, ':');
+		if (!colon)
+			return rw_err_set(RW_EPARSE, "invalid --listen '%s' "
+					  "(use HOST:PORT)", spec);
+		hl = (size_t)(colon - h);
+		port = colon + 1;
+	}
+	if (hl >= sizeof(host) || !*port)
+		return rw_err_set(RW_EPARSE, "invalid --listen '%s'", spec);
+	memcpy(host, h, hl);
+	host[hl] = '\0';
+	int gai = getaddrinfo(hl ? host : NULL, port, &hints, &res);
+	if (gai)
+		return rw_err_set(RW_EPARSE, "cannot resolve --listen '%s': %s",
+				  spec, gai_strerror(gai));
+	for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
+			    ai->ai_protocol);
+		if (fd < 0) {
+			err = -errno;
+			continue;
+		}
+		int one = 1;
+		if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) ||
+		    bind(fd, ai->ai_addr, ai->ai_addrlen) || listen(fd, 128)) {
+			err = -errno;
+			close(fd);
+			fd = -1;
+			continue;
+		}
+		break;
+	}
+	freeaddrinfo(res);
+	if (fd < 0)
+		return rw_err_set(err ? err : -EADDRNOTAVAIL, "cannot listen on "
+				  "'%s': %s", spec, rw_strerror(err));
+	return fd;
+}
+
+/* ----------------------------------------------------------- housekeeping */
+
+static void hk_error(struct cap_server *s, const char *what, const char *disk,
+		     int err)
+{
+	if (s->hk_last_err == err)
+		return;
+	s->hk_last_err = err;
+	const char *m = rw_err_msg();
+	rw_log(RW_LOG_ERROR, "%s%s%s: %s", what, disk ? " of disk " : "",
+	       disk ? disk : "", m && *m ? m : rw_strerror(err));
+}
+
+/* Indexes every record written out so far, when any journal moved. */
+static void hk_index(struct cap_server *s, bool force)
+{
+	bool moved = force;
+
+	for (size_t i = 0; i < s->ndisks; i++) {
+		struct jr_writer_stats st;
+		jr_writer_stats(s->disks[i].w, &st);
+		s->disks[i].hk_snap = st.written_seq;
+		if (st.written_seq != s->disks[i].indexed_written_seq)
+			moved = true;
+	}
+	if (!moved)
+		return;
+	rw_err_clear();
+	int n = ix_catch_up(s->ix, NULL, NULL);
+	if (n < 0) {
+		hk_error(s, "indexing", NULL, n);
+		return;
+	}
+	for (size_t i = 0; i < s->ndisks; i++)
+		s->disks[i].indexed_written_seq = s->disks[i].hk_snap;
+}
+
+static void hk_sync_heads(struct cap_server *s)
+{
+	for (size_t i = 0; i < s->ndisks; i++) {
+		rw_err_clear();
+		int err = cap_disk_sync_head(&s->disks[i], s->ix);
+		if (err)
+			hk_error(s, "head sync", s->disks[i].meta.name, err);
+	}
+}
+
+static void *hk_main(void *arg)
+{
+	struct cap_server *s = arg;
+	uint64_t last_sync = rw_mono_ns();
+
+	pthread_mutex_lock(&s->hk_mu);
+	while (!s->hk_stop) {
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		uint64_t t = (uint64_t)ts.tv_sec * 1000000000ull +
+			     (uint64_t)ts.tv_nsec + s->o.index_interval_ns;
+		ts.tv_sec = (time_t)(t / 1000000000ull);
+		ts.tv_nsec = (long)(t % 1000000000ull);
+		pthread_cond_timedwait(&s->hk_cv, &s->hk_mu, &ts);
+		if (s->hk_stop)
+			break;
+		pthread_mutex_unlock(&s->hk_mu);
+
+		for (size_t i = 0; i < s->ndisks; i++) {
+			rw_err_clear();
+			int err = jr_writer_tick(s->disks[i].w);
+			if (err)
+				hk_error(s, "segment rotation",
+					 s->disks[i].meta.name, err);
+		}
+		hk_index(s, false);
+		if (rw_mono_ns() - last_sync >= s->o.head_sync_interval_ns) {
+			hk_sync_heads(s);
+			last_sync = rw_mono_ns();
+		}
+		pthread_mutex_lock(&s->hk_mu);
+	}
+	pthread_mutex_unlock(&s->hk_mu);
+	return NULL;
+}
+
+/* ------------------------------------------------------------------ open */
+
+static void free_server(struct cap_server *s)
+{
+	for (size_t i = 0; i < s->nopen; i++)
+		cap_disk_close(&s->disks[i]);
+	free(s->disks);
+	jr_clock_free(s->clock);
+	ix_close(s->ix);
+	for (int i = 0; i < s->nl; i++)
+		close(s->lfd[i]);
+	if (s->stop_pipe[0] >= 0)
+		close(s->stop_pipe[0]);
+	if (s->stop_pipe[1] >= 0)
+		close(s->stop_pipe[1]);
+	pthread_mutex_destroy(&s->mu);
+	pthread_mutex_destroy(&s->hk_mu);
+	pthread_cond_destroy(&s->hk_cv);
+	free(s->store_dir);
+	free(s->socket_path);
+	free(s->listen);
+	free(s);
+}
+
+static int recover(struct cap_server *s)
+{
+	struct ix_disk *list = NULL;
+	int n, err;
+
+	n = ix_disk_list(s->ix, &list);
+	if (n < 0)
+		return n;
+	s->ndisks = (size_t)n;
+	s->disks = calloc(s->ndisks ? s->ndisks : 1, sizeof(*s->disks));
+	if (!s->disks) {
+		free(list);
+		return -ENOMEM;
+	}
+	err = jr_clock_new(&s->clock, 1, 0);
+	for (size_t i = 0; !err && i < s->ndisks; i++) {
+		struct jr_recovery rep = { 0 };
+		err = cap_disk_open(&s->disks[i], s->ix, &list[i], s->clock, &rep);
+		if (err)
+			break;
+		s->nopen++;
+		if (rep.truncated_bytes)
+			rw_log(RW_LOG_WARN, "disk '%s': dropped a torn tail of "
+			       "%llu bytes from segment %020llu (never flushed)",
+			       list[i].name,
+			       (unsigned long long)rep.truncated_bytes,
+			       (unsigned long long)rep.torn_segment);
+		rw_log(RW_LOG_INFO, "disk '%s' (id %u, %llu bytes): journal "
+		       "has %llu segments, last seq %llu", list[i].name,
+		       list[i].id, (unsigned long long)list[i].size,
+		       (unsigned long long)rep.segments,
+		       (unsigned long long)rep.last_seq);
+	}
+	free(list);
+	if (err)
+		return err;
+
+	struct ix_read *rd = NULL;
+	uint64_t seq, ts;
+	err = ix_read_begin(s->ix, &rd);
+	if (err)
+		return err;
+	err = ix_latest(rd, &seq, &ts);
+	ix_read_end(rd);
+	if (!err)
+		jr_clock_observe(s->clock, seq, ts);
+	else if (err != RW_ENOTFOUND)
+		return err;
+
+	for (size_t i = 0; i < s->ndisks; i++) {
+		struct cap_disk *d = &s->disks[i];
+		n = cap_disk_replay(d);
+		if (n < 0)
+			return n;
+		if (n > 0) {
+			rw_log(RW_LOG_INFO, "disk '%s': replayed %d journal "
+			       "records after seq %llu into head.img",
+			       d->meta.name, n,
+			       (unsigned long long)d->head_synced_seq);
+			uint64_t mark = cap_disk_head_watermark(d);
+			err = ix_disk_set_head_synced(s->ix, d->meta.id, mark);
+			if (err)
+				return err;
+			d->head_synced_seq = mark;
+		}
+	}
+	n = ix_catch_up(s->ix, NULL, NULL);
+	if (n < 0)
+		return n;
+	if (n > 0)
+		rw_log(RW_LOG_INFO, "indexed %d journal records the index "
+		       "lacked", n);
+	for (size_t i = 0; i < s->ndisks; i++) {
+		struct jr_writer_stats st;
+		jr_writer_stats(s->disks[i].w, &st);
+		s->disks[i].indexed_written_seq = st.written_seq;
+	}
+	return 0;
+}
+
+int cap_server_open(struct cap_server **out, const struct cap_server_opts *o)
+{
+	struct cap_server *s;
+	int err;
+
+	*out = NULL;
+	if (!o->store_dir)
+		return rw_err_set(-EINVAL, "no store given");
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->o = *o;
+	s->stop_pipe[0] = s->stop_pipe[1] = -1;
+	atomic_init(&s->stopping, false);
+	pthread_mutex_init(&s->mu, NULL);
+	pthread_mutex_init(&s->hk_mu, NULL);
+	pthread_cond_init(&s->hk_cv, NULL);
+	s->store_dir = strdup(o->store_dir);
+	if (o->socket_path)
+		s->socket_path = strdup(o->socket_path);
+	else if (asprintf(&s->socket_path, "%s/rewind.sock", o->store_dir) < 0)
+		s->socket_path = NULL;
+	if (o->listen)
+		s->listen = strdup(o->listen);
+	if (!s->store_dir || !s->socket_path || (o->listen && !s->listen)) {
+		free_server(s);
+		return -ENOMEM;
+	}
+	s->o.store_dir = s->store_dir;
+	s->o.socket_path = s->socket_path;
+	s->o.listen = s->listen;
+	if (pipe2(s->stop_pipe, O_CLOEXEC | O_NONBLOCK)) {
+		err = -errno;
+		free_server(s);
+		return err;
+	}
+
+	err = ix_open(&s->ix, s->store_dir, IX_LOCK);
+	if (err) {
+		s->ix = NULL;
+		if (err == RW_EBUSY)
+			rw_err_set(err, "store '%s' is in use by another rewind "
+				   "server (its lock is held)", s->store_dir);
+		free_server(s);
+		return err;
+	}
+	err = recover(s);
+	if (err) {
+		free_server(s);
+		return err;
+	}
+
+	size_t an = 0;
+	if (*s->socket_path) {
+		int fd = listen_unix(s->socket_path);
+		if (fd < 0) {
+			free_server(s);
+			return fd;
+		}
+		s->lfd[s->nl++] = fd;
+		an += (size_t)snprintf(s->addr + an, sizeof(s->addr) - an,
+				       "unix:%s", s->socket_path);
+	}
+	if (s->listen) {
+		int fd = listen_tcp(s->listen);
+		if (fd < 0) {
+			free_server(s);
+			return fd;
+		}
+		s->lfd[s->nl++] = fd;
+		if (an < sizeof(s->addr))
+			snprintf(s->addr + an, sizeof(s->addr) - an, "%stcp:%s",
+				 an ? " " : "", s->listen);
+	}
+	if (!s->nl) {
+		free_server(s);
+		return rw_err_set(-EINVAL, "nothing to listen on (give --socket "
+				  "or --listen)");
+	}
+
+	err = pthread_create(&s->hk, NULL, hk_main, s);
+	if (err) {
+		free_server(s);
+		return rw_err_set(-err, "cannot start the housekeeping thread");
+	}
+	s->hk_started = true;
+	*out = s;
+	return 0;
+}
+
+/* ------------------------------------------------------------------- run */
+
+static void *conn_main(void *arg)
+{
+	struct cap_conn *c = arg;
+	struct cap_server *s = c->srv;
+
+	rw_err_clear();
+	int err = cap_handshake(c);
+	if (err == 0) {
+		rw_log(RW_LOG_DEBUG, "%s: serving disk '%s'%s", c->peer,
+		       c->disk->meta.name,
+		       c->structured ? " (structured replies)" : "");
+		cap_conn_serve(c);
+	} else if (err < 0 && err != -ECONNRESET) {
+		const char *m = rw_err_msg();
+		rw_log(RW_LOG_WARN, "%s: handshake failed: %s", c->peer,
+		       err == -ETIMEDOUT ? "deadline passed" :
+		       m && *m ? m : rw_strerror(err));
+	}
+	pthread_mutex_lock(&s->mu);
+	close(c->fd);
+	c->fd = -1;
+	s->nconns--;
+	pthread_mutex_unlock(&s->mu);
+	atomic_store(&c->done, true);
+	return NULL;
+}
+
+/* Joins and frees finished connections; with all, waits for every one. */
+static void reap(struct cap_server *s, bool all)
+{
+	pthread_mutex_lock(&s->mu);
+	struct cap_conn **pp = &s->conns;
+	while (*pp) {
+		struct cap_conn *c = *pp;
+		if (all || atomic_load(&c->done)) {
+			*pp = c->next;
+			pthread_mutex_unlock(&s->mu);
+			pthread_join(c->thread, NULL);
+			free(c);
+			pthread_mutex_lock(&s->mu);
+			pp = &s->conns;
+			continue;
+		}
+		pp = &c->next;
+	}
+	pthread_mutex_unlock(&s->mu);
+}
+
+static void peer_name(int fd, char *buf, size_t n, bool unix_sock)
+{
+	struct sockaddr_storage a;
+	socklen_t al = sizeof(a);
+	char h[128], p[32];
+
+	if (unix_sock || getpeername(fd, (struct sockaddr *)&a, &al) ||
+	    getnameinfo((struct sockaddr *)&a, al, h, sizeof(h), p, sizeof(p),
+			NI_NUMERICHOST | NI_NUMERICSERV)) {
+		snprintf(buf, n, "client %d (unix)", fd);
+		return;
+	}
+	snprintf(buf, n, "client %s:%s", h, p);
+}
+
+static void accept_one(struct cap_server *s, int lfd, bool unix_sock)
+{
+	int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+	if (fd < 0) {
+		if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+			rw_log(RW_LOG_WARN, "accept: %s", strerror(errno));
+		if (errno == EMFILE || errno == ENFILE)
+			usleep(100000);
+		return;
+	}
+	pthread_mutex_lock(&s->mu);
+	if (s->nconns >= s->o.max_conns) {
+		pthread_mutex_unlock(&s->mu);
+		rw_log(RW_LOG_WARN, "connection cap (%u) reached; refusing a "
+		       "new client", s->o.max_conns);
+		close(fd);
+		return;
+	}
+	pthread_mutex_unlock(&s->mu);
+	if (!unix_sock) {
+		int one = 1;
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	}
+	struct cap_conn *c = calloc(1, sizeof(*c));
+	if (!c) {
+		close(fd);
+		return;
+	}
+	c->srv = s;
+	c->fd = fd;
+	c->deadline_ns = rw_mono_ns() + s->o.handshake_timeout_ns;
+	atomic_init(&c->done, false);
+	peer_name(fd, c->peer, sizeof(c->peer), unix_sock);
+	pthread_mutex_lock(&s->mu);
+	int e = pthread_create(&c->thread, NULL, conn_main, c);
+	if (e) {
+		pthread_mutex_unlock(&s->mu);
+		rw_log(RW_LOG_WARN, "cannot start a connection thread: %s",
+		       strerror(e));
+		close(fd);
+		free(c);
+		return;
+	}
+	s->nconns++;
+	c->next = s->conns;
+	s->conns = c;
+	pthread_mutex_unlock(&s->mu);
+}
+
+int cap_server_run(struct cap_server *s)
+{
+	struct pollfd p[MAX_LISTEN + 1];
+
+	rw_log(RW_LOG_INFO, "serving %zu disk%s of store '%s' on %s",
+	       s->ndisks, s->ndisks == 1 ? "" : "s", s->store_dir, s->addr);
+	while (!atomic_load(&s->stopping)) {
+		for (int i = 0; i < s->nl; i++)
+			p[i] = (struct pollfd){ .fd = s->lfd[i], .events = POLLIN };
+		p[s->nl] = (struct pollfd){ .fd = s->stop_pipe[0], .events = POLLIN };
+		int n = poll(p, (nfds_t)s->nl + 1, 1000);
+		reap(s, false);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return rw_err_set(-errno, "poll: %s", strerror(errno));
+		}
+		if (p[s->nl].revents)
+			break;
+		for (int i = 0; i < s->nl; i++)
+			if (p[i].revents & POLLIN)
+				accept_one(s, s->lfd[i],
+					   i == 0 && *s->socket_path);
+	}
+
+	/* Drain: readers see EOF, workers answer what was in flight. */
+	pthread_mutex_lock(&s->mu);
+	unsigned live = s->nconns;
+	for (struct cap_conn *c = s->conns; c; c = c->next)
+		if (c->fd >= 0)
+			shutdown(c->fd, SHUT_RD);
+	pthread_mutex_unlock(&s->mu);
+	if (live)
+		rw_log(RW_LOG_INFO, "closing %u connection%s", live,
+		       live == 1 ? "" : "s");
+	uint64_t until = rw_mono_ns() + 10ull * 1000000000ull;
+	for (;;) {
+		pthread_mutex_lock(&s->mu);
+		live = s->nconns;
+		if (live && rw_mono_ns() >= until)
+			for (struct cap_conn *c = s->conns; c; c = c->next)
+				if (c->fd >= 0)
+					shutdown(c->fd, SHUT_RDWR);
+		pthread_mutex_unlock(&s->mu);
+		if (!live || rw_mono_ns() >= until)
+			break;
+		usleep(10000);
+	}
+	reap(s, true);
+	return 0;
+}
+
+/* ----------------------------------------------------------------- close */
+
+int cap_server_close(struct cap_server *s)
+{
+	int err = 0, e;
+
+	if (!s)
+		return 0;
+	if (s->hk_started) {
+		pthread_mutex_lock(&s->hk_mu);
+		s->hk_stop = true;
+		pthread_cond_signal(&s->hk_cv);
+		pthread_mutex_unlock(&s->hk_mu);
+		pthread_join(s->hk, NULL);
+	}
+	reap(s, true);
+	for (size_t i = 0; i < s->nopen; i++) {
+		struct cap_disk *d = &s->disks[i];
+		rw_err_clear();
+		e = jr_writer_flush(d->w);
+		if (e) {
+			rw_log(RW_LOG_ERROR, "disk '%s': final journal flush "
+			       "failed: %s", d->meta.name,
+			       *rw_err_msg() ? rw_err_msg() : rw_strerror(e));
+			if (!err)
+				err = e;
+		}
+	}
+	rw_err_clear();
+	e = ix_catch_up(s->ix, NULL, NULL);
+	if (e < 0) {
+		rw_log(RW_LOG_ERROR, "final indexing failed: %s",
+		       *rw_err_msg() ? rw_err_msg() : rw_strerror(e));
+		if (!err)
+			err = e;
+	}
+	for (size_t i = 0; i < s->nopen; i++) {
+		struct cap_disk *d = &s->disks[i];
+		struct jr_writer_stats st;
+		rw_err_clear();
+		e = cap_disk_sync_head(d, s->ix);
+		if (e) {
+			rw_log(RW_LOG_ERROR, "disk '%s': head sync failed: %s",
+			       d->meta.name,
+			       *rw_err_msg() ? rw_err_msg() : rw_strerror(e));
+			if (!err)
+				err = e;
+		}
+		jr_writer_stats(d->w, &st);
+		rw_log(RW_LOG_INFO, "disk '%s': %llu writes (%llu compressed), "
+		       "%llu zeroes, %llu trims, %llu flushes, %llu reads; "
+		       "journal %llu records, %llu bytes logical, %llu stored, "
+		       "durable to seq %llu, head synced to seq %llu",
+		       d->meta.name,
+		       (unsigned long long)atomic_load(&d->n_writes),
+		       (unsigned long long)atomic_load(&d->n_compressed),
+		       (unsigned long long)atomic_load(&d->n_zeroes),
+		       (unsigned long long)atomic_load(&d->n_trims),
+		       (unsigned long long)atomic_load(&d->n_flushes),
+		       (unsigned long long)atomic_load(&d->n_reads),
+		       (unsigned long long)st.records,
+		       (unsigned long long)st.logical_bytes,
+		       (unsigned long long)st.stored_bytes,
+		       (unsigned long long)st.durable_seq,
+		       (unsigned long long)d->head_synced_seq);
+	}
+	for (size_t i = 0; i < s->nopen; i++) {
+		e = cap_disk_close(&s->disks[i]);
+		if (e && !err)
+			err = e;
+	}
+	s->nopen = 0;
+	if (s->socket_path && *s->socket_path)
+		unlink(s->socket_path);
+	free_server(s);
+	return err;
+}
