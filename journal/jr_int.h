@@ -1,0 +1,139 @@
+/*
+ * jr_int.h — private to journal/: the segment header, the record decoder
+ * with a reason string, and the buffered segment scanner that writer
+ * recovery and readers share.  Nothing here is part of the contract in
+ * jr.h; FORMAT.md is the normative description of the bytes.
+ */
+#ifndef RW_JOURNAL_INT_H
+#define RW_JOURNAL_INT_H
+
+#include "common/rw.h"
+#include "journal/jr.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ------------------------------------------------------ segment header */
+
+#define JR_SEG_MAGIC "RWJSEG\r\n"
+#define JR_SEG_VERSION 1u
+#define JR_SEG_HDR_SIZE 64u
+#define JR_REC_MAGIC 0x524A5752u /* "RWJR" as little-endian bytes */
+
+/* Largest logical offset + length a record may describe (fits off_t). */
+#define JR_MAX_DISK_END ((uint64_t)INT64_MAX)
+
+struct jr_seghdr {
+	uint32_t version;
+	uint64_t first_seq;
+	uint64_t created_ns;
+	uint32_t disk_id;
+};
+
+void jr_seghdr_encode(const struct jr_seghdr *h, uint8_t buf[JR_SEG_HDR_SIZE]);
+/*
+ * Decodes and checks a segment header (magic, version, length, reserved
+ * bytes, crc).  Returns 0, RW_EVERSION or RW_ECORRUPT; *why names the
+ * problem.
+ */
+int jr_seghdr_decode(const uint8_t buf[JR_SEG_HDR_SIZE], struct jr_seghdr *h,
+		     const char **why);
+
+/* jr_rec_decode() that also says why a header was refused. */
+int jr_rec_decode_why(const uint8_t hdr[JR_HDR_SIZE], struct jr_rec *rec,
+		      const char **why);
+
+/* Total bytes of a record in the file. */
+static inline uint64_t jr_rec_total(const struct jr_rec *r)
+{
+	return (uint64_t)JR_HDR_SIZE + r->stored_len;
+}
+
+/* True when name is a segment file name (exactly 20 decimal digits). */
+bool jr_is_segment_name(const char *name, uint64_t *first_seq);
+
+/* --------------------------------------------------------- compression */
+
+/*
+ * Compresses len bytes of src with cc when that saves at least 1/16.
+ * Returns true and sets *out / *outlen (owned by cc until its next use)
+ * when the compressed form should be stored.
+ */
+bool jr_cctx_compress(struct jr_cctx *cc, const void *src, uint32_t len,
+		      const void **out, uint32_t *outlen);
+
+/* ---------------------------------------------------------- scanner */
+
+/*
+ * A read window over one segment file.  jr_scan_fill() makes n bytes at
+ * off visible at *p and returns how many are there (fewer only at end of
+ * file), or -errno.  Pointers stay valid until the next fill.
+ */
+struct jr_scan {
+	int fd;
+	uint8_t *buf;
+	size_t cap;
+	uint64_t boff;
+	size_t blen;
+};
+
+#define JR_SCAN_WINDOW (1u << 20)
+
+void jr_scan_init(struct jr_scan *sc, int fd);
+void jr_scan_fini(struct jr_scan *sc);
+/* Forgets the window, so the next fill re-reads the file. */
+void jr_scan_invalidate(struct jr_scan *sc);
+ssize_t jr_scan_fill(struct jr_scan *sc, uint64_t off, size_t n,
+		     const uint8_t **p);
+
+enum jr_scan_res {
+	JR_SCAN_OK,   /* a complete, valid record */
+	JR_SCAN_END,  /* the file ends exactly here */
+	JR_SCAN_TORN, /* the file ends inside the record */
+	JR_SCAN_BAD,  /* bad magic / bounds / checksum */
+};
+
+/*
+ * Reads the record at off.  With verify, checks the crc over the payload
+ * and sets *payload to the stored bytes (valid until the next fill);
+ * without, only checks that the payload is present in the file.
+ * Returns a jr_scan_res (>= 0) or -errno; *why explains TORN and BAD.
+ */
+int jr_scan_record(struct jr_scan *sc, uint64_t off, bool verify,
+		   struct jr_rec *rec, const uint8_t **payload,
+		   const char **why);
+
+/*
+ * Looks for any valid record (header, bounds and crc) with seq > after_seq
+ * starting at any byte offset >= from.  Returns 1 and *found_off, 0 when
+ * none, or -errno.
+ */
+int jr_scan_find_valid(struct jr_scan *sc, uint64_t from, uint64_t after_seq,
+		       uint64_t *found_off);
+
+/* Reads and checks the segment header of fd; messages name path. */
+int jr_segment_read_header(int fd, const char *path, uint64_t name_seq,
+			   struct jr_seghdr *h);
+
+
+/* ---------------------------------------------------------- back ends */
+
+/*
+ * The writer's I/O back end: io_uring or pwritev/fdatasync.  Used by one
+ * thread at a time (the writer's I/O leader).
+ */
+struct jr_io;
+
+/* Returns 0 and *out, -errno when io_uring is refused and b is URING. */
+int jr_io_open(struct jr_io **out, enum jr_backend b);
+void jr_io_close(struct jr_io *io);
+bool jr_io_is_uring(const struct jr_io *io);
+/*
+ * Writes len bytes of buf at off in fd, completing short transfers, then
+ * (when sync) fdatasyncs fd.  Returns 0 or -errno (injected faults too).
+ */
+int jr_io_write(struct jr_io *io, int fd, const void *buf, size_t len,
+		uint64_t off, bool sync);
+
+#endif /* RW_JOURNAL_INT_H */

@@ -1,0 +1,478 @@
+/*
+ * reader.c — sequential and random reads of a journal, possibly while a
+ * writer (in this or another process) appends to it.
+ *
+ * A reader walks segments in name order through the shared scanner
+ * (scan.c): every record is bounds-checked from its header before any
+ * buffer is sized, crc-verified (unless JR_READ_HEADERS), chained (seq
+ * increasing, prev_seq linking to the previous record) and decompressed
+ * into a reader-owned buffer whose size is the checked logical length.
+ * The end of the last segment is not an error: a record the writer has
+ * not finished writing looks torn, so the reader returns 0 without moving
+ * and a later call retries from the same offset.  The directory is
+ * re-listed whenever the reader runs out of data, which is how it follows
+ * rollover; a segment that has a successor but ends without a SEAL is
+ * corrupt, but only after a fresh look at its bytes, because the writer
+ * seals before it creates the successor.
+ *
+ * Rejected alternative: inotify to follow the writer.  It is Linux-only
+ * plumbing for something a caller polling jr_reader_next() already does,
+ * and it would still need the re-list logic for correctness.
+ */
+#include "journal/jr_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zstd.h>
+
+struct jr_reader {
+	char *dir;
+	unsigned flags;
+	struct jr_seginfo *segs;
+	int nsegs;
+
+	bool has_cur;           /* cur_first names the current/last segment */
+	uint64_t cur_first;
+	int fd;                 /* open on cur_first, or -1 */
+	struct jr_scan sc;
+	struct jr_seghdr h;
+	uint64_t pos;
+	uint64_t seg_nrec;
+	char path[PATH_MAX];
+
+	bool have_last;
+	uint64_t last_seq;
+	uint64_t seek_to;
+
+	ZSTD_DCtx *dctx;
+	uint8_t *out;
+	size_t outcap;
+
+	int at_fd;
+	uint64_t at_seg;
+	uint8_t *at_buf;
+	size_t at_cap;
+};
+
+static int relist(struct jr_reader *r)
+{
+	struct jr_seginfo *v = NULL;
+	int n = jr_segments_list(r->dir, &v);
+
+	if (n < 0)
+		return n;
+	free(r->segs);
+	r->segs = v;
+	r->nsegs = n;
+	return 0;
+}
+
+/* Index of the first listed segment after the current one, or -1. */
+static int next_index(const struct jr_reader *r)
+{
+	for (int i = 0; i < r->nsegs; i++)
+		if (!r->has_cur || r->segs[i].first_seq > r->cur_first)
+			return i;
+	return -1;
+}
+
+static void close_cur(struct jr_reader *r)
+{
+	if (r->fd >= 0)
+		close(r->fd);
+	r->fd = -1;
+	jr_scan_invalidate(&r->sc);
+	r->sc.fd = -1;
+}
+
+/* Opens the next segment.  1 when opened, 0 when there is none, or error. */
+static int open_next(struct jr_reader *r)
+{
+	int i = next_index(r);
+	int err;
+
+	if (i < 0) {
+		if ((err = relist(r)))
+			return err;
+		i = next_index(r);
+		if (i < 0)
+			return 0;
+	}
+	char name[32];
+	jr_segment_name(r->segs[i].first_seq, name);
+	snprintf(r->path, sizeof(r->path), "%s/%s", r->dir, name);
+	int fd = rw_sys_open(r->path, O_RDONLY, 0);
+	if (fd < 0)
+		return rw_err_set(fd, "cannot open segment '%s': %s", r->path,
+				  rw_strerror(fd));
+	err = jr_segment_read_header(fd, r->path, r->segs[i].first_seq, &r->h);
+	if (err) {
+		close(fd);
+		return err;
+	}
+	r->fd = fd;
+	r->sc.fd = fd;
+	jr_scan_invalidate(&r->sc);
+	r->has_cur = true;
+	r->cur_first = r->segs[i].first_seq;
+	r->pos = JR_SEG_HDR_SIZE;
+	r->seg_nrec = 0;
+	return 1;
+}
+
+static int corrupt(struct jr_reader *r, const char *why)
+{
+	return rw_err_set(RW_ECORRUPT, "corrupt record in segment '%s' at "
+			  "offset %llu (after seq %llu): %s", r->path,
+			  (unsigned long long)r->pos,
+			  (unsigned long long)r->last_seq, why);
+}
+
+static int decompress(ZSTD_DCtx **dctx, const struct jr_rec *rec,
+		      const uint8_t *src, void *dst, const char **why)
+{
+	if (!*dctx) {
+		*dctx = ZSTD_createDCtx();
+		if (!*dctx)
+			return -ENOMEM;
+	}
+	unsigned long long fcs = ZSTD_getFrameContentSize(src, rec->stored_len);
+	if (fcs != rec->length) {
+		*why = "zstd frame size differs from the record length";
+		return RW_ECORRUPT;
+	}
+	if (ZSTD_findFrameCompressedSize(src, rec->stored_len) !=
+	    rec->stored_len) {
+		*why = "zstd frame does not fill the payload";
+		return RW_ECORRUPT;
+	}
+	size_t n = ZSTD_decompressDCtx(*dctx, dst, rec->length, src,
+				       rec->stored_len);
+	if (ZSTD_isError(n) || n != rec->length) {
+		*why = "zstd frame does not decompress";
+		return RW_ECORRUPT;
+	}
+	return 0;
+}
+
+static bool later_segment_exists(const struct jr_reader *r)
+{
+	return next_index(r) >= 0;
+}
+
+/* Returns 1 with a record, 0 at the clean end, or an error. */
+static int next_rec(struct jr_reader *r, struct jr_rec *rec,
+		    struct jr_loc *loc, const void **payload)
+{
+	bool verify = !(r->flags & JR_READ_HEADERS);
+	bool looked_again = false;
+	const uint8_t *p;
+	const char *why;
+	int err;
+
+	for (;;) {
+		if (r->fd < 0) {
+			err = open_next(r);
+			if (err <= 0)
+				return err;
+			looked_again = false;
+		}
+		int res = jr_scan_record(&r->sc, r->pos, verify, rec, &p, &why);
+		if (res < 0)
+			return rw_err_set(res, "cannot read segment '%s': %s",
+					  r->path, rw_strerror(res));
+		if (res == JR_SCAN_OK) {
+			const char *bad = NULL;
+			if (rec->disk_id != r->h.disk_id)
+				bad = "disk id differs from the segment's";
+			else if (rec->seq < r->cur_first)
+				bad = "seq below the segment's first seq";
+			else if (rec->type == JR_SEAL &&
+				 (!r->seg_nrec || rec->seq != r->last_seq))
+				bad = "seal does not follow the last record";
+			else if (rec->type != JR_SEAL && r->have_last &&
+				 rec->seq <= r->last_seq)
+				bad = "seq not increasing";
+			else if (rec->type != JR_SEAL && r->have_last &&
+				 rec->prev_seq != r->last_seq)
+				bad = "prev_seq does not link to the previous record";
+			if (bad)
+				return corrupt(r, bad);
+			if (rec->type == JR_SEAL) {
+				const uint8_t *q;
+				ssize_t n = jr_scan_fill(&r->sc, r->pos + JR_HDR_SIZE,
+							 1, &q);
+				if (n < 0)
+					return rw_err_set((int)n, "cannot read "
+							  "segment '%s': %s", r->path,
+							  rw_strerror((int)n));
+				if (n > 0)
+					return corrupt(r, "data after the seal record");
+				close_cur(r);
+				continue;
+			}
+			loc->segment = r->cur_first;
+			loc->offset = r->pos;
+			*payload = NULL;
+			if (verify && rec->type == JR_WRITE &&
+			    rec->seq >= r->seek_to) {
+				if (rec->flags & JR_F_ZSTD) {
+					if (rec->length > r->outcap) {
+						uint8_t *nb = realloc(r->out, rec->length);
+						if (!nb)
+							return -ENOMEM;
+						r->out = nb;
+						r->outcap = rec->length;
+					}
+					err = decompress(&r->dctx, rec, p, r->out, &why);
+					if (err == RW_ECORRUPT)
+						return corrupt(r, why);
+					if (err)
+						return err;
+					*payload = r->out;
+				} else {
+					*payload = p;
+				}
+			}
+			r->have_last = true;
+			r->last_seq = rec->seq;
+			r->seg_nrec++;
+			r->pos += jr_rec_total(rec);
+			return 1;
+		}
+		/* END, TORN or BAD. */
+		if (!later_segment_exists(r) && !looked_again) {
+			if ((err = relist(r)))
+				return err;
+			if (later_segment_exists(r)) {
+				/* Rolled over meanwhile: its seal is written
+				 * now, so look at the bytes once more. */
+				looked_again = true;
+				jr_scan_invalidate(&r->sc);
+				continue;
+			}
+		}
+		if (later_segment_exists(r))
+			return corrupt(r, res == JR_SCAN_BAD ? why :
+				       "segment ends without a seal record but "
+				       "a later segment exists");
+		if (res != JR_SCAN_END) {
+			uint64_t found;
+			int f = jr_scan_find_valid(&r->sc, r->pos + 1,
+						   r->have_last ? r->last_seq : 0,
+						   &found);
+			if (f < 0)
+				return rw_err_set(f, "cannot read segment '%s': %s",
+						  r->path, rw_strerror(f));
+			if (f) {
+				char msg[256];
+				snprintf(msg, sizeof(msg), "%s; a valid record "
+					 "follows at offset %llu", why,
+					 (unsigned long long)found);
+				return corrupt(r, msg);
+			}
+		}
+		/* Clean end (or torn tail): retry from here next time. */
+		jr_scan_invalidate(&r->sc);
+		return 0;
+	}
+}
+
+int jr_reader_next(struct jr_reader *r, struct jr_rec *rec,
+		   struct jr_loc *loc, const void **payload)
+{
+	struct jr_rec tr;
+	struct jr_loc tl;
+	const void *tp = NULL;
+	int err;
+
+	if (!rec)
+		rec = &tr;
+	if (!loc)
+		loc = &tl;
+	/* After a seek, records below the target are checked, not returned. */
+	while ((err = next_rec(r, rec, loc, &tp)) == 1 && rec->seq < r->seek_to)
+		;
+	if (err == 1)
+		r->seek_to = 0;
+	if (payload)
+		*payload = err == 1 ? tp : NULL;
+	return err;
+}
+
+int jr_reader_seek(struct jr_reader *r, uint64_t seq)
+{
+	int err = relist(r);
+
+	if (err)
+		return err;
+	close_cur(r);
+	r->has_cur = false;
+	r->have_last = false;
+	r->last_seq = 0;
+	for (int i = r->nsegs - 1; i >= 0; i--) {
+		if (r->segs[i].first_seq <= seq) {
+			if (r->segs[i].first_seq > 0) {
+				r->has_cur = true;
+				r->cur_first = r->segs[i].first_seq - 1;
+			}
+			break;
+		}
+	}
+	r->seek_to = seq;
+	return 0;
+}
+
+int jr_reader_open(struct jr_reader **out, const char *dir, unsigned flags)
+{
+	struct jr_reader *r = NULL;
+	int err = 0;
+
+	*out = NULL;
+	r = calloc(1, sizeof(*r));
+	if (!r)
+		return -ENOMEM;
+	r->fd = -1;
+	r->at_fd = -1;
+	r->flags = flags;
+	jr_scan_init(&r->sc, -1);
+	r->dir = strdup(dir);
+	if (!r->dir) {
+		err = -ENOMEM;
+		goto out;
+	}
+	if ((err = relist(r)))
+		goto out;
+	*out = r;
+	r = NULL;
+out:
+	jr_reader_close(r);
+	return err;
+}
+
+void jr_reader_close(struct jr_reader *r)
+{
+	if (!r)
+		return;
+	close_cur(r);
+	jr_scan_fini(&r->sc);
+	if (r->at_fd >= 0)
+		close(r->at_fd);
+	ZSTD_freeDCtx(r->dctx);
+	free(r->out);
+	free(r->at_buf);
+	free(r->segs);
+	free(r->dir);
+	free(r);
+}
+
+int jr_reader_read_at(struct jr_reader *r, const struct jr_loc *loc,
+		      struct jr_rec *rec, void *buf, size_t bufsz)
+{
+	char path[PATH_MAX], name[32];
+	uint8_t hdr[JR_HDR_SIZE];
+	struct jr_seghdr h;
+	const char *why = NULL;
+	ssize_t n;
+	int err = 0;
+
+	jr_segment_name(loc->segment, name);
+	snprintf(path, sizeof(path), "%s/%s", r->dir, name);
+	if (r->at_fd < 0 || r->at_seg != loc->segment) {
+		if (r->at_fd >= 0)
+			close(r->at_fd);
+		r->at_fd = -1;
+		int fd = rw_sys_open(path, O_RDONLY, 0);
+		if (fd == -ENOENT)
+			return rw_err_set(RW_ENOTFOUND, "no segment '%s'", path);
+		if (fd < 0)
+			return rw_err_set(fd, "cannot open segment '%s': %s", path,
+					  rw_strerror(fd));
+		err = jr_segment_read_header(fd, path, loc->segment, &h);
+		if (err) {
+			close(fd);
+			return err;
+		}
+		r->at_fd = fd;
+		r->at_seg = loc->segment;
+	}
+	if (loc->offset < JR_SEG_HDR_SIZE || loc->offset > (uint64_t)INT64_MAX -
+	    JR_HDR_SIZE - JR_MAX_STORED) {
+		why = "offset out of range";
+		err = RW_ECORRUPT;
+		goto out;
+	}
+	n = rw_sys_pread_full(r->at_fd, hdr, JR_HDR_SIZE, (off_t)loc->offset);
+	if (n < 0) {
+		err = rw_err_set((int)n, "cannot read segment '%s': %s", path,
+				 rw_strerror((int)n));
+		goto out;
+	}
+	if (n < (ssize_t)JR_HDR_SIZE) {
+		why = "no record header at this offset";
+		err = RW_ECORRUPT;
+		goto out;
+	}
+	if (jr_rec_decode_why(hdr, rec, &why)) {
+		err = RW_ECORRUPT;
+		goto out;
+	}
+	if (rec->seq < loc->segment) {
+		why = "seq below the segment's first seq";
+		err = RW_ECORRUPT;
+		goto out;
+	}
+	if (rec->stored_len > r->at_cap) {
+		uint8_t *nb = realloc(r->at_buf, rec->stored_len);
+		if (!nb) {
+			err = -ENOMEM;
+			goto out;
+		}
+		r->at_buf = nb;
+		r->at_cap = rec->stored_len;
+	}
+	if (rec->stored_len) {
+		n = rw_sys_pread_full(r->at_fd, r->at_buf, rec->stored_len,
+				      (off_t)(loc->offset + JR_HDR_SIZE));
+		if (n < 0) {
+			err = rw_err_set((int)n, "cannot read segment '%s': %s",
+					 path, rw_strerror((int)n));
+			goto out;
+		}
+		if ((size_t)n < rec->stored_len) {
+			why = "record extends past the end of the segment";
+			err = RW_ECORRUPT;
+			goto out;
+		}
+	}
+	if (jr_rec_verify(rec, hdr, r->at_buf)) {
+		why = "record checksum mismatch";
+		err = RW_ECORRUPT;
+		goto out;
+	}
+	if (rec->type != JR_WRITE)
+		goto out;
+	if (bufsz < rec->length) {
+		err = rw_err_set(-ENOBUFS, "record seq %llu in '%s' needs %u "
+				 "bytes, buffer has %zu",
+				 (unsigned long long)rec->seq, path, rec->length,
+				 bufsz);
+		goto out;
+	}
+	if (rec->flags & JR_F_ZSTD)
+		err = decompress(&r->dctx, rec, r->at_buf, buf, &why);
+	else
+		memcpy(buf, r->at_buf, rec->length);
+out:
+	if (err == RW_ECORRUPT && why)
+		rw_err_set(err, "corrupt record in segment '%s' at offset %llu "
+			   "(seq %llu): %s", path,
+			   (unsigned long long)loc->offset,
+			   (unsigned long long)rec->seq, why);
+	return err;
+}
