@@ -47,7 +47,9 @@ struct cap_disk {
 	atomic_bool punch_ok;             /* fallocate punch/zero works */
 	atomic_int last_err;              /* last journal error logged */
 	uint64_t head_synced_seq;         /* housekeeping thread only */
-	uint64_t indexed_written_seq;     /* housekeeping thread only */
+	struct jr_reader *ixr;            /* indexer's reader, housekeeping only */
+	uint64_t indexed_seq;             /* newest seq of this disk indexed */
+	uint64_t pending_seq;             /* newest seq added to the open batch */
 	uint64_t synced_ops;              /* housekeeping thread only */
 	uint64_t hk_snap;                 /* housekeeping thread only */
 

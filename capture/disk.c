@@ -59,7 +59,9 @@ int cap_disk_open(struct cap_disk *d, struct ix *ix, const struct ix_disk *m,
 	d->clock = clock;
 	d->ranges = NULL;
 	d->head_synced_seq = m->head_synced_seq;
-	d->indexed_written_seq = 0;
+	d->ixr = NULL;
+	d->indexed_seq = 0;
+	d->pending_seq = 0;
 	d->synced_ops = 0;
 	atomic_init(&d->head_failed, false);
 	atomic_init(&d->punch_ok, true);
@@ -353,6 +355,8 @@ int cap_disk_close(struct cap_disk *d)
 {
 	int err = 0, e;
 
+	jr_reader_close(d->ixr);
+	d->ixr = NULL;
 	if (d->w) {
 		e = jr_writer_close(d->w);
 		if (e && !err)

@@ -236,28 +236,80 @@ static void hk_error(struct cap_server *s, const char *what, const char *disk,
 	       disk ? disk : "", m && *m ? m : rw_strerror(err));
 }
 
-/* Indexes every record written out so far, when any journal moved. */
-static void hk_index(struct cap_server *s, bool force)
+/*
+ * Indexes every record written out so far.  Each disk keeps a journal
+ * reader (headers only) positioned after the last record it indexed; it
+ * reads exactly up to the writer's written_seq, never into the tail the
+ * writer may be writing at that moment, and all disks' records go into
+ * one LMDB transaction.  After any error the readers are reopened at the
+ * next tick (seeking past what the index holds), so nothing is skipped.
+ */
+static int hk_index(struct cap_server *s)
 {
-	bool moved = force;
+	struct ix_batch *b = NULL;
+	size_t added = 0;
+	int err;
 
 	for (size_t i = 0; i < s->ndisks; i++) {
 		struct jr_writer_stats st;
 		jr_writer_stats(s->disks[i].w, &st);
 		s->disks[i].hk_snap = st.written_seq;
-		if (st.written_seq != s->disks[i].indexed_written_seq)
-			moved = true;
 	}
-	if (!moved)
-		return;
-	rw_err_clear();
-	int n = ix_catch_up(s->ix, NULL, NULL);
-	if (n < 0) {
-		hk_error(s, "indexing", NULL, n);
-		return;
+	err = ix_batch_new(s->ix, &b);
+	if (err)
+		return err;
+	for (size_t i = 0; !err && i < s->ndisks; i++) {
+		struct cap_disk *d = &s->disks[i];
+		uint64_t upto = d->hk_snap;
+		if (d->indexed_seq >= upto)
+			continue;
+		if (!d->ixr) {
+			err = jr_reader_open(&d->ixr, d->journal_dir,
+					     JR_READ_HEADERS);
+			if (!err)
+				err = jr_reader_seek(d->ixr, d->indexed_seq + 1);
+			if (err)
+				break;
+		}
+		while (d->indexed_seq < upto) {
+			struct jr_rec rec;
+			struct jr_loc loc;
+			const void *payload;
+			err = jr_reader_next(d->ixr, &rec, &loc, &payload);
+			if (err <= 0)
+				break;
+			err = ix_batch_add(b, &rec, &loc);
+			if (err)
+				break;
+			d->pending_seq = rec.seq;
+			added++;
+			if (rec.seq >= upto)
+				break;
+		}
+		if (err == 0 && d->pending_seq < upto)
+			err = rw_err_set(RW_ECORRUPT, "disk '%s': journal reader "
+					 "stopped at seq %llu before the written "
+					 "seq %llu", d->meta.name,
+					 (unsigned long long)d->pending_seq,
+					 (unsigned long long)upto);
+		if (err > 0)
+			err = 0;
 	}
-	for (size_t i = 0; i < s->ndisks; i++)
-		s->disks[i].indexed_written_seq = s->disks[i].hk_snap;
+	if (!err && added)
+		err = ix_batch_commit(b);
+	ix_batch_free(b);
+	for (size_t i = 0; i < s->ndisks; i++) {
+		struct cap_disk *d = &s->disks[i];
+		if (err) {
+			/* start over from what the index holds */
+			jr_reader_close(d->ixr);
+			d->ixr = NULL;
+			d->pending_seq = d->indexed_seq;
+		} else {
+			d->indexed_seq = d->pending_seq;
+		}
+	}
+	return err;
 }
 
 static void hk_sync_heads(struct cap_server *s)
@@ -295,7 +347,10 @@ static void *hk_main(void *arg)
 				hk_error(s, "segment rotation",
 					 s->disks[i].meta.name, err);
 		}
-		hk_index(s, false);
+		rw_err_clear();
+		int ierr = hk_index(s);
+		if (ierr)
+			hk_error(s, "indexing", NULL, ierr);
 		if (rw_mono_ns() - last_sync >= s->o.head_sync_interval_ns) {
 			hk_sync_heads(s);
 			last_sync = rw_mono_ns();
@@ -405,7 +460,8 @@ static int recover(struct cap_server *s)
 	for (size_t i = 0; i < s->ndisks; i++) {
 		struct jr_writer_stats st;
 		jr_writer_stats(s->disks[i].w, &st);
-		s->disks[i].indexed_written_seq = st.written_seq;
+		s->disks[i].indexed_seq = st.written_seq;
+		s->disks[i].pending_seq = st.written_seq;
 	}
 	return 0;
 }
@@ -695,7 +751,7 @@ int cap_server_close(struct cap_server *s)
 		}
 	}
 	rw_err_clear();
-	e = ix_catch_up(s->ix, NULL, NULL);
+	e = hk_index(s);
 	if (e < 0) {
 		rw_log(RW_LOG_ERROR, "final indexing failed: %s",
 		       *rw_err_msg() ? rw_err_msg() : rw_strerror(e));
