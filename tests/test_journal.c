@@ -34,6 +34,7 @@ struct mrec {
 	uint32_t stored;
 	uint8_t flags;
 	bool flushed;
+	bool seen;      /* set by read_all */
 };
 
 struct model {
@@ -142,7 +143,7 @@ static int append_random(uint64_t *st, struct jr_writer *w, struct jr_cctx *cc,
 	return 0;
 }
 
-__attribute__((unused)) static void model_mark_flushed(struct model *m)
+static void model_mark_flushed(struct model *m)
 {
 	for (size_t i = 0; i < m->n; i++)
 		m->v[i].flushed = true;
@@ -177,6 +178,8 @@ static int read_all(const char *dir, unsigned flags, struct model *m,
 
 	*count = 0;
 	*mismatch = 0;
+	for (size_t i = 0; i < m->n; i++)
+		m->v[i].seen = false;
 	err = jr_reader_open(&r, dir, flags);
 	if (err)
 		return err;
@@ -190,6 +193,7 @@ static int read_all(const char *dir, unsigned flags, struct model *m,
 		}
 		last_seq = rec.seq;
 		last_ts = rec.ts_ns;
+		e->seen = true;
 		if (flags & JR_READ_HEADERS) {
 			if (rec.type != e->type || rec.length != e->length ||
 			    payload != NULL)
@@ -231,14 +235,14 @@ static char *jdir(const char *tmp)
 	return p;
 }
 
-__attribute__((unused)) static void seg_path(const char *dir, uint64_t first, char *buf, size_t sz)
+static void seg_path(const char *dir, uint64_t first, char *buf, size_t sz)
 {
 	char name[32];
 	jr_segment_name(first, name);
 	snprintf(buf, sz, "%s/%s", dir, name);
 }
 
-__attribute__((unused)) static uint8_t *slurp(const char *path, size_t *len)
+static uint8_t *slurp(const char *path, size_t *len)
 {
 	struct stat st;
 	int fd = open(path, O_RDONLY);
@@ -252,7 +256,7 @@ __attribute__((unused)) static uint8_t *slurp(const char *path, size_t *len)
 	return b;
 }
 
-__attribute__((unused)) static void spit(const char *path, const uint8_t *b, size_t len)
+static void spit(const char *path, const uint8_t *b, size_t len)
 {
 	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
 	if (fd < 0 || (len && write(fd, b, len) != (ssize_t)len))
@@ -260,7 +264,7 @@ __attribute__((unused)) static void spit(const char *path, const uint8_t *b, siz
 	close(fd);
 }
 
-__attribute__((unused)) static uint64_t file_len(const char *path)
+static uint64_t file_len(const char *path)
 {
 	struct stat st;
 	return stat(path, &st) == 0 ? (uint64_t)st.st_size : 0;
@@ -603,6 +607,945 @@ static void test_roundtrip_uring(void)
 	roundtrip(uring_or_sync());
 }
 
+/* ------------------------------------------- 3. torn tail at every byte */
+
+static void test_truncate_every_byte(void)
+{
+	char *tmp = tu_tmpdir("jr-cut");
+	char *dir = jdir(tmp);
+	char path[1024];
+	struct jr_clock *clk;
+	struct jr_cctx *cc;
+	struct model m = { 0 };
+	uint64_t st = 3;
+	int err;
+
+	jr_clock_new(&clk, 100, 0);
+	jr_cctx_new(&cc, JR_ZSTD_LEVEL_DEFAULT);
+	struct jr_writer *w = open_writer(dir, JR_BACKEND_SYNC, 0, clk, NULL, &err);
+	CU_ASSERT_FATAL(w != NULL);
+	for (int i = 0; i < 8; i++)
+		CU_ASSERT_EQUAL(append_random(&st, w, cc, &m, 2000), 0);
+	/* The last three: a raw write, a zero, a compressed write. */
+	uint8_t raw[700], text[900];
+	tu_fill_random(&st, raw, sizeof(raw));
+	memset(text, 'x', sizeof(text));
+	struct jr_append a1 = { JR_WRITE, 4096, sizeof(raw), raw };
+	struct jr_append a2 = { JR_ZERO, 8192, 65536, NULL };
+	struct jr_append a3 = { JR_WRITE, 1 << 20, sizeof(text), text };
+	struct jr_appended o[3];
+	CU_ASSERT_EQUAL(jr_writer_append(w, &a1, cc, &o[0]), 0);
+	CU_ASSERT_EQUAL(jr_writer_append(w, &a2, cc, &o[1]), 0);
+	CU_ASSERT_EQUAL(jr_writer_append(w, &a3, cc, &o[2]), 0);
+	CU_ASSERT_EQUAL(o[0].flags, 0);
+	CU_ASSERT_EQUAL(o[2].flags, JR_F_ZSTD);
+	CU_ASSERT_EQUAL(jr_writer_close(w), 0);
+
+	seg_path(dir, o[0].loc.segment, path, sizeof(path));
+	size_t len;
+	uint8_t *orig = slurp(path, &len);
+	/* ends[k]: file end after record k (k = -1 .. 2) */
+	uint64_t ends[4] = { o[0].loc.offset, o[1].loc.offset, o[2].loc.offset,
+			     len };
+	uint64_t seqs[4] = { o[0].seq - 1, o[0].seq, o[1].seq, o[2].seq };
+	CU_ASSERT_EQUAL(ends[3], o[2].loc.offset + 64 + o[2].stored_len);
+	size_t bad_rep = 0, bad_append = 0, cuts = 0;
+	for (uint64_t cut = ends[0]; cut < len; cut++) {
+		int k = 0;
+		while (k < 3 && ends[k + 1] <= cut)
+			k++;
+		spit(path, orig, (size_t)cut);
+		struct jr_recovery rep;
+		w = open_writer(dir, JR_BACKEND_SYNC, 0, clk, &rep, &err);
+		CU_ASSERT_EQUAL(err, 0);
+		if (!w)
+			break;
+		cuts++;
+		uint64_t torn = cut - ends[k];
+		if (rep.last_seq != seqs[k] || rep.truncated_bytes != torn ||
+		    rep.torn_segment != (torn ? o[0].loc.segment : 0) ||
+		    rep.segments != 1 || file_len(path) != ends[k])
+			bad_rep++;
+		struct jr_append z = { JR_TRIM, 0, 512, NULL };
+		struct jr_appended zo;
+		uint64_t next = jr_clock_peek(clk);
+		if (jr_writer_append(w, &z, NULL, &zo) || zo.seq != next ||
+		    zo.loc.offset != ends[k])
+			bad_append++;
+		CU_ASSERT_EQUAL(jr_writer_close(w), 0);
+		if (cut % 16 == 0) {
+			struct jr_reader *r = NULL;
+			struct jr_rec rec;
+			CU_ASSERT_FATAL(jr_reader_open(&r, dir, 0) == 0);
+			if (jr_reader_read_at(r, &zo.loc, &rec, NULL, 0) ||
+			    rec.prev_seq != seqs[k] || rec.seq != zo.seq)
+				bad_append++;
+			size_t n = 0;
+			while ((err = jr_reader_next(r, &rec, NULL, NULL)) == 1)
+				n++;
+			if (err || n != m.n + (size_t)k + 1)
+				bad_append++;
+			jr_reader_close(r);
+		}
+	}
+	CU_ASSERT_EQUAL(cuts, len - ends[0]);
+	CU_ASSERT_EQUAL(bad_rep, 0);
+	CU_ASSERT_EQUAL(bad_append, 0);
+	free(orig);
+	jr_cctx_free(cc);
+	jr_clock_free(clk);
+	model_free(&m);
+	tu_rmrf(tmp);
+	free(dir);
+	free(tmp);
+}
+
+/* --------------------------------------------------------- 4. bit flips */
+
+struct region {
+	uint64_t seg;
+	uint64_t off;
+	uint64_t len;
+	bool last_seg;
+};
+
+static void flip_bit(const char *path, uint64_t off, int bit)
+{
+	uint8_t b;
+	int fd = open(path, O_RDWR);
+	if (fd < 0 || pread(fd, &b, 1, (off_t)off) != 1)
+		abort();
+	b ^= (uint8_t)(1u << bit);
+	if (pwrite(fd, &b, 1, (off_t)off) != 1)
+		abort();
+	close(fd);
+}
+
+static void test_bitflips(void)
+{
+	char *tmp = tu_tmpdir("jr-flip");
+	char *dir = jdir(tmp);
+	struct jr_clock *clk;
+	struct jr_cctx *cc;
+	struct model m = { 0 };
+	uint64_t st = 4;
+	int err;
+
+	jr_clock_new(&clk, 1, 0);
+	jr_cctx_new(&cc, JR_ZSTD_LEVEL_DEFAULT);
+	struct jr_writer *w = open_writer(dir, JR_BACKEND_SYNC, 6000, clk,
+					  NULL, &err);
+	CU_ASSERT_FATAL(w != NULL);
+	for (int i = 0; i < 60; i++)
+		CU_ASSERT_EQUAL(append_random(&st, w, i % 2 ? cc : NULL, &m, 1500), 0);
+	CU_ASSERT_EQUAL(jr_writer_close(w), 0);
+	/* Reopen with big segments so the last one holds many records. */
+	w = open_writer(dir, JR_BACKEND_SYNC, 1 << 20, clk, NULL, &err);
+	CU_ASSERT_FATAL(w != NULL);
+	for (int i = 0; i < 12; i++)
+		CU_ASSERT_EQUAL(append_random(&st, w, i % 2 ? cc : NULL, &m, 1500), 0);
+	CU_ASSERT_EQUAL(jr_writer_close(w), 0);
+
+	struct jr_seginfo *segs = NULL;
+	int ns = jr_segments_list(dir, &segs);
+	CU_ASSERT_FATAL(ns >= 4);
+	uint64_t last_first = segs[ns - 1].first_seq;
+	struct region *rg = calloc(m.n + (size_t)ns, sizeof(*rg));
+	size_t nr = 0;
+	uint64_t total = 0;
+	for (size_t i = 0; i + 1 < m.n; i++) {
+		rg[nr] = (struct region){ m.v[i].loc.segment, m.v[i].loc.offset,
+					  64 + m.v[i].stored,
+					  m.v[i].loc.segment == last_first };
+		total += rg[nr++].len;
+	}
+	CU_ASSERT_FATAL(m.v[m.n - 1].loc.segment == last_first);
+	for (int i = 0; i + 1 < ns; i++) {   /* the seal records */
+		rg[nr] = (struct region){ segs[i].first_seq, segs[i].bytes - 64,
+					  64, false };
+		total += rg[nr++].len;
+	}
+	/* Keep every file's bytes to restore after each flip. */
+	uint8_t **orig = calloc((size_t)ns, sizeof(*orig));
+	size_t *olen = calloc((size_t)ns, sizeof(*olen));
+	char path[1024];
+	for (int i = 0; i < ns; i++) {
+		seg_path(dir, segs[i].first_seq, path, sizeof(path));
+		orig[i] = slurp(path, &olen[i]);
+	}
+	size_t undetected = 0, silent_wrong = 0, bad_msg = 0, open_missed = 0;
+	size_t in_last = 0;
+	for (int f = 0; f < 1000; f++) {
+		uint64_t pick = tu_rand(&st) % total;
+		size_t ri = 0;
+		while (pick >= rg[ri].len)
+			pick -= rg[ri++].len;
+		int bit = (int)(tu_rand(&st) % 8);
+		int si = 0;
+		while (segs[si].first_seq != rg[ri].seg)
+			si++;
+		seg_path(dir, rg[ri].seg, path, sizeof(path));
+		char name[32];
+		jr_segment_name(rg[ri].seg, name);
+		flip_bit(path, rg[ri].off + pick, bit);
+
+		size_t count, mism;
+		err = read_all(dir, 0, &m, &count, &mism);
+		if (mism)
+			silent_wrong++;
+		if (err != RW_ECORRUPT)
+			undetected++;
+		else if (!strstr(rw_err_msg(), name) || !strstr(rw_err_msg(), "seq"))
+			bad_msg++;
+		if (rg[ri].last_seg) {
+			in_last++;
+			struct jr_writer *w2 = open_writer(dir, JR_BACKEND_SYNC, 6000,
+							   clk, NULL, &err);
+			if (err != RW_ECORRUPT || !strstr(rw_err_msg(), name) ||
+			    !strstr(rw_err_msg(), "seq"))
+				open_missed++;
+			jr_writer_close(w2);
+		}
+		spit(path, orig[si], olen[si]);
+	}
+	printf("[%zu of 1000 flips in the last segment] ", in_last);
+	CU_ASSERT(in_last > 20);
+	CU_ASSERT_EQUAL(silent_wrong, 0);
+	CU_ASSERT_EQUAL(undetected, 0);
+	CU_ASSERT_EQUAL(bad_msg, 0);
+	CU_ASSERT_EQUAL(open_missed, 0);
+
+	/* A flip in the final record is a torn tail: truncated exactly to
+	 * the previous record. */
+	const struct mrec *fin = &m.v[m.n - 1];
+	seg_path(dir, last_first, path, sizeof(path));
+	size_t bad_final = 0;
+	for (int f = 0; f < 40; f++) {
+		uint64_t off = fin->loc.offset + tu_rand(&st) % (64 + fin->stored);
+		flip_bit(path, off, (int)(tu_rand(&st) % 8));
+		struct jr_recovery rep;
+		size_t count, mism;
+		err = read_all(dir, 0, &m, &count, &mism);
+		if (err != 0 || mism || count != m.n - 1)
+			bad_final++;
+		struct jr_writer *w2 = open_writer(dir, JR_BACKEND_SYNC, 6000, clk,
+						   &rep, &err);
+		if (!w2 || rep.last_seq != m.v[m.n - 2].seq ||
+		    rep.truncated_bytes != 64 + fin->stored ||
+		    rep.torn_segment != last_first ||
+		    file_len(path) != fin->loc.offset)
+			bad_final++;
+		jr_writer_close(w2);
+		spit(path, orig[ns - 1], olen[ns - 1]);
+	}
+	CU_ASSERT_EQUAL(bad_final, 0);
+
+	for (int i = 0; i < ns; i++)
+		free(orig[i]);
+	free(orig);
+	free(olen);
+	free(rg);
+	free(segs);
+	jr_cctx_free(cc);
+	jr_clock_free(clk);
+	model_free(&m);
+	tu_rmrf(tmp);
+	free(dir);
+	free(tmp);
+}
+
+/* ----------------------------------------------------- 5. fault loop */
+
+struct scen {
+	int first_err;
+	size_t sticky_bad;
+};
+
+/* Small segments, flushes every 4 records, rollovers; stops at the first
+ * error after checking that it is sticky. */
+static void run_scenario(const char *dir, enum jr_backend b, struct model *m,
+			 uint64_t seed, struct scen *sc)
+{
+	struct jr_clock *clk;
+	struct jr_cctx *cc;
+	uint64_t st = seed;
+	int err;
+
+	memset(sc, 0, sizeof(*sc));
+	jr_clock_new(&clk, 1, 0);
+	jr_cctx_new(&cc, JR_ZSTD_LEVEL_DEFAULT);
+	struct jr_writer *w = open_writer(dir, b, 2048, clk, NULL, &err);
+	if (!w) {
+		sc->first_err = err;
+		goto out;
+	}
+	for (int i = 0; i < 30 && !err; i++) {
+		err = append_random(&st, w, i % 2 ? cc : NULL, m, 700);
+		if (!err && i % 4 == 3) {
+			err = jr_writer_flush(w);
+			if (!err)
+				model_mark_flushed(m);
+		}
+	}
+	if (!err)
+		err = jr_writer_flush(w);
+	if (!err)
+		model_mark_flushed(m);
+	if (err) {
+		sc->first_err = err;
+		struct jr_append a = { JR_ZERO, 0, 512, NULL };
+		if (jr_writer_append(w, &a, NULL, NULL) != err)
+			sc->sticky_bad++;
+		if (jr_writer_write_out(w) != err)
+			sc->sticky_bad++;
+		if (jr_writer_flush(w) != err)
+			sc->sticky_bad++;
+		if (jr_writer_tick(w) != err)
+			sc->sticky_bad++;
+		struct jr_writer_stats ws;
+		jr_writer_stats(w, &ws);
+		if (ws.error != err)
+			sc->sticky_bad++;
+	}
+	err = jr_writer_close(w);
+	if (err != sc->first_err)
+		sc->sticky_bad++;
+out:
+	jr_cctx_free(cc);
+	jr_clock_free(clk);
+}
+
+/* After a scenario: reopen recovers, every flushed record is there and
+ * nothing read differs from what was appended. */
+static size_t check_after(const char *dir, struct model *m)
+{
+	struct jr_clock *clk;
+	size_t bad = 0, count, mism;
+	int err;
+
+	jr_clock_new(&clk, 1, 0);
+	struct jr_writer *w = open_writer(dir, JR_BACKEND_SYNC, 2048, clk,
+					  NULL, &err);
+	if (!w) {
+		fprintf(stderr, "reopen after fault: %s (%s)\n",
+			rw_strerror(err), rw_err_msg());
+		bad++;
+	}
+	jr_writer_close(w);
+	jr_clock_free(clk);
+	err = read_all(dir, 0, m, &count, &mism);
+	if (err || mism) {
+		fprintf(stderr, "read after fault: %s (%s), %zu mismatches\n",
+			rw_strerror(err), rw_err_msg(), mism);
+		bad++;
+	}
+	for (size_t i = 0; i < m->n; i++)
+		if (m->v[i].flushed && !m->v[i].seen)
+			bad++;
+	return bad;
+}
+
+static void fault_loop(enum jr_backend b)
+{
+	static const enum rw_sys_op ops[] = { RW_OP_WRITE, RW_OP_FSYNC,
+					      RW_OP_OPEN, RW_OP_RENAME };
+	char *tmp = tu_tmpdir("jr-fault");
+	size_t runs = 0;
+
+	for (size_t oi = 0; oi < sizeof(ops) / sizeof(ops[0]); oi++) {
+		size_t bad = 0, sticky_bad = 0, no_err = 0, hits = 0;
+		for (uint64_t n = 1; n < 1000; n++) {
+			char *dir = NULL;
+			struct model m = { 0 };
+			struct scen sc;
+			if (asprintf(&dir, "%s/j%zu-%llu", tmp, oi,
+				     (unsigned long long)n) < 0)
+				abort();
+			rw_fault_reset();
+			rw_fault_arm(ops[oi], n, -EIO, false);
+			run_scenario(dir, b, &m, 77 + n, &sc);
+			bool hit = rw_fault_count(ops[oi]) >= n;
+			rw_fault_reset();
+			runs++;
+			if (hit) {
+				hits++;
+				if (!sc.first_err)
+					no_err++;
+			}
+			sticky_bad += sc.sticky_bad;
+			bad += check_after(dir, &m);
+			tu_rmrf(dir);
+			free(dir);
+			model_free(&m);
+			if (!hit)
+				break;
+		}
+		printf("[%s: %zu faults] ", rw_sys_op_name(ops[oi]), hits);
+		if (bad || sticky_bad || no_err)
+			fprintf(stderr, "fault op %s: %zu lost/wrong, %zu not sticky, "
+				"%zu hits without error\n", rw_sys_op_name(ops[oi]),
+				bad, sticky_bad, no_err);
+		CU_ASSERT(hits >= 3);
+		CU_ASSERT_EQUAL(bad, 0);
+		CU_ASSERT_EQUAL(sticky_bad, 0);
+		CU_ASSERT_EQUAL(no_err, 0);
+	}
+	/* Short writes are completed, never an error. */
+	size_t short_bad = 0, short_hits = 0;
+	for (uint64_t n = 1; n < 1000; n++) {
+		char *dir = NULL;
+		struct model m = { 0 };
+		struct scen sc;
+		if (asprintf(&dir, "%s/s%llu", tmp, (unsigned long long)n) < 0)
+			abort();
+		rw_fault_reset();
+		rw_fault_arm_short(RW_OP_WRITE, n, 1 + n % 13);
+		run_scenario(dir, b, &m, 500 + n, &sc);
+		bool hit = rw_fault_count(RW_OP_WRITE) >= n;
+		rw_fault_reset();
+		short_hits += hit;
+		if (sc.first_err || sc.sticky_bad)
+			short_bad++;
+		short_bad += check_after(dir, &m);
+		for (size_t i = 0; i < m.n; i++)
+			if (!m.v[i].seen)
+				short_bad++;
+		tu_rmrf(dir);
+		free(dir);
+		model_free(&m);
+		if (!hit)
+			break;
+	}
+	printf("[%zu short writes] ", short_hits);
+	CU_ASSERT(short_hits >= 3);
+	CU_ASSERT_EQUAL(short_bad, 0);
+	tu_rmrf(tmp);
+	free(tmp);
+	(void)runs;
+}
+
+static void test_faults_sync(void)
+{
+	fault_loop(JR_BACKEND_SYNC);
+}
+
+static void test_faults_uring(void)
+{
+	fault_loop(uring_or_sync());
+}
+
+/* ------------------------------------------------ 6. power loss */
+
+static void test_power_loss(void)
+{
+	char *tmp = tu_tmpdir("jr-power");
+	uint64_t st = 6;
+	size_t bad = 0, trials = 0, lost_unflushed = 0;
+
+	for (int t = 0; t < 120; t++) {
+		char *dir = NULL;
+		char path[1024];
+		struct model m = { 0 };
+		struct jr_clock *clk;
+		struct jr_cctx *cc;
+		int err;
+
+		if (asprintf(&dir, "%s/j%d", tmp, t) < 0)
+			abort();
+		jr_clock_new(&clk, 1, 0);
+		jr_cctx_new(&cc, JR_ZSTD_LEVEL_DEFAULT);
+		enum jr_backend b = t % 2 ? uring_or_sync() : JR_BACKEND_SYNC;
+		struct jr_writer *w = open_writer(dir, b, 8192, clk, NULL, &err);
+		CU_ASSERT_FATAL(w != NULL);
+		int n1 = 3 + (int)(tu_rand(&st) % 20);
+		for (int i = 0; i < n1; i++) {
+			CU_ASSERT_EQUAL(append_random(&st, w, cc, &m, 1200), 0);
+			if (tu_rand(&st) % 5 == 0) {
+				CU_ASSERT_EQUAL(jr_writer_flush(w), 0);
+				model_mark_flushed(&m);
+			}
+		}
+		CU_ASSERT_EQUAL(jr_writer_flush(w), 0);
+		model_mark_flushed(&m);
+		/* Unflushed records, written to the file but never synced:
+		 * the crash is the failing sync at close. */
+		int n2 = 1 + (int)(tu_rand(&st) % 6);
+		for (int i = 0; i < n2; i++)
+			CU_ASSERT_EQUAL(append_random(&st, w, cc, &m, 1200), 0);
+		CU_ASSERT_EQUAL(jr_writer_write_out(w), 0);
+		struct jr_writer_stats ws;
+		jr_writer_stats(w, &ws);
+		rw_fault_arm(RW_OP_FSYNC, 1, -EIO, true);
+		CU_ASSERT_EQUAL(jr_writer_close(w), -EIO);
+		rw_fault_reset();
+		jr_cctx_free(cc);
+		/* Rollovers sync, so durable_seq may exceed the last flush. */
+		for (size_t i = 0; i < m.n; i++)
+			if (m.v[i].seq <= ws.durable_seq)
+				m.v[i].flushed = true;
+		/* The durable boundary inside the last segment. */
+		const struct mrec *lastrec = &m.v[m.n - 1];
+		seg_path(dir, lastrec->loc.segment, path, sizeof(path));
+		uint64_t bnd = 64;
+		for (size_t i = 0; i < m.n; i++)
+			if (m.v[i].loc.segment == lastrec->loc.segment &&
+			    m.v[i].flushed)
+				bnd = m.v[i].loc.offset + 64 + m.v[i].stored;
+		uint64_t size = file_len(path);
+		CU_ASSERT(size >= bnd);
+		uint64_t k = size > bnd ? tu_rand(&st) % (size - bnd + 1) : 0;
+		int mode = (int)(tu_rand(&st) % 4);
+		int fd = open(path, O_RDWR);
+		CU_ASSERT_FATAL(fd >= 0);
+		if (mode == 0) {            /* a prefix of the unsynced bytes */
+			CU_ASSERT_EQUAL(ftruncate(fd, (off_t)(bnd + k)), 0);
+		} else if (mode == 3) {     /* all of them lost */
+			CU_ASSERT_EQUAL(ftruncate(fd, (off_t)bnd), 0);
+		} else {                    /* garbage or zeroes from a point */
+			size_t gl = (size_t)(size - bnd - k);
+			uint8_t *g = calloc(1, gl + 1);
+			if (mode == 1)
+				tu_fill_random(&st, g, gl);
+			CU_ASSERT_EQUAL(pwrite(fd, g, gl, (off_t)(bnd + k)),
+					(ssize_t)gl);
+			free(g);
+		}
+		close(fd);
+
+		struct jr_recovery rep;
+		w = open_writer(dir, b, 8192, clk, &rep, &err);
+		if (!w) {
+			fprintf(stderr, "power loss trial %d mode %d: %s (%s)\n", t,
+				mode, rw_strerror(err), rw_err_msg());
+			bad++;
+		}
+		/* Appending after recovery works. */
+		if (w && append_random(&st, w, NULL, &m, 500))
+			bad++;
+		if (w && jr_writer_close(w))
+			bad++;
+		size_t count, mism;
+		err = read_all(dir, 0, &m, &count, &mism);
+		if (err || mism)
+			bad++;
+		for (size_t i = 0; i < m.n; i++) {
+			if (m.v[i].flushed && !m.v[i].seen)
+				bad++;
+			if (!m.v[i].flushed && !m.v[i].seen)
+				lost_unflushed++;
+		}
+		trials++;
+		jr_clock_free(clk);
+		model_free(&m);
+		tu_rmrf(dir);
+		free(dir);
+	}
+	CU_ASSERT_EQUAL(trials, 120);
+	CU_ASSERT(lost_unflushed > 0);
+	CU_ASSERT_EQUAL(bad, 0);
+	tu_rmrf(tmp);
+	free(tmp);
+}
+
+/* ------------------------------------------- 7. clock stepped back */
+
+static uint64_t fake_ns;
+static unsigned fake_calls;
+static uint64_t jumping_clock(void)
+{
+	/* Advances 1 µs per call, and jumps back an hour on call 20. */
+	if (++fake_calls == 20)
+		fake_ns -= 3600ull * 1000000000ull;
+	fake_ns += 1000;
+	return fake_ns;
+}
+
+static void test_clock_backwards(void)
+{
+	char *tmp = tu_tmpdir("jr-clock");
+	char *dir = jdir(tmp);
+	struct jr_clock *clk;
+	struct model m = { 0 };
+	uint64_t st = 7;
+	int err;
+
+	fake_ns = 1763806503000000000ull;
+	fake_calls = 0;
+	rw_clock_set_source(jumping_clock);
+	jr_clock_new(&clk, 1, 0);
+	struct jr_writer *w = open_writer(dir, JR_BACKEND_SYNC, 0, clk, NULL, &err);
+	CU_ASSERT_FATAL(w != NULL);
+	for (int i = 0; i < 60; i++)
+		CU_ASSERT_EQUAL(append_random(&st, w, NULL, &m, 300), 0);
+	CU_ASSERT(fake_calls > 20);
+	CU_ASSERT_EQUAL(jr_writer_close(w), 0);
+	/* A fresh clock (as after a restart) learns the last ts at open. */
+	jr_clock_free(clk);
+	jr_clock_new(&clk, 1, 0);
+	fake_ns -= 7200ull * 1000000000ull;
+	w = open_writer(dir, JR_BACKEND_SYNC, 0, clk, NULL, &err);
+	CU_ASSERT_FATAL(w != NULL);
+	for (int i = 0; i < 10; i++)
+		CU_ASSERT_EQUAL(append_random(&st, w, NULL, &m, 300), 0);
+	CU_ASSERT_EQUAL(jr_writer_close(w), 0);
+	rw_clock_set_source(NULL);
+	size_t nonmono = 0;
+	for (size_t i = 1; i < m.n; i++)
+		if (m.v[i].ts <= m.v[i - 1].ts || m.v[i].seq != m.v[i - 1].seq + 1)
+			nonmono++;
+	CU_ASSERT_EQUAL(nonmono, 0);
+	size_t count, mism;
+	CU_ASSERT_EQUAL(read_all(dir, 0, &m, &count, &mism), 0);
+	CU_ASSERT_EQUAL(count, 70);
+	CU_ASSERT_EQUAL(mism, 0);
+	/* The clock alone: take after observe never goes back. */
+	uint64_t s, ts;
+	jr_clock_observe(clk, 1000, UINT64_MAX / 2);
+	jr_clock_take(clk, &s, &ts);
+	CU_ASSERT_EQUAL(s, 1001);
+	CU_ASSERT_EQUAL(ts, UINT64_MAX / 2 + 1);
+	CU_ASSERT_EQUAL(jr_clock_peek(clk), 1002);
+	jr_clock_observe(clk, 5, 5);
+	CU_ASSERT_EQUAL(jr_clock_peek(clk), 1002);
+	jr_clock_free(clk);
+	jr_clock_free(NULL);
+	model_free(&m);
+	tu_rmrf(tmp);
+	free(dir);
+	free(tmp);
+}
+
+/* -------------------------------------------------- 8. group commit */
+
+struct gc_arg {
+	struct jr_writer *w;
+	int id;
+	int n;
+	uint64_t seqs[200];
+	int errs;
+};
+
+static void *gc_thread(void *p)
+{
+	struct gc_arg *a = p;
+	uint8_t buf[600];
+
+	memset(buf, a->id, sizeof(buf));
+	for (int i = 0; i < a->n; i++) {
+		struct jr_append ap = { JR_WRITE, (uint64_t)a->id << 20,
+					sizeof(buf), buf };
+		struct jr_appended o;
+		if (jr_writer_append(a->w, &ap, NULL, &o))
+			a->errs++;
+		a->seqs[i] = o.seq;
+		if (jr_writer_flush(a->w))
+			a->errs++;
+	}
+	return NULL;
+}
+
+static void group_commit(enum jr_backend b)
+{
+	char *tmp = tu_tmpdir("jr-gc");
+	char *dir = jdir(tmp);
+	struct jr_clock *clk;
+	struct gc_arg args[6];
+	pthread_t th[6];
+	int err;
+
+	jr_clock_new(&clk, 1, 0);
+	struct jr_writer *w = open_writer(dir, b, 0, clk, NULL, &err);
+	CU_ASSERT_FATAL(w != NULL);
+	/* A slow disk: every sync takes 2 ms, so flushes pile up. */
+	rw_fault_reset();
+	rw_fault_delay(RW_OP_FSYNC, 2);
+	for (int i = 0; i < 6; i++) {
+		args[i] = (struct gc_arg){ .w = w, .id = i + 1, .n = 100 };
+		pthread_create(&th[i], NULL, gc_thread, &args[i]);
+	}
+	for (int i = 0; i < 6; i++)
+		pthread_join(th[i], NULL);
+	uint64_t syncs = rw_fault_count(RW_OP_FSYNC);
+	rw_fault_reset();
+	struct jr_writer_stats ws;
+	jr_writer_stats(w, &ws);
+	CU_ASSERT_EQUAL(jr_writer_close(w), 0);
+	printf("[%llu fdatasyncs for 600 flushes] ", (unsigned long long)syncs);
+	CU_ASSERT(syncs > 0);
+	CU_ASSERT(syncs < 600);
+	CU_ASSERT(ws.syncs <= syncs);
+	CU_ASSERT_EQUAL(ws.records, 600);
+	CU_ASSERT_EQUAL(ws.durable_seq, ws.last_seq);
+	for (int i = 0; i < 6; i++) {
+		CU_ASSERT_EQUAL(args[i].errs, 0);
+		for (int k = 1; k < args[i].n; k++)
+			CU_ASSERT(args[i].seqs[k] > args[i].seqs[k - 1]);
+	}
+	/* All 600 present, ordered, each with its thread's bytes. */
+	struct jr_reader *r = NULL;
+	struct jr_rec rec;
+	const void *p;
+	size_t n = 0, wrong = 0;
+	uint64_t last = 0;
+	CU_ASSERT_FATAL(jr_reader_open(&r, dir, 0) == 0);
+	while ((err = jr_reader_next(r, &rec, NULL, &p)) == 1) {
+		const uint8_t *d = p;
+		uint8_t id = (uint8_t)(rec.offset >> 20);
+		if (rec.seq <= last || rec.length != 600 || d[0] != id ||
+		    d[599] != id)
+			wrong++;
+		last = rec.seq;
+		n++;
+	}
+	CU_ASSERT_EQUAL(err, 0);
+	CU_ASSERT_EQUAL(n, 600);
+	CU_ASSERT_EQUAL(wrong, 0);
+	jr_reader_close(r);
+	jr_clock_free(clk);
+	tu_rmrf(tmp);
+	free(dir);
+	free(tmp);
+}
+
+static void test_group_commit_sync(void)
+{
+	group_commit(JR_BACKEND_SYNC);
+}
+
+static void test_group_commit_uring(void)
+{
+	group_commit(uring_or_sync());
+}
+
+/* ------------------------------------------------- 9. age sealing */
+
+static uint64_t age_now;
+static uint64_t age_clock(void)
+{
+	return age_now;
+}
+
+static void test_age_sealing(void)
+{
+	char *tmp = tu_tmpdir("jr-age");
+	char *dir = jdir(tmp);
+	struct jr_clock *clk;
+	struct jr_writer_opts o;
+	struct jr_writer *w = NULL;
+	struct jr_seginfo *segs = NULL;
+	struct jr_append a = { JR_ZERO, 0, 4096, NULL };
+	const uint64_t sec = 1000000000ull;
+
+	age_now = 1763806503ull * sec;
+	rw_clock_set_source(age_clock);
+	jr_clock_new(&clk, 1, 0);
+	jr_writer_opts_default(&o);
+	CU_ASSERT_EQUAL(o.segment_bytes, 64ull << 20);
+	CU_ASSERT_EQUAL(o.segment_age_ns, 600 * sec);
+	CU_ASSERT_EQUAL(o.batch_bytes, 1u << 20);
+	o.segment_age_ns = 10 * sec;
+	CU_ASSERT_FATAL(jr_writer_open(&w, dir, &o, clk, NULL) == 0);
+	CU_ASSERT_EQUAL(jr_writer_tick(w), 0);   /* empty: nothing to seal */
+	CU_ASSERT_EQUAL(jr_segments_list(dir, &segs), 0);
+	free(segs);
+	for (int i = 0; i < 3; i++)
+		CU_ASSERT_EQUAL(jr_writer_append(w, &a, NULL, NULL), 0);
+	age_now += 9 * sec;
+	CU_ASSERT_EQUAL(jr_writer_tick(w), 0);
+	CU_ASSERT_EQUAL(jr_segments_list(dir, &segs), 1);
+	uint64_t size_before = segs[0].bytes;
+	free(segs);
+	age_now += 2 * sec;
+	CU_ASSERT_EQUAL(jr_writer_tick(w), 0);   /* 11 s old: sealed */
+	CU_ASSERT_EQUAL(jr_segments_list(dir, &segs), 1);
+	CU_ASSERT_EQUAL(segs[0].bytes, 64 + 3 * 64 + 64);
+	CU_ASSERT(segs[0].bytes > size_before);
+	free(segs);
+	struct jr_writer_stats ws;
+	jr_writer_stats(w, &ws);
+	CU_ASSERT_EQUAL(ws.durable_seq, 3);
+	/* The next append opens segment 4. */
+	struct jr_appended out;
+	CU_ASSERT_EQUAL(jr_writer_append(w, &a, NULL, &out), 0);
+	CU_ASSERT_EQUAL(out.seq, 4);
+	CU_ASSERT_EQUAL(out.loc.segment, 4);
+	CU_ASSERT_EQUAL(out.loc.offset, 64);
+	/* Sealing on append when the segment is too old. */
+	age_now += 20 * sec;
+	CU_ASSERT_EQUAL(jr_writer_append(w, &a, NULL, &out), 0);
+	CU_ASSERT_EQUAL(out.loc.segment, 5);
+	CU_ASSERT_EQUAL(jr_writer_close(w), 0);
+	CU_ASSERT_EQUAL(jr_segments_list(dir, &segs), 3);
+	free(segs);
+	/* A reopened writer sees segments 1 and 4 sealed. */
+	struct jr_recovery rep;
+	CU_ASSERT_EQUAL(jr_writer_open(&w, dir, &o, clk, &rep), 0);
+	CU_ASSERT_EQUAL(rep.segments, 3);
+	CU_ASSERT_EQUAL(rep.last_seq, 5);
+	CU_ASSERT_EQUAL(jr_writer_close(w), 0);
+	rw_clock_set_source(NULL);
+	jr_clock_free(clk);
+	tu_rmrf(tmp);
+	free(dir);
+	free(tmp);
+}
+
+/* ----------------------------------------- directory-level checks */
+
+static void test_segments_and_tmp_files(void)
+{
+	char *tmp = tu_tmpdir("jr-dir");
+	char *dir = jdir(tmp);
+	char path[1024];
+	struct jr_clock *clk;
+	struct jr_seginfo *segs = NULL;
+	struct model m = { 0 };
+	uint64_t st = 10;
+	int err;
+
+	CU_ASSERT_EQUAL(jr_segments_list(dir, &segs), -ENOENT);
+	CU_ASSERT_PTR_NOT_NULL(strstr(rw_err_msg(), dir));
+	struct jr_reader *r = NULL;
+	CU_ASSERT_EQUAL(jr_reader_open(&r, dir, 0), -ENOENT);
+	jr_clock_new(&clk, 1, 0);
+	struct jr_writer *w = open_writer(dir, JR_BACKEND_SYNC, 3000, clk, NULL,
+					  &err);
+	CU_ASSERT_FATAL(w != NULL);
+	for (int i = 0; i < 30; i++)
+		CU_ASSERT_EQUAL(append_random(&st, w, NULL, &m, 900), 0);
+	CU_ASSERT_EQUAL(jr_writer_close(w), 0);
+	/* Leftovers and strangers. */
+	snprintf(path, sizeof(path), "%s/00000000000000000999.tmp", dir);
+	spit(path, (const uint8_t *)"junk", 4);
+	snprintf(path, sizeof(path), "%s/README", dir);
+	spit(path, (const uint8_t *)"hi", 2);
+	snprintf(path, sizeof(path), "%s/0000000000000000000x", dir);
+	spit(path, (const uint8_t *)"hi", 2);
+	int ns = jr_segments_list(dir, &segs);
+	CU_ASSERT(ns >= 3);
+	uint64_t sum = 0;
+	for (int i = 0; i < ns; i++) {
+		seg_path(dir, segs[i].first_seq, path, sizeof(path));
+		CU_ASSERT_EQUAL(segs[i].bytes, file_len(path));
+		sum += segs[i].bytes;
+		if (i)
+			CU_ASSERT(segs[i].first_seq > segs[i - 1].first_seq);
+	}
+	CU_ASSERT(sum > 30 * 64);
+	struct jr_recovery rep;
+	w = open_writer(dir, JR_BACKEND_SYNC, 3000, clk, &rep, &err);
+	CU_ASSERT_FATAL(w != NULL);
+	CU_ASSERT_EQUAL(rep.segments, (uint64_t)ns);
+	jr_writer_close(w);
+	snprintf(path, sizeof(path), "%s/00000000000000000999.tmp", dir);
+	CU_ASSERT_EQUAL(access(path, F_OK), -1);
+	snprintf(path, sizeof(path), "%s/README", dir);
+	CU_ASSERT_EQUAL(access(path, F_OK), 0);
+
+	/* A middle segment without its seal: refused, naming it. */
+	char name[32];
+	seg_path(dir, segs[1].first_seq, path, sizeof(path));
+	jr_segment_name(segs[1].first_seq, name);
+	size_t len;
+	uint8_t *orig = slurp(path, &len);
+	spit(path, orig, len - 64);
+	w = open_writer(dir, JR_BACKEND_SYNC, 3000, clk, NULL, &err);
+	CU_ASSERT_PTR_NULL(w);
+	CU_ASSERT_EQUAL(err, RW_ECORRUPT);
+	CU_ASSERT_PTR_NOT_NULL(strstr(rw_err_msg(), name));
+	size_t count, mism;
+	CU_ASSERT_EQUAL(read_all(dir, 0, &m, &count, &mism), RW_ECORRUPT);
+	CU_ASSERT_PTR_NOT_NULL(strstr(rw_err_msg(), name));
+	CU_ASSERT_PTR_NOT_NULL(strstr(rw_err_msg(), "seq"));
+	CU_ASSERT_EQUAL(mism, 0);
+	spit(path, orig, len);
+
+	/* A segment header from the future: RW_EVERSION. */
+	uint8_t hdr[64];
+	memcpy(hdr, orig, 64);
+	rw_put_le32(hdr + 8, 2);
+	rw_put_le32(hdr + 60, rw_crc32c(0, hdr, 60));
+	memcpy(orig, hdr, 64);
+	spit(path, orig, len);
+	w = open_writer(dir, JR_BACKEND_SYNC, 3000, clk, NULL, &err);
+	CU_ASSERT_PTR_NULL(w);
+	CU_ASSERT_EQUAL(err, RW_EVERSION);
+	CU_ASSERT_EQUAL(read_all(dir, 0, &m, &count, &mism), RW_EVERSION);
+	CU_ASSERT_PTR_NOT_NULL(strstr(rw_err_msg(), name));
+	/* A damaged header: RW_ECORRUPT. */
+	hdr[20] ^= 4;
+	memcpy(orig, hdr, 64);
+	rw_put_le32(orig + 8, 1);
+	spit(path, orig, len);
+	w = open_writer(dir, JR_BACKEND_SYNC, 3000, clk, NULL, &err);
+	CU_ASSERT_EQUAL(err, RW_ECORRUPT);
+	CU_ASSERT_EQUAL(read_all(dir, 0, &m, &count, &mism), RW_ECORRUPT);
+	free(orig);
+
+	free(segs);
+	jr_clock_free(clk);
+	model_free(&m);
+	tu_rmrf(tmp);
+	free(dir);
+	free(tmp);
+}
+
+/* A reader following a writer: sees records as they are written out,
+ * across rollovers, and never reports the writer's tail as corrupt. */
+static void test_reader_follows_writer(void)
+{
+	char *tmp = tu_tmpdir("jr-follow");
+	char *dir = jdir(tmp);
+	struct jr_clock *clk;
+	struct model m = { 0 };
+	struct jr_reader *r = NULL;
+	uint64_t st = 11;
+	int err;
+
+	jr_clock_new(&clk, 1, 0);
+	struct jr_writer *w = open_writer(dir, JR_BACKEND_SYNC, 4096, clk, NULL,
+					  &err);
+	CU_ASSERT_FATAL(w != NULL);
+	CU_ASSERT_FATAL(jr_reader_open(&r, dir, 0) == 0);
+	struct jr_rec rec;
+	const void *p;
+	CU_ASSERT_EQUAL(jr_reader_next(r, &rec, NULL, &p), 0);
+	size_t got = 0, wrong = 0;
+	for (int round = 0; round < 40; round++) {
+		for (int i = 0; i < 3; i++)
+			CU_ASSERT_EQUAL(append_random(&st, w, NULL, &m, 1000), 0);
+		CU_ASSERT_EQUAL(jr_writer_write_out(w), 0);
+		while ((err = jr_reader_next(r, &rec, NULL, &p)) == 1) {
+			if (got >= m.n || !rec_matches(&m.v[got], &rec, p))
+				wrong++;
+			got++;
+		}
+		CU_ASSERT_EQUAL(err, 0);
+		CU_ASSERT_EQUAL(got, m.n);
+	}
+	/* A half-written record at the tail is a clean end, then readable. */
+	CU_ASSERT_EQUAL(append_random(&st, w, NULL, &m, 1000), 0);
+	CU_ASSERT_EQUAL(jr_writer_close(w), 0);
+	const struct mrec *e = &m.v[m.n - 1];
+	char path[1024];
+	seg_path(dir, e->loc.segment, path, sizeof(path));
+	size_t len;
+	uint8_t *orig = slurp(path, &len);
+	spit(path, orig, len - 10);
+	CU_ASSERT_EQUAL(jr_reader_next(r, &rec, NULL, &p), 0);
+	spit(path, orig, len);
+	CU_ASSERT_EQUAL(jr_reader_next(r, &rec, NULL, &p), 1);
+	CU_ASSERT(rec_matches(e, &rec, p));
+	CU_ASSERT_EQUAL(wrong, 0);
+	free(orig);
+	jr_reader_close(r);
+	jr_clock_free(clk);
+	model_free(&m);
+	tu_rmrf(tmp);
+	free(dir);
+	free(tmp);
+}
+
 /* -------------------------------------------------------- main */
 
 int main(void)
@@ -612,6 +1555,23 @@ int main(void)
 		     "record encode/decode", test_encode_decode,
 		     "round trip, sync back end", test_roundtrip_sync,
 		     "round trip, io_uring back end", test_roundtrip_uring,
+		     "torn tail at every byte of the last three records",
+		     test_truncate_every_byte,
+		     "1000 bit flips are detected; final record is a torn tail",
+		     test_bitflips,
+		     "fault loop (write/fsync/open/rename, short), sync",
+		     test_faults_sync,
+		     "fault loop (write/fsync/open/rename, short), io_uring",
+		     test_faults_uring,
+		     "simulated power loss keeps flushed records", test_power_loss,
+		     "timestamps monotonic when the clock steps back",
+		     test_clock_backwards,
+		     "group commit, sync back end", test_group_commit_sync,
+		     "group commit, io_uring back end", test_group_commit_uring,
+		     "segments sealed by age (tick and append)", test_age_sealing,
+		     "segment list, tmp cleanup, unsealed/foreign segments",
+		     test_segments_and_tmp_files,
+		     "reader follows a writer", test_reader_follows_writer,
 		     NULL);
 	return tu_run();
 }
