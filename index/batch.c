@@ -418,8 +418,8 @@ int ix_batch_commit(struct ix_batch *b)
 
 /* ------------------------------------------------------------ catch-up */
 
-#define CATCHUP_RECORDS 4096
 #define CATCHUP_BYTES (8u << 20)
+size_t ix_catchup_batch_records = 4096;
 
 /*
  * Reads the journal of d from seq `from` up to `upto` (inclusive; 0 = to
@@ -470,7 +470,7 @@ static int catch_up_range(struct ix_batch *b,
 				break;
 		}
 		(*count)++;
-		if (b->n >= CATCHUP_RECORDS || bytes >= CATCHUP_BYTES) {
+		if (b->n >= ix_catchup_batch_records || bytes >= CATCHUP_BYTES) {
 			rc = ix_batch_commit(b);
 			bytes = 0;
 		}

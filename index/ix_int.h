@@ -132,6 +132,8 @@ int ix_clear_derived(struct ix *ix);
  * from it.  NULL in production.
  */
 extern void (*ix_test_step_hook)(const char *step);
+/* Records per catch-up batch (4096; tests lower it to get many batches). */
+extern size_t ix_catchup_batch_records;
 
 static inline void ix_step(const char *step)
 {

@@ -305,7 +305,7 @@ int ix_seq_to_time(struct ix_read *rd, uint64_t seq, uint64_t *ts_ns)
 		if (rc)
 			break;
 		if (s >= seq)
-			hi = t;
+			hi = mid;
 		else
 			lo = t + 1;
 	}
