@@ -343,7 +343,8 @@ static int commit_fn(struct ix *ix, MDB_txn *txn, void *arg)
 				goto out;
 		}
 	}
-	qsort(b->v, b->nv, sizeof(*b->v), vent_cmp);
+	if (b->nv)
+		qsort(b->v, b->nv, sizeof(*b->v), vent_cmp);
 	rc = mdb_cursor_open(txn, ix->db_versions, &c);
 	if (rc)
 		goto out;
@@ -364,7 +365,8 @@ static int commit_fn(struct ix *ix, MDB_txn *txn, void *arg)
 	mdb_cursor_close(c);
 	c = NULL;
 	/* Time map, in timestamp order; appends pack pages full. */
-	qsort(tm, ntm, sizeof(*tm), brec_ts_cmp);
+	if (ntm)
+		qsort(tm, ntm, sizeof(*tm), brec_ts_cmp);
 	rc = mdb_cursor_open(txn, ix->db_time, &c);
 	if (rc)
 		goto out;

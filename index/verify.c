@@ -245,6 +245,8 @@ static const struct vrec *find_rec(struct vctx *vc, uint64_t seq)
 {
 	struct vrec key = { .seq = seq };
 
+	if (!vc->n)
+		return NULL;
 	return bsearch(&key, vc->recs, vc->n, sizeof(key), vrec_cmp);
 }
 
@@ -258,7 +260,8 @@ static int index_pass(struct vctx *vc, MDB_txn *txn, const char *jdir)
 	uint8_t *buf = NULL;
 	int rc;
 
-	qsort(vc->recs, vc->n, sizeof(*vc->recs), vrec_cmp);
+	if (vc->n)
+		qsort(vc->recs, vc->n, sizeof(*vc->recs), vrec_cmp);
 	rc = mdb_cursor_open(txn, vc->ix->db_versions, &c);
 	if (rc)
 		return ix_fail(vc->ix, rc, "verifying");
@@ -383,7 +386,8 @@ static int time_pass(struct vctx *vc, MDB_txn *txn)
 
 	if (rc)
 		return ix_fail(vc->ix, rc, "verifying");
-	qsort(vc->allseq, vc->nall, sizeof(*vc->allseq), u64_cmp);
+	if (vc->nall)
+		qsort(vc->allseq, vc->nall, sizeof(*vc->allseq), u64_cmp);
 	vc->d = NULL;
 	for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
 	     rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
@@ -394,7 +398,7 @@ static int time_pass(struct vctx *vc, MDB_txn *txn)
 			continue;
 		}
 		seq = rw_get_le64(v.mv_data);
-		if (!bsearch(&seq, vc->allseq, vc->nall, sizeof(seq), u64_cmp))
+		if (!vc->nall || !bsearch(&seq, vc->allseq, vc->nall, sizeof(seq), u64_cmp))
 			problem(vc, UINT64_MAX, seq, NULL,
 				"time map entry ts %llu -> seq %llu names no journal record",
 				(unsigned long long)rw_get_be64(k.mv_data), (unsigned long long)seq);
