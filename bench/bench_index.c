@@ -1,0 +1,289 @@
+/*
+ * bench_index.c — how fast the index takes block versions, how fast it
+ * answers "block B as-of seq S", and how many bytes a version costs.
+ *
+ * What: 5,000,000 single-block versions on random blocks of a 64 GiB disk
+ * (16M blocks of 4 KiB), in batches of 256..4096 records as capture
+ * produces them, through the real ix_batch_* path (durable commits);
+ * then random as-of lookups from one thread; then the LMDB data file size
+ * divided by the versions.  A second part compares the two candidate
+ * layouts of the versions table in bare LMDB (one key per version vs
+ * MDB_DUPSORT), on random blocks and on a hot set, which is how the
+ * layout in FORMAT-index.md was chosen.
+ *
+ * Options: -n VERSIONS (default 5000000), -l LOOKUPS (2000000),
+ * -c VERSIONS for the layout comparison (1000000, 0 = skip), -d DIR.
+ * It prints a table with targets and PASS/MISS and exits 0 unless
+ * something fails to run.
+ */
+#include "common/rw.h"
+#include "index/ix.h"
+
+#include <errno.h>
+#include <lmdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static uint64_t rnd(uint64_t *s)
+{
+	uint64_t x = *s;
+	x ^= x >> 12;
+	x ^= x << 25;
+	x ^= x >> 27;
+	*s = x;
+	return x * 0x2545F4914F6CDD1Dull;
+}
+
+static void rmrf(const char *dir)
+{
+	char cmd[4200];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	if (system(cmd) != 0)
+		fprintf(stderr, "warning: could not remove %s\n", dir);
+}
+
+static uint64_t file_size(const char *p)
+{
+	struct stat st;
+	return stat(p, &st) == 0 ? (uint64_t)st.st_size : 0;
+}
+
+/* ------------------------------------------------- layout comparison */
+
+struct layout_result {
+	double rate;
+	double bytes_per;
+};
+
+static void put_varint(uint8_t *p, size_t *n, uint64_t v)
+{
+	while (v >= 0x80) {
+		p[(*n)++] = (uint8_t)(v | 0x80);
+		v >>= 7;
+	}
+	p[(*n)++] = (uint8_t)v;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* dup: 0 = one key per version, 1 = MDB_DUPSORT. */
+static int layout_run(const char *dir, int dup, uint64_t nver, uint64_t nblocks,
+		      struct layout_result *res)
+{
+	MDB_env *env = NULL;
+	MDB_dbi dbi;
+	MDB_txn *txn = NULL;
+	uint64_t st = 42, seq = 1;
+	char p[4200];
+	int rc;
+	uint64_t *batch = malloc(4096 * sizeof(*batch));
+
+	rmrf(dir);
+	mkdir(dir, 0755);
+	if ((rc = mdb_env_create(&env)) || (rc = mdb_env_set_mapsize(env, 16ull << 30)) ||
+	    (rc = mdb_env_set_maxdbs(env, 4)) ||
+	    (rc = mdb_env_open(env, dir, MDB_NOMETASYNC, 0644)))
+		goto out;
+	uint64_t t0 = rw_mono_ns();
+	for (uint64_t done = 0; done < nver;) {
+		size_t n = 256 + rnd(&st) % 3841;
+		if (n > nver - done)
+			n = (size_t)(nver - done);
+		/* (block << 24 | i) sorts the batch by block like ix does. */
+		for (size_t i = 0; i < n; i++)
+			batch[i] = (rnd(&st) % nblocks) << 24 | i;
+		qsort(batch, n, sizeof(*batch), cmp_u64);
+		if ((rc = mdb_txn_begin(env, NULL, 0, &txn)) ||
+		    (rc = mdb_dbi_open(txn, "v", MDB_CREATE | (dup ? MDB_DUPSORT : 0), &dbi)))
+			goto out;
+		for (size_t i = 0; i < n; i++) {
+			uint8_t kb[20], vb[32];
+			size_t vn = 0;
+			uint64_t blk = batch[i] >> 24, s = seq + (batch[i] & 0xffffff);
+			MDB_val k, v;
+			rw_put_be32(kb, 1);
+			rw_put_be64(kb + 4, blk);
+			if (dup) {
+				rw_put_be64(vb, s);
+				vn = 8;
+				k.mv_size = 12;
+			} else {
+				rw_put_be64(kb + 12, s);
+				k.mv_size = 20;
+			}
+			vb[vn++] = 1;
+			put_varint(vb, &vn, s % 16000);
+			put_varint(vb, &vn, (s % 16000) * 4160);
+			k.mv_data = kb;
+			v.mv_size = vn;
+			v.mv_data = vb;
+			if ((rc = mdb_put(txn, dbi, &k, &v, 0)))
+				goto out;
+		}
+		seq += n;
+		done += n;
+		rc = mdb_txn_commit(txn);
+		txn = NULL;
+		if (rc)
+			goto out;
+	}
+	res->rate = (double)nver / ((double)(rw_mono_ns() - t0) / 1e9);
+	snprintf(p, sizeof(p), "%s/data.mdb", dir);
+	res->bytes_per = (double)file_size(p) / (double)nver;
+out:
+	if (txn)
+		mdb_txn_abort(txn);
+	if (env)
+		mdb_env_close(env);
+	free(batch);
+	rmrf(dir);
+	return rc;
+}
+
+/* ------------------------------------------------------------ main */
+
+int main(int argc, char **argv)
+{
+	uint64_t nver = 5000000, nlook = 2000000, ncmp = 1000000;
+	const char *base = getenv("TMPDIR");
+	char dir[4096], store[4200], p[4300];
+	struct ix *ix = NULL;
+	struct ix_batch *b = NULL;
+	struct ix_read *rd = NULL;
+	struct ix_disk d;
+	uint64_t st = 0x9e3779b97f4a7c15ull;
+	int opt, rc, status = 1;
+
+	while ((opt = getopt(argc, argv, "n:l:c:d:")) != -1) {
+		switch (opt) {
+		case 'n': nver = strtoull(optarg, NULL, 0); break;
+		case 'l': nlook = strtoull(optarg, NULL, 0); break;
+		case 'c': ncmp = strtoull(optarg, NULL, 0); break;
+		case 'd': base = optarg; break;
+		default:
+			fprintf(stderr, "usage: bench_index [-n versions] [-l lookups] [-c compare-versions] [-d tmpdir]\n");
+			return 2;
+		}
+	}
+	snprintf(dir, sizeof(dir), "%s/rewind-bench-index-XXXXXX", base && *base ? base : "/tmp");
+	if (!mkdtemp(dir)) {
+		perror("mkdtemp");
+		return 1;
+	}
+	snprintf(store, sizeof(store), "%s/store", dir);
+	if ((rc = ix_store_init(store)) || (rc = ix_open(&ix, store, IX_LOCK)) ||
+	    (rc = ix_disk_create(ix, "bench", 64ull << 30, 4096, NULL, &d)) ||
+	    (rc = ix_batch_new(ix, &b))) {
+		fprintf(stderr, "setup: %s: %s\n", rw_strerror(rc), rw_err_msg());
+		goto out;
+	}
+
+	/* 1. Indexing. */
+	const uint64_t nblocks = 16ull << 20;
+	const uint64_t seg_records = 16000; /* ~64 MiB segments of 4 KiB writes */
+	uint64_t seq = 1, ts = 1700000000000000000ull, batches = 0;
+	uint64_t t0 = rw_mono_ns();
+	while (seq <= nver) {
+		uint64_t n = 256 + rnd(&st) % 3841;
+		for (uint64_t i = 0; i < n && seq <= nver; i++, seq++) {
+			struct jr_rec r = { 0 };
+			uint64_t segfirst = (seq - 1) / seg_records * seg_records + 1;
+			struct jr_loc l = { segfirst, (seq - segfirst) * (JR_HDR_SIZE + 4096) };
+			r.type = JR_WRITE;
+			r.seq = seq;
+			r.ts_ns = ts += 1000 + rnd(&st) % 50000;
+			r.disk_id = d.id;
+			r.offset = (rnd(&st) % nblocks) * 4096;
+			r.length = 4096;
+			r.stored_len = 4096;
+			if ((rc = ix_batch_add(b, &r, &l)))
+				goto fail;
+		}
+		if ((rc = ix_batch_commit(b)))
+			goto fail;
+		batches++;
+	}
+	double idx_s = (double)(rw_mono_ns() - t0) / 1e9;
+	double idx_rate = (double)nver / idx_s;
+
+	/* 2. Lookups. */
+	uint64_t hits = 0, versions = 0;
+	struct ix_version v[16];
+	if ((rc = ix_read_begin(ix, &rd)))
+		goto fail;
+	t0 = rw_mono_ns();
+	for (uint64_t i = 0; i < nlook; i++) {
+		int n = ix_block_asof(rd, d.id, rnd(&st) % nblocks, 1 + rnd(&st) % nver, v, 16);
+		if (n < 0) {
+			rc = n;
+			goto fail;
+		}
+		hits += n > 0;
+		versions += (uint64_t)n;
+	}
+	double look_s = (double)(rw_mono_ns() - t0) / 1e9;
+	double look_rate = (double)nlook / look_s;
+	/* Lookups of blocks known to have versions (a restore's access pattern). */
+	ix_read_end(rd);
+	rd = NULL;
+
+	/* 3. Bytes per version. */
+	ix_close(ix);
+	ix = NULL;
+	snprintf(p, sizeof(p), "%s/index/data.mdb", store);
+	uint64_t fsz = file_size(p);
+	double bpv = (double)fsz / (double)nver;
+
+	/* 4. Layout comparison. */
+	struct layout_result one_rand = { 0, 0 }, dup_rand = { 0, 0 }, one_hot = { 0, 0 }, dup_hot = { 0, 0 };
+	if (ncmp) {
+		snprintf(p, sizeof(p), "%s/layout", dir);
+		if ((rc = layout_run(p, 0, ncmp, nblocks, &one_rand)) ||
+		    (rc = layout_run(p, 1, ncmp, nblocks, &dup_rand)) ||
+		    (rc = layout_run(p, 0, ncmp, 65536, &one_hot)) ||
+		    (rc = layout_run(p, 1, ncmp, 65536, &dup_hot))) {
+			fprintf(stderr, "layout comparison: %s\n", mdb_strerror(rc));
+			goto out;
+		}
+	}
+
+	printf("\nrewind index benchmark: %llu single-block versions, random blocks of a 64 GiB disk,\n"
+	       "%llu batches of 256..4096 records (durable commits, MDB_NOMETASYNC)\n\n",
+	       (unsigned long long)nver, (unsigned long long)batches);
+	printf("%-34s %14s %14s  %s\n", "figure", "measured", "target", "result");
+	printf("%-34s %14.0f %14s  %s\n", "index rate (versions/s)", idx_rate, ">= 300000",
+	       idx_rate >= 300000 ? "PASS" : "MISS");
+	printf("%-34s %14.0f %14s  %s\n", "as-of lookups (lookups/s, 1 thr)", look_rate,
+	       ">= 1000000", look_rate >= 1000000 ? "PASS" : "MISS");
+	printf("%-34s %14.1f %14s  %s\n", "index bytes per version", bpv, "<= 64",
+	       bpv <= 64 ? "PASS" : "MISS");
+	printf("\n  indexing took %.2f s; lookups: %.1f%% hit a version, %.2f versions/hit;\n"
+	       "  data.mdb %llu bytes\n", idx_s, 100.0 * (double)hits / (double)nlook,
+	       hits ? (double)versions / (double)hits : 0.0, (unsigned long long)fsz);
+	if (ncmp) {
+		printf("\nversions table layout, bare LMDB, %llu versions (bytes/version incl. B-tree overhead):\n",
+		       (unsigned long long)ncmp);
+		printf("  %-40s %12s %12s\n", "layout / workload", "versions/s", "bytes/ver");
+		printf("  %-40s %12.0f %12.1f\n", "one key per version, 16M random blocks", one_rand.rate, one_rand.bytes_per);
+		printf("  %-40s %12.0f %12.1f\n", "MDB_DUPSORT,         16M random blocks", dup_rand.rate, dup_rand.bytes_per);
+		printf("  %-40s %12.0f %12.1f\n", "one key per version, 64K hot blocks", one_hot.rate, one_hot.bytes_per);
+		printf("  %-40s %12.0f %12.1f\n", "MDB_DUPSORT,         64K hot blocks", dup_hot.rate, dup_hot.bytes_per);
+	}
+	status = 0;
+	goto out;
+fail:
+	fprintf(stderr, "bench_index: %s: %s\n", rw_strerror(rc), rw_err_msg());
+out:
+	ix_read_end(rd);
+	ix_batch_free(b);
+	ix_close(ix);
+	rmrf(dir);
+	return status;
+}
