@@ -43,7 +43,9 @@ struct cap_disk {
 	pthread_cond_t cv;
 	struct cap_range *ranges;
 
-	atomic_bool head_failed;          /* head diverged: refuse writes */
+	atomic_int head_failed;           /* head diverged: the error, refuse
+	                                   * writes with it; 0 = fine */
+	atomic_bool prealloc_ok;          /* fallocate(0) reserves head space */
 	atomic_bool punch_ok;             /* fallocate punch/zero works */
 	atomic_int last_err;              /* last journal error logged */
 	uint64_t head_synced_seq;         /* housekeeping thread only */

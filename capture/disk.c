@@ -63,7 +63,8 @@ int cap_disk_open(struct cap_disk *d, struct ix *ix, const struct ix_disk *m,
 	d->indexed_seq = 0;
 	d->pending_seq = 0;
 	d->synced_ops = 0;
-	atomic_init(&d->head_failed, false);
+	atomic_init(&d->head_failed, 0);
+	atomic_init(&d->prealloc_ok, true);
 	atomic_init(&d->punch_ok, true);
 	atomic_init(&d->last_err, 0);
 	atomic_init(&d->n_reads, 0);
@@ -151,6 +152,27 @@ static int head_apply(struct cap_disk *d, uint8_t type, uint64_t off,
 	return head_zero(d, off, len, no_hole);
 }
 
+/*
+ * Makes sure head has blocks for [off, off+len) before the record is
+ * journaled, so a full filesystem fails the write cleanly (ENOSPC, nothing
+ * journaled) instead of after the journal already holds it.  A range that
+ * is already allocated costs one extent lookup.
+ */
+static int head_reserve(struct cap_disk *d, uint64_t off, uint32_t len)
+{
+	if (!atomic_load(&d->prealloc_ok))
+		return 0;
+	if (fallocate(d->head_fd, 0, (off_t)off, (off_t)len) == 0)
+		return 0;
+	if (errno == EOPNOTSUPP || errno == ENOSYS) {
+		atomic_store(&d->prealloc_ok, false);
+		return 0;
+	}
+	return rw_err_set(-errno, "cannot reserve %u bytes at %llu in '%s': %s",
+			  len, (unsigned long long)off, d->head_path,
+			  strerror(errno));
+}
+
 /* ------------------------------------------------------- range locks */
 
 static bool overlaps(const struct cap_range *a, const struct cap_range *b)
@@ -228,15 +250,23 @@ int cap_disk_write(struct cap_disk *d, uint8_t type, uint64_t off,
 
 	if (compressed)
 		*compressed = false;
-	if (atomic_load(&d->head_failed))
-		return rw_err_set(-EIO, "disk '%s': head.img failed earlier; "
-				  "restart the server to recover",
-				  d->meta.name);
+	err = atomic_load(&d->head_failed);
+	if (err)
+		return rw_err_set(err, "disk '%s': writing head.img failed "
+				  "earlier (%s); restart the server to recover",
+				  d->meta.name, rw_strerror(err));
 	if (type == JR_ZERO && (flags & NBD_CMD_FLAG_FAST_ZERO) &&
 	    !atomic_load(&d->punch_ok))
 		return -ENOTSUP; /* would be slow: refuse before journaling */
 
 	range_lock(d, &r);
+	if (type == JR_WRITE) {
+		err = head_reserve(d, off, len);
+		if (err) {
+			range_unlock(d, &r);
+			return err;
+		}
+	}
 	err = jr_writer_append(d->w, &a, cc, &out);
 	if (!err)
 		err = jr_writer_write_out(d->w);
@@ -247,7 +277,7 @@ int cap_disk_write(struct cap_disk *d, uint8_t type, uint64_t off,
 	err = head_apply(d, type, off, len, data,
 			 (flags & NBD_CMD_FLAG_NO_HOLE) != 0);
 	if (err) {
-		atomic_store(&d->head_failed, true);
+		atomic_store(&d->head_failed, err);
 		range_unlock(d, &r);
 		return err;
 	}
@@ -344,6 +374,8 @@ int cap_disk_replay(struct cap_disk *d)
 	jr_reader_close(r);
 	if (err < 0)
 		return err;
+	if (!n)
+		return 0;
 	err = rw_sys_fsync(d->head_fd);
 	if (err)
 		return rw_err_set(err, "cannot fsync '%s': %s", d->head_path,

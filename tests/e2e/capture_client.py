@@ -446,11 +446,95 @@ def check(path, disk, log, nblk):
           % (len(acked), flushed, len(last)))
 
 
+# ------------------------------------------------------------ failures
+
+def sticky(path, disk):
+    """Writes and flushes until something fails (a fault armed in the
+    server); from then on every write and flush must fail too, with EIO,
+    while reads keep working."""
+    c = Conn(path, disk)
+    first = None
+    for i in range(200):
+        e, _ = c.cmd(CMD_WRITE, i * BS, BS, payload(i + 1))
+        if e == 0:
+            e, _ = c.cmd(CMD_FLUSH, 0, 0)
+        if e:
+            first = (i, e)
+            break
+    if first is None:
+        fail("no failure happened: the fault was not armed?")
+    ok("first failure at write/flush %d: error %d" % first)
+    for j in range(5):
+        e, _ = c.cmd(CMD_WRITE, (300 + j) * BS, BS, payload(1000 + j))
+        if e != 5:
+            fail("write after a failed sync answered %d, want EIO (5)" % e)
+        e, _ = c.cmd(CMD_FLUSH, 0, 0)
+        if e != 5:
+            fail("flush after a failed sync answered %d, want EIO (5)" % e)
+    ok("after the failed sync, writes and flushes keep failing with EIO")
+    e, _ = c.cmd(CMD_READ, 0, BS)
+    expect(e == 0, "reads still work")
+    c.close()
+    c = Conn(path, disk)
+    e, _ = c.cmd(CMD_WRITE, 400 * BS, BS, payload(2000))
+    expect(e == 5, "a new connection is refused writes too (EIO)")
+    c.close()
+    print("flushed-ok %d" % first[0])
+
+
+def fill(path, disk, log):
+    """Writes distinct blocks, flushing every 16, until the server answers
+    ENOSPC; logs what was flushed.  Later failures must come quickly."""
+    c = Conn(path, disk)
+    out = open(log, "w", buffering=1)
+    i, flushed = 0, 0
+    while True:
+        e, _ = c.cmd(CMD_WRITE, i * BS, BS, os.urandom(16) + payload(i + 1)[16:])
+        if e:
+            break
+        i += 1
+        if i % 16 == 0:
+            e, _ = c.cmd(CMD_FLUSH, 0, 0)
+            if e:
+                break
+            flushed = i
+            out.write("flushed %d\n" % flushed)
+        if i > 1000000:
+            fail("the filesystem never filled")
+    expect(e == ENOSPC, "full filesystem: write answered ENOSPC after %d "
+           "writes (%d flushed)" % (i, flushed))
+    t0 = time.time()
+    for j in range(10):
+        e, _ = c.cmd(CMD_WRITE, j * BS, BS, payload(j + 1))
+        if e == 0:
+            continue  # space may come back (punched or freed); fine
+        if e not in (ENOSPC, 5):
+            fail("write on a full filesystem answered %d" % e)
+    expect(time.time() - t0 < 5, "further writes answered quickly")
+    c.close()
+
+
+def check_fill(path, disk, log):
+    flushed = 0
+    with open(log) as f:
+        for line in f:
+            flushed = int(line.split()[1])
+    c = Conn(path, disk)
+    for i in range(flushed):
+        e, data = c.cmd(CMD_READ, i * BS, BS)
+        if e or data[16:] != payload(i + 1)[16:]:
+            fail("flushed block %d lost after the disk filled" % i)
+    c.close()
+    ok("all %d flushed blocks readable after restart" % flushed)
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     try:
         {"adversarial": adversarial, "writer": writer, "check": check,
          "handshake-timeout": handshake_timeout,
-         "conn-cap": conn_cap}[cmd](*args)
+         "conn-cap": conn_cap, "sticky": sticky, "fill": fill,
+         "check-fill": check_fill,
+         "adversarial-alive": lambda p, d: alive(p, d, "restart")}[cmd](*args)
     except (Closed, AssertionError, OSError) as e:
         fail("%s: %s" % (cmd, e))

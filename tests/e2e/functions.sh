@@ -12,6 +12,9 @@ set -u
 CLIENT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/capture_client.py"
 SERVER_PID=
 TMP=
+# The system python starts in milliseconds; a version-manager shim on PATH
+# can take most of a second, which matters in the kill -9 loop.
+if [ -x /usr/bin/python3 ]; then PYTHON=/usr/bin/python3; else PYTHON=python3; fi
 
 # requires TOOL... — skip the script (exit 77) when a tool is missing.
 requires() {
@@ -40,7 +43,7 @@ fail() {
 }
 
 check() {
-	echo "ok   $*"
+	printf "ok   [%3ds] %s\n" "$SECONDS" "$*"
 }
 
 rw_cleanup() {
@@ -80,10 +83,10 @@ start_server() {
 # wait_for_socket PATH — up to 60 s (recovery under ASan can be slow).
 wait_for_socket() {
 	local i
-	for i in $(seq 1 1200); do
+	for i in $(seq 1 3000); do
 		[ -S "$1" ] && return 0
 		kill -0 "$SERVER_PID" 2>/dev/null || return 1
-		sleep 0.05
+		sleep 0.02
 	done
 	return 1
 }
@@ -113,12 +116,19 @@ uri() {
 	echo "nbd+unix:///$1?socket=$SOCK"
 }
 
-# journal_field DISK FIELD — a number from `rewind list --records --json`.
+# journal_snapshot — records `rewind list --records --json` (it reads every
+# record header of every journal) for journal_field to pick from.
+journal_snapshot() {
+	"$REWIND" list --store "$STORE" --records --json >"$TMP/journal.json" \
+		|| fail "rewind list --records --json"
+}
+
+# journal_field DISK FIELD — a number from the last journal_snapshot.
 journal_field() {
-	"$REWIND" list --store "$STORE" --records --json | python3 -c '
+	"$PYTHON" -c '
 import json, sys
 d = [x for x in json.load(sys.stdin)["disks"] if x["name"] == sys.argv[1]][0]
-print(d["journal"][sys.argv[2]] if sys.argv[2] in d["journal"] else d[sys.argv[2]])' "$1" "$2"
+print(d["journal"][sys.argv[2]] if sys.argv[2] in d["journal"] else d[sys.argv[2]])' "$1" "$2" <"$TMP/journal.json"
 }
 
 # expect_eq WHAT GOT WANT
