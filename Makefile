@@ -57,8 +57,8 @@ BENCH_BINS := $(BENCH_SRCS:%.c=$(B)/%)
 LIB := $(B)/librewind.a
 REWIND := $(B)/rewind
 
-.PHONY: all deps test test-unit test-e2e test-long test-one demo clean \
-        bench-journal bench-index install
+.PHONY: all deps test test-long test-one demo clean install \
+        bench-journal bench-index bench-capture bench-restore
 .DEFAULT_GOAL := all
 .SECONDARY:
 
@@ -117,6 +117,16 @@ bench-index:
 	@scripts/deps.sh build
 	@$(MAKE) --no-print-directory all OPT="-O2 -g -DNDEBUG"
 	@$(B)/bench/bench_index
+
+bench-capture:
+	@scripts/deps.sh bench
+	@$(MAKE) --no-print-directory all OPT="-O2 -g -DNDEBUG"
+	@bench/capture.sh $(B)
+
+bench-restore:
+	@scripts/deps.sh bench
+	@$(MAKE) --no-print-directory all OPT="-O2 -g -DNDEBUG"
+	@bench/restore.sh $(B)
 
 clean:
 	rm -rf build build-san
