@@ -34,7 +34,10 @@ static void on_problem(void *arg, const struct ix_problem *p)
 	if (!o->json) {
 		if (p->segment)
 			jr_segment_name(p->segment, seg);
-		printf("MISMATCH disk %s (id %u)", p->disk, p->disk_id);
+		if (p->disk_id)
+			printf("MISMATCH disk %s (id %u)", p->disk, p->disk_id);
+		else
+			printf("MISMATCH time map");
 		if (p->block != UINT64_MAX)
 			printf(" block %llu", (unsigned long long)p->block);
 		if (p->seq)

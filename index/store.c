@@ -179,6 +179,9 @@ int ix_meta_read(const char *path, struct ix_disk *d)
 	d->ctime_ns = rw_get_le64(b + 32);
 	if (nl == 0 || nl > IX_NAME_MAX)
 		return rw_err_set(RW_ECORRUPT, "'%s': bad name length %u", path, nl);
+	for (uint32_t i = 40 + nl; i < 104; i++)
+		if (b[i])
+			return rw_err_set(RW_ECORRUPT, "'%s': name padding is not zero", path);
 	memcpy(d->name, b + 40, nl);
 	d->name[nl] = 0;
 	if (!ix_name_valid(d->name) || d->id == 0 || d->block_size < 512 ||
@@ -283,6 +286,8 @@ static int read_store_file(const char *dir, uint8_t id[16])
 	if (rw_get_le32(b + 8) != IX_FORMAT_VERSION)
 		return rw_err_set(RW_EVERSION, "'%s': unsupported store version %u",
 				  p, rw_get_le32(b + 8));
+	if (rw_get_le32(b + 12) != 0)
+		return rw_err_set(RW_ECORRUPT, "'%s': reserved flags are not zero", p);
 	memcpy(id, b + 16, 16);
 	return 0;
 }

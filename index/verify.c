@@ -184,6 +184,7 @@ static int journal_pass(struct vctx *vc, MDB_txn *txn, const char *jdir,
 	struct jr_loc loc;
 	const void *payload;
 	uint64_t last_good_seg = 0, resumed_at = 0;
+	bool failed_again = false;
 	int rc = jr_reader_open(&r, jdir, 0);
 
 	if (rc == -ENOENT)
@@ -200,7 +201,11 @@ static int journal_pass(struct vctx *vc, MDB_txn *txn, const char *jdir,
 				rc = n;
 				break;
 			}
-			problem(vc, UINT64_MAX, 0, NULL, "corrupt journal: %s", rw_err_msg());
+			/* Report once per stretch of damage: resuming at a
+			 * segment that is itself bad is the same damage. */
+			if (!failed_again)
+				problem(vc, UINT64_MAX, 0, NULL, "corrupt journal: %s", rw_err_msg());
+			failed_again = true;
 			/* Resume at the next segment after the damage. */
 			uint64_t next = 0;
 			for (int i = 0; i < nsegs; i++) {
@@ -220,6 +225,7 @@ static int journal_pass(struct vctx *vc, MDB_txn *txn, const char *jdir,
 			continue;
 		}
 		last_good_seg = loc.segment;
+		failed_again = false;
 		vc->rep->records++;
 		rc = check_record(vc, txn, &rec, &loc);
 	}
@@ -310,6 +316,21 @@ static int index_pass(struct vctx *vc, MDB_txn *txn, const char *jdir)
 			continue;
 		}
 		struct vrec got = { rec.seq, rec.ts_ns, ver.loc, rec.offset, rec.length, rec.type };
+		if (rec.seq == seq && rec.disk_id == d->id && !vr) {
+			/* A good record pass 1 could not reach (it skipped
+			 * past damage): it exists, so the time map may name it. */
+			if (vc->nall == vc->capall) {
+				size_t nc = vc->capall ? vc->capall * 2 : 4096;
+				uint64_t *na = realloc(vc->allseq, nc * sizeof(*na));
+				if (!na) {
+					rc = -ENOMEM;
+					break;
+				}
+				vc->allseq = na;
+				vc->capall = nc;
+			}
+			vc->allseq[vc->nall++] = seq;
+		}
 		if (rec.seq != seq || rec.disk_id != d->id)
 			problem(vc, blk, seq, &ver.loc, "version entry points at the wrong record (disk id %u seq %llu)",
 				rec.disk_id, (unsigned long long)rec.seq);
@@ -371,7 +392,7 @@ static int segment_pass(struct vctx *vc, MDB_txn *txn, struct jr_seginfo *segs,
 				count++;
 		if (count != s.records)
 			problem(vc, UINT64_MAX, s.first_seq, &loc,
-				"segment entry counts %llu records, the journal has %llu indexed ones",
+				"segment entry counts %llu records, the journal has %llu readable indexed ones",
 				(unsigned long long)s.records, (unsigned long long)count);
 	}
 	mdb_cursor_close(c);
@@ -400,7 +421,7 @@ static int time_pass(struct vctx *vc, MDB_txn *txn)
 		seq = rw_get_le64(v.mv_data);
 		if (!vc->nall || !bsearch(&seq, vc->allseq, vc->nall, sizeof(seq), u64_cmp))
 			problem(vc, UINT64_MAX, seq, NULL,
-				"time map entry ts %llu -> seq %llu names no journal record",
+				"time map entry ts %llu -> seq %llu names no readable journal record",
 				(unsigned long long)rw_get_be64(k.mv_data), (unsigned long long)seq);
 	}
 	mdb_cursor_close(c);
