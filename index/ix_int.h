@@ -38,12 +38,13 @@ struct ix {
 		db_segments, db_marks;
 	uint8_t store_id[16];
 	/*
-	 * Held shared by every transaction of this process, exclusively while
-	 * the map is resized (mdb_env_set_mapsize requires no live txn in the
-	 * process).  So: never start a write while holding an ix_read in the
-	 * same thread... that is allowed (glibc rwlocks prefer readers, shared
-	 * re-entry does not deadlock) but a write that must grow the map then
-	 * waits for every read transaction to end.
+	 * Held shared by every transaction of this process (for an ix_read,
+	 * from begin to end), exclusively while the map is resized
+	 * (mdb_env_set_mapsize requires no live txn in the process).  glibc
+	 * rwlocks prefer readers, so shared re-entry never deadlocks; but a
+	 * write that must grow the map waits for every ix_read of the process
+	 * to end — a thread must not write while it holds an ix_read, or a
+	 * map growth would wait for itself.
 	 */
 	pthread_rwlock_t txlock;
 };
@@ -65,6 +66,9 @@ struct ix_read {
 int ix_mdb_err(int rc);
 /* rw_err_set with the store named, for an LMDB failure. */
 int ix_fail(struct ix *ix, int rc, const char *what);
+
+/* ix_reads this thread holds (growing the map waits for none to be left). */
+extern _Thread_local int ix_tl_reads;
 
 /* Begins a txn holding the rwlock shared; handles MDB_MAP_RESIZED. */
 int ix_txn_begin(struct ix *ix, unsigned flags, MDB_txn **out);

@@ -41,6 +41,7 @@ int ix_read_begin(struct ix *ix, struct ix_read **out)
 		return ix_fail(ix, rc, "beginning a read transaction");
 	}
 	rd->locked = true;
+	ix_tl_reads++;
 	*out = rd;
 	return 0;
 }
@@ -54,10 +55,12 @@ void ix_read_end(struct ix_read *rd)
 	if (rd->ct)
 		mdb_cursor_close(rd->ct);
 	if (rd->txn) {
-		if (rd->locked)
+		if (rd->locked) {
 			ix_txn_abort(rd->ix, rd->txn);
-		else
+			ix_tl_reads--;
+		} else {
 			mdb_txn_abort(rd->txn);
+		}
 	}
 	free(rd);
 }
@@ -72,6 +75,7 @@ int ix_read_renew(struct ix_read *rd)
 	if (rd->locked) {
 		pthread_rwlock_unlock(&ix->txlock);
 		rd->locked = false;
+		ix_tl_reads--;
 	}
 	for (int tries = 0;; tries++) {
 		pthread_rwlock_rdlock(&ix->txlock);
@@ -81,11 +85,15 @@ int ix_read_renew(struct ix_read *rd)
 		pthread_rwlock_unlock(&ix->txlock);
 		if (rc != MDB_MAP_RESIZED || tries > 8)
 			return ix_fail(ix, rc, "renewing a read transaction");
+		if (ix_tl_reads > 0)
+			return rw_err_set(-EDEADLK, "store '%s': the map was resized; end this thread's other read transactions first",
+					  ix->dir);
 		pthread_rwlock_wrlock(&ix->txlock);
 		mdb_env_set_mapsize(ix->env, 0);
 		pthread_rwlock_unlock(&ix->txlock);
 	}
 	rd->locked = true;
+	ix_tl_reads++;
 	if (rd->cv && (rc = mdb_cursor_renew(rd->txn, rd->cv)))
 		return ix_fail(ix, rc, "renewing a cursor");
 	if (rd->ct && (rc = mdb_cursor_renew(rd->txn, rd->ct)))

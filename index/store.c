@@ -36,6 +36,7 @@
 #include <unistd.h>
 
 void (*ix_test_step_hook)(const char *step);
+_Thread_local int ix_tl_reads;
 
 /* ------------------------------------------------------------ errors */
 
@@ -299,6 +300,8 @@ static int grow_map(struct ix *ix, size_t want)
 	MDB_envinfo info;
 	int rc;
 
+	if (ix_tl_reads > 0)
+		return EDEADLK; /* would wait for this thread's own ix_read */
 	pthread_rwlock_wrlock(&ix->txlock);
 	mdb_env_info(ix->env, &info);
 	if (want == 0)
@@ -320,6 +323,8 @@ int ix_txn_begin(struct ix *ix, unsigned flags, MDB_txn **out)
 		pthread_rwlock_unlock(&ix->txlock);
 		if (rc != MDB_MAP_RESIZED || tries > 8)
 			return rc;
+		if (ix_tl_reads > 0)
+			return EDEADLK;
 		/* Another process grew the map: adopt its size. */
 		pthread_rwlock_wrlock(&ix->txlock);
 		rc = mdb_env_set_mapsize(ix->env, 0);
@@ -386,6 +391,9 @@ int ix_write(struct ix *ix, int (*fn)(struct ix *ix, MDB_txn *txn, void *arg),
 			return rw_err_set(-ENOSPC, "store '%s': index map cannot grow further (%s)",
 					  ix->dir, what);
 		rc = grow_map(ix, 0);
+		if (rc == EDEADLK)
+			return rw_err_set(-EDEADLK, "store '%s': the index map must grow (%s) but this thread holds a read transaction; end it first",
+					  ix->dir, what);
 		if (rc)
 			return ix_fail(ix, rc, "growing the index map");
 	}

@@ -666,6 +666,19 @@ static void test_map_full_grows(void)
 	size_t initial = info.me_mapsize;
 	CU_ASSERT(initial <= 131072);
 	CU_ASSERT_EQUAL_FATAL(ix_batch_new(ix, &b), 0);
+	/* A thread holding a read cannot wait for itself: growth refuses. */
+	CU_ASSERT_EQUAL_FATAL(ix_read_begin(ix, &rd), 0);
+	for (size_t i = 0; i < 5000; i++) {
+		struct jr_rec r = { .type = JR_WRITE, .seq = i + 1, .ts_ns = 1000 + i * 10,
+				    .disk_id = d.id, .offset = i * 4096, .length = 4096 };
+		struct jr_loc l = { 1, 0 };
+		CU_ASSERT_EQUAL(ix_batch_add(b, &r, &l), 0);
+	}
+	CU_ASSERT_EQUAL(ix_batch_commit(b), -EDEADLK);
+	ix_read_end(rd);
+	rd = NULL;
+	CU_ASSERT_EQUAL(ix_disk_get(ix, "big", &d), 0);
+	CU_ASSERT_EQUAL(d.last_indexed_seq, 0);
 	for (size_t i = 0; i < n; i++) {
 		struct jr_rec r = { 0 };
 		struct jr_loc l = { 1 + (i / 1000) * 1000, (i % 1000) * 4160 };
