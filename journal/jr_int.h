@@ -76,6 +76,8 @@ struct jr_scan {
 	size_t cap;
 	uint64_t boff;
 	size_t blen;
+	uint64_t fsize;     /* file size seen by the last fstat (a lower
+			     * bound: append-only files only grow) */
 };
 
 #define JR_SCAN_WINDOW (1u << 20)

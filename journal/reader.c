@@ -170,7 +170,7 @@ static int next_rec(struct jr_reader *r, struct jr_rec *rec,
 		    struct jr_loc *loc, const void **payload)
 {
 	bool verify = !(r->flags & JR_READ_HEADERS);
-	bool looked_again = false;
+	bool looked_again = false, rechecked = false;
 	const uint8_t *p;
 	const char *why;
 	int err;
@@ -269,6 +269,14 @@ static int next_rec(struct jr_reader *r, struct jr_rec *rec,
 			if (f < 0)
 				return rw_err_set(f, "cannot read segment '%s': %s",
 						  r->path, rw_strerror(f));
+			if (f && !rechecked) {
+				/* The writer may have completed this record
+				 * since we read it: the file fills in order,
+				 * so one fresh look decides. */
+				rechecked = true;
+				jr_scan_invalidate(&r->sc);
+				continue;
+			}
 			if (f) {
 				char msg[256];
 				snprintf(msg, sizeof(msg), "%s; a valid record "

@@ -38,6 +38,7 @@ void jr_scan_invalidate(struct jr_scan *sc)
 {
 	sc->blen = 0;
 	sc->boff = 0;
+	sc->fsize = 0;
 }
 
 ssize_t jr_scan_fill(struct jr_scan *sc, uint64_t off, size_t n,
@@ -99,10 +100,15 @@ int jr_scan_record(struct jr_scan *sc, uint64_t off, bool verify,
 		return JR_SCAN_BAD;
 	size_t total = (size_t)jr_rec_total(rec);
 	if (!verify) {
-		uint64_t size = 0;
-		int err = file_size(sc->fd, &size);
-		if (err)
-			return err;
+		/* Headers only: the payload must be in the file, which the
+		 * cached size usually proves without a syscall. */
+		uint64_t size = sc->fsize;
+		if (size < off || size - off < total) {
+			int err = file_size(sc->fd, &size);
+			if (err)
+				return err;
+			sc->fsize = size;
+		}
 		if (size < off || size - off < total) {
 			*why = "file ends inside a record payload";
 			return JR_SCAN_TORN;
