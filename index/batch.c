@@ -320,7 +320,7 @@ static int commit_fn(struct ix *ix, MDB_txn *txn, void *arg)
 
 		if (!bd || r->seq <= bd->d.last_indexed_seq)
 			continue;
-		if (r->length == 0 || !rw_range_ok(r->offset, r->length, bd->d.size)) {
+		if (!rw_range_ok(r->offset, r->length, bd->d.size)) {
 			rc = rw_err_set(RW_ECORRUPT, "disk '%s' seq %llu (segment %llu offset %llu): range %llu+%u outside the disk (%llu bytes)",
 					bd->d.name, (unsigned long long)r->seq,
 					(unsigned long long)r->loc.segment,
@@ -331,6 +331,8 @@ static int commit_fn(struct ix *ix, MDB_txn *txn, void *arg)
 		}
 		keep[i] = true;
 		tm[ntm++] = r;
+		if (r->length == 0)
+			continue; /* touches no block; still a moment in time */
 		bs = bd->d.block_size;
 		first = r->offset / bs;
 		last = (r->offset + r->length - 1) / bs;

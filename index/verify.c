@@ -104,7 +104,7 @@ static int check_record(struct vctx *vc, MDB_txn *txn, const struct jr_rec *rec,
 			rec->disk_id, d->id);
 		return 0;
 	}
-	if (!rw_range_ok(rec->offset, rec->length, d->size) || rec->length == 0) {
+	if (!rw_range_ok(rec->offset, rec->length, d->size)) {
 		problem(vc, UINT64_MAX, rec->seq, loc, "record range %llu+%u is outside the disk",
 			(unsigned long long)rec->offset, rec->length);
 		return 0;
@@ -132,7 +132,7 @@ static int check_record(struct vctx *vc, MDB_txn *txn, const struct jr_rec *rec,
 		return 0;
 	}
 	for (uint64_t blk = rec->offset / d->block_size;
-	     blk <= (rec->offset + rec->length - 1) / d->block_size; blk++) {
+	     rec->length && blk <= (rec->offset + rec->length - 1) / d->block_size; blk++) {
 		struct ix_version ver;
 		bool partial = false;
 
