@@ -10,6 +10,8 @@
 #include "common/rw.h"
 #include "journal/jr.h"
 
+#include <limits.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -137,5 +139,53 @@ bool jr_io_is_uring(const struct jr_io *io);
  */
 int jr_io_write(struct jr_io *io, int fd, const void *buf, size_t len,
 		uint64_t off, bool sync);
+
+/* ------------------------------------------------------------- writer */
+
+/* The writer's state, shared by writer.c (appending) and recover.c. */
+struct jr_writer {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	char *dir;
+	struct jr_clock *clock;
+	struct jr_writer_opts o;
+	struct jr_io *io;
+
+	/* current segment; fd < 0 when none is open (empty journal, or the
+	 * last segment is sealed and its successor not created yet) */
+	int fd;
+	uint64_t seg_first;
+	uint64_t seg_end;       /* file offset of the next record */
+	uint64_t seg_created_ns;
+	uint64_t seg_nrec;
+	uint64_t seg_last_seq;
+	uint64_t seg_last_ts;
+
+	uint64_t last_seq;      /* newest record of this journal */
+	uint64_t last_ts;
+
+	/* pending bytes: buf[active][0..plen) go to the file at poff */
+	uint8_t *buf[2];
+	size_t cap[2];
+	int active;
+	size_t plen;
+	uint64_t poff;
+	bool io_busy;
+
+	uint64_t written_seq;
+	uint64_t durable_seq;
+	uint64_t covered_ns;    /* oldest append time in the running sync */
+	uint64_t fresh_ns;      /* oldest append time not yet in any sync */
+
+	struct jr_writer_stats st;
+	int err;
+	char errmsg[PATH_MAX + 256];
+};
+
+/* Path of segment `first` of w's journal, with suffix ("" or ".tmp"). */
+void jr_writer_seg_path(const struct jr_writer *w, uint64_t first, char *buf,
+			size_t sz, const char *suffix);
+/* Releases w's resources without flushing; NULL is a no-op. */
+void jr_writer_free(struct jr_writer *w);
 
 #endif /* RW_JOURNAL_INT_H */
