@@ -21,7 +21,13 @@
 # prints proves nothing.
 #
 # Knobs (environment): REPS (3), TOTAL (bytes, 1 GiB), LEVELS ("-1 1 2 3"),
-# LEVEL_REPS (1), BACKEND (uring), SKIP_LEVELS=1.
+# LEVEL_REPS (1), BACKEND (uring), THREADS (nproc; 1 = no multi-thread
+# row), SKIP_LEVELS=1.
+#
+# Besides the issue's single appending thread, each rep also runs THREADS
+# appenders (own zstd context each, same flush count): an NBD client keeps
+# several requests in flight, so that row shows what parallel compression
+# buys.  It is informational; the targets apply to the single thread.
 set -euo pipefail
 
 B=${1:-build}
@@ -33,6 +39,7 @@ TOTAL=${TOTAL:-$((1024 * 1024 * 1024))}
 LEVELS=${LEVELS:-"-1 1 2 3"}
 LEVEL_REPS=${LEVEL_REPS:-1}
 BACKEND=${BACKEND:-uring}
+THREADS=${THREADS:-$(nproc)}
 FLUSH=$((1024 * 1024))
 DEFAULT_LEVEL=$(sed -n 's/^#define JR_ZSTD_LEVEL_DEFAULT \([0-9]*\).*/\1/p' journal/jr.h)
 DEFAULT_LEVEL=${DEFAULT_LEVEL:-1}
@@ -184,7 +191,13 @@ for bs in 4096 65536; do
 			record fio "$bs" "$rep" fio_run "$bs"; msg+=" fio $(last)"
 			record rw "$bs" "$rep" rw_run "$bs" "$DEFAULT_LEVEL" "${v[@]}"; msg+=" rewind $(last)"
 			record raw "$bs" "$rep" rw_run "$bs" 0 "${v[@]}"; msg+=" no-zstd $(last)"
+			if [ "$THREADS" -gt 1 ]; then
+				record mt "$bs" "$rep" rw_run "$bs" "$DEFAULT_LEVEL" -t "$THREADS" "${v[@]}"; msg+=" $THREADS-thread $(last)"
+			fi
 		else
+			if [ "$THREADS" -gt 1 ]; then
+				record mt "$bs" "$rep" rw_run "$bs" "$DEFAULT_LEVEL" -t "$THREADS" "${v[@]}"; msg+=" $THREADS-thread $(last)"
+			fi
 			record raw "$bs" "$rep" rw_run "$bs" 0 "${v[@]}"; msg+=" no-zstd $(last)"
 			record rw "$bs" "$rep" rw_run "$bs" "$DEFAULT_LEVEL" "${v[@]}"; msg+=" rewind $(last)"
 			record fio "$bs" "$rep" fio_run "$bs"; msg+=" fio $(last)"
@@ -209,7 +222,7 @@ fi
 
 echo
 rc=0
-python3 - "$runs" "$DEFAULT_LEVEL" "$LEVELS" >"$work/report" <<'EOF' || rc=$?
+python3 - "$runs" "$DEFAULT_LEVEL" "$LEVELS" "$THREADS" >"$work/report" <<'EOF' || rc=$?
 import json, statistics, sys
 from collections import defaultdict
 
@@ -219,6 +232,9 @@ for line in open(sys.argv[1]):
     runs[(kind, int(bs), key)].append(json.loads(js))
 default = sys.argv[2]
 levels = sys.argv[3].split()
+kinds = [('rw', 'zstd %s' % default), ('raw', 'no compression')]
+if int(sys.argv[4]) > 1:
+    kinds.append(('mt', 'zstd %s, %s thr' % (default, sys.argv[4])))
 med = statistics.median
 
 def reps(kind, bs):
@@ -233,7 +249,7 @@ print(fmt % ('workload', 'fio MiB/s', 'rewind MiB/s', 'ratio', 'ratio range',
 for bs in (4096, 65536):
     fio = reps('fio', bs)
     fio_mib = med(x['mib_s'] for x in fio.values())
-    for kind, name in (('rw', 'zstd %s' % default), ('raw', 'no compression')):
+    for kind, name in kinds:
         rw = reps(kind, bs)
         ratios = sorted(rw[k]['mib_s'] / fio[k]['mib_s'] for k in rw)
         ratio = med(ratios)
@@ -250,15 +266,16 @@ for bs in (4096, 65536):
                      '%.2fx' % ratio, '%.2f-%.2f' % (ratios[0], ratios[-1]),
                      tgt, '%.2f' % cr, verdict))
 print()
-print('where the time goes (medians, seconds per 1 GiB): append = compress + crc + queue')
+print('where the time goes (medians, seconds per run): append = compress + crc + queue')
 print('(+ write-out when a batch fills), flush = write-out + fdatasync wait; runq =')
-print('appending thread runnable but without a CPU; sync ms = mean flush, fio = fdatasync')
+print('appending thread runnable but without a CPU; sync ms = mean flush, fio = fdatasync;')
+print('append, flush and runq are summed over threads')
 fmt2 = '%-22s %6s %7s %7s %6s %6s %6s %6s %7s %7s'
 print(fmt2 % ('workload', 'wall', 'append', 'flush', 'runq', 'user', 'sys',
               'syncs', 'sync ms', 'fio ms'))
 for bs in (4096, 65536):
     fio = reps('fio', bs)
-    for kind, name in (('rw', 'zstd %s' % default), ('raw', 'no compression')):
+    for kind, name in kinds:
         rw = list(reps(kind, bs).values())
         m = lambda f: med(x[f] for x in rw)
         print(fmt2 % ('%d KiB, %s' % (bs // 1024, name), '%.2f' % m('seconds'),
