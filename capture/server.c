@@ -48,6 +48,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_LISTEN 2
@@ -482,7 +483,12 @@ int cap_server_open(struct cap_server **out, const struct cap_server_opts *o)
 	atomic_init(&s->stopping, false);
 	pthread_mutex_init(&s->mu, NULL);
 	pthread_mutex_init(&s->hk_mu, NULL);
-	pthread_cond_init(&s->hk_cv, NULL);
+	/* hk_main waits with CLOCK_MONOTONIC deadlines */
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&s->hk_cv, &ca);
+	pthread_condattr_destroy(&ca);
 	s->store_dir = strdup(o->store_dir);
 	if (o->socket_path)
 		s->socket_path = strdup(o->socket_path);

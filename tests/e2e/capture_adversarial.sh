@@ -11,6 +11,16 @@ rw_setup
 "$REWIND" create vm1 --size 64M >/dev/null || fail "create"
 start_server --handshake-timeout 2s --max-conns 8
 
+# Regression (idle_server_spins): the housekeeping thread's timed wait once
+# used a CLOCK_MONOTONIC deadline on a CLOCK_REALTIME condition variable and
+# spun at 100% CPU.  An idle server must use (almost) no CPU.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; }
+if [ -r "/proc/$SERVER_PID/stat" ]; then
+	sleep 0.5; c0=$(cpu_ticks); sleep 2; c1=$(cpu_ticks)
+	[ $((c1 - c0)) -le 20 ] || fail "idle server used $((c1 - c0)) CPU ticks in 2 s"
+	check "idle server used $((c1 - c0)) CPU ticks in 2 s"
+fi
+
 timeout -s KILL 120 "$PYTHON" "$CLIENT" adversarial "$SOCK" vm1 $((64 << 20)) || fail "adversarial cases"
 timeout -s KILL 60 "$PYTHON" "$CLIENT" handshake-timeout "$SOCK" vm1 2 || fail "handshake deadline"
 timeout -s KILL 60 "$PYTHON" "$CLIENT" conn-cap "$SOCK" vm1 8 || fail "connection cap"

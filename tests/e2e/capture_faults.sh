@@ -38,8 +38,14 @@ if [ "$(id -u)" -ne 0 ] || ! mkdir -p "$TMP/small" || ! mount -t tmpfs -o size=2
 	echo "capture_faults: all checks passed (ENOSPC case skipped)"
 	exit 0
 fi
-umount_small() { umount "$TMP/small" 2>/dev/null || umount -l "$TMP/small" 2>/dev/null; }
-trap 'umount_small; rw_cleanup' EXIT
+small_cleanup() {
+	local rc=$?
+	if [ -n "$SERVER_PID" ]; then kill -9 "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null; SERVER_PID=; fi
+	umount "$TMP/small" 2>/dev/null || umount -l "$TMP/small" 2>/dev/null
+	(exit $rc)
+	rw_cleanup
+}
+trap small_cleanup EXIT
 SSTORE=$TMP/small/s
 "$REWIND" init --store "$SSTORE" >/dev/null || fail "init on tmpfs"
 "$REWIND" create --store "$SSTORE" vm1 --size 256M >/dev/null || fail "create on tmpfs"
