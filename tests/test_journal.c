@@ -1348,9 +1348,24 @@ static void test_age_sealing(void)
 	CU_ASSERT_EQUAL(jr_writer_tick(w), 0);   /* empty: nothing to seal */
 	CU_ASSERT_EQUAL(jr_segments_list(dir, &segs), 0);
 	free(segs);
-	for (int i = 0; i < 3; i++)
+	struct jr_writer_stats ws;
+	jr_writer_stats(w, &ws);
+	CU_ASSERT_EQUAL(ws.uring, uring_available()); /* AUTO picks io_uring */
+	CU_ASSERT_EQUAL(ws.oldest_unsynced_ns, 0);
+	uint64_t t_first = age_now;
+	for (int i = 0; i < 3; i++) {
 		CU_ASSERT_EQUAL(jr_writer_append(w, &a, NULL, NULL), 0);
-	age_now += 9 * sec;
+		age_now += sec / 10;
+	}
+	jr_writer_stats(w, &ws);
+	CU_ASSERT_EQUAL(ws.oldest_unsynced_ns, t_first);
+	CU_ASSERT_EQUAL(ws.durable_seq, 0);
+	CU_ASSERT_EQUAL(ws.written_seq, 0);
+	CU_ASSERT_EQUAL(jr_writer_write_out(w), 0);
+	jr_writer_stats(w, &ws);
+	CU_ASSERT_EQUAL(ws.written_seq, 3);
+	CU_ASSERT_EQUAL(ws.oldest_unsynced_ns, t_first);
+	age_now += 9 * sec - 3 * (sec / 10);
 	CU_ASSERT_EQUAL(jr_writer_tick(w), 0);
 	CU_ASSERT_EQUAL(jr_segments_list(dir, &segs), 1);
 	uint64_t size_before = segs[0].bytes;
@@ -1361,9 +1376,9 @@ static void test_age_sealing(void)
 	CU_ASSERT_EQUAL(segs[0].bytes, 64 + 3 * 64 + 64);
 	CU_ASSERT(segs[0].bytes > size_before);
 	free(segs);
-	struct jr_writer_stats ws;
 	jr_writer_stats(w, &ws);
 	CU_ASSERT_EQUAL(ws.durable_seq, 3);
+	CU_ASSERT_EQUAL(ws.oldest_unsynced_ns, 0);
 	/* The next append opens segment 4. */
 	struct jr_appended out;
 	CU_ASSERT_EQUAL(jr_writer_append(w, &a, NULL, &out), 0);
