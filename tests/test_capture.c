@@ -1,0 +1,343 @@
+/*
+ * test_capture.c — capture's request validation, error mapping and
+ * advertised flags (pure functions), and an in-process server: handshake
+ * by NBD_OPT_EXPORT_NAME and NBD_OPT_GO over a real unix socket, a write
+ * with FUA read back, a second server refused on the locked store, and a
+ * stop/close/reopen cycle that keeps the data (LSan checks the shutdown
+ * path of the whole server in this process).
+ */
+#include "capture/cap.h"
+#include "capture/nbd-protocol.h"
+#include "common/rw.h"
+#include "index/ix.h"
+#include "journal/jr.h"
+#include "tests/testutil.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define MIB (1024u * 1024u)
+#define SIZE (16ull * MIB)
+
+static uint32_t check(uint16_t type, uint16_t flags, uint64_t off,
+		      uint32_t count, bool sr)
+{
+	struct cap_req r = { .type = type, .flags = flags, .offset = off,
+			     .count = count };
+	return cap_req_check(&r, SIZE, sr, JR_MAX_WRITE);
+}
+
+static void test_req_check(void)
+{
+	/* valid */
+	CU_ASSERT_EQUAL(check(NBD_CMD_READ, 0, 0, 4096, false), 0);
+	CU_ASSERT_EQUAL(check(NBD_CMD_WRITE, NBD_CMD_FLAG_FUA, SIZE - 512, 512,
+			      false), 0);
+	CU_ASSERT_EQUAL(check(NBD_CMD_WRITE_ZEROES, NBD_CMD_FLAG_NO_HOLE |
+			      NBD_CMD_FLAG_FAST_ZERO | NBD_CMD_FLAG_FUA, 0,
+			      (uint32_t)SIZE, false), 0);
+	CU_ASSERT_EQUAL(check(NBD_CMD_TRIM, 0, 4096, 4096, false), 0);
+	CU_ASSERT_EQUAL(check(NBD_CMD_FLUSH, 0, 0, 0, false), 0);
+	CU_ASSERT_EQUAL(check(NBD_CMD_READ, NBD_CMD_FLAG_DF, 0, 512, true), 0);
+	struct cap_req max = { .type = NBD_CMD_WRITE, .count = JR_MAX_WRITE };
+	CU_ASSERT_EQUAL(cap_req_check(&max, 64ull * MIB, false, JR_MAX_WRITE), 0);
+	/* ranges: writes past the end are ENOSPC, reads EINVAL */
+	CU_ASSERT_EQUAL(check(NBD_CMD_WRITE, 0, SIZE - 512, 1024, false), NBD_ENOSPC);
+	CU_ASSERT_EQUAL(check(NBD_CMD_TRIM, 0, SIZE, 1, false), NBD_ENOSPC);
+	CU_ASSERT_EQUAL(check(NBD_CMD_WRITE_ZEROES, 0, SIZE + 1, 1, false), NBD_ENOSPC);
+	CU_ASSERT_EQUAL(check(NBD_CMD_READ, 0, SIZE, 1, false), NBD_EINVAL);
+	/* offset + length overflow 64 bits */
+	CU_ASSERT_EQUAL(check(NBD_CMD_READ, 0, UINT64_MAX, 2, false), NBD_EINVAL);
+	CU_ASSERT_EQUAL(check(NBD_CMD_WRITE, 0, UINT64_MAX - 100, 4096, false),
+			NBD_ENOSPC);
+	CU_ASSERT_EQUAL(check(NBD_CMD_TRIM, 0, UINT64_MAX, UINT32_MAX, false),
+			NBD_ENOSPC);
+	/* payload limits */
+	CU_ASSERT_EQUAL(check(NBD_CMD_WRITE, 0, 0, JR_MAX_WRITE + 1, false), NBD_EINVAL);
+	CU_ASSERT_EQUAL(check(NBD_CMD_READ, 0, 0, UINT32_MAX, false), NBD_EINVAL);
+	CU_ASSERT_EQUAL(check(NBD_CMD_READ, 0, 0, 0, false), NBD_EINVAL);
+	CU_ASSERT_EQUAL(check(NBD_CMD_WRITE, 0, 0, 0, false), NBD_EINVAL);
+	/* flags not documented for the command */
+	CU_ASSERT_EQUAL(check(NBD_CMD_WRITE, NBD_CMD_FLAG_NO_HOLE, 0, 512, false), NBD_EINVAL);
+	CU_ASSERT_EQUAL(check(NBD_CMD_READ, NBD_CMD_FLAG_DF, 0, 512, false), NBD_EINVAL);
+	CU_ASSERT_EQUAL(check(NBD_CMD_TRIM, NBD_CMD_FLAG_FAST_ZERO, 0, 512, false), NBD_EINVAL);
+	CU_ASSERT_EQUAL(check(NBD_CMD_READ, 0x8000, 0, 512, false), NBD_EINVAL);
+	CU_ASSERT_EQUAL(check(NBD_CMD_FLUSH, NBD_CMD_FLAG_NO_HOLE, 0, 0, false), NBD_EINVAL);
+	CU_ASSERT_EQUAL(check(NBD_CMD_DISC, 1, 0, 0, false), NBD_EINVAL);
+	/* flush with reserved fields set */
+	CU_ASSERT_EQUAL(check(NBD_CMD_FLUSH, 0, 1, 0, false), NBD_EINVAL);
+	CU_ASSERT_EQUAL(check(NBD_CMD_FLUSH, 0, 0, 1, false), NBD_EINVAL);
+	/* unknown and unsupported commands */
+	CU_ASSERT_EQUAL(check(NBD_CMD_CACHE, 0, 0, 512, false), NBD_EINVAL);
+	CU_ASSERT_EQUAL(check(NBD_CMD_BLOCK_STATUS, 0, 0, 512, true), NBD_EINVAL);
+	CU_ASSERT_EQUAL(check(0xffff, 0, 0, 512, false), NBD_EINVAL);
+}
+
+static void test_errno_and_flags(void)
+{
+	CU_ASSERT_EQUAL(cap_nbd_errno(0), 0);
+	CU_ASSERT_EQUAL(cap_nbd_errno(-ENOSPC), NBD_ENOSPC);
+	CU_ASSERT_EQUAL(cap_nbd_errno(-EDQUOT), NBD_ENOSPC);
+	CU_ASSERT_EQUAL(cap_nbd_errno(-EFBIG), NBD_ENOSPC);
+	CU_ASSERT_EQUAL(cap_nbd_errno(-EIO), NBD_EIO);
+	CU_ASSERT_EQUAL(cap_nbd_errno(RW_EFAILED), NBD_EIO);
+	CU_ASSERT_EQUAL(cap_nbd_errno(RW_ECORRUPT), NBD_EIO);
+	CU_ASSERT_EQUAL(cap_nbd_errno(-ENOTSUP), NBD_ENOTSUP);
+	CU_ASSERT_EQUAL(cap_nbd_errno(-EINVAL), NBD_EINVAL);
+
+	uint16_t f = cap_export_flags(false);
+	CU_ASSERT(f & NBD_FLAG_HAS_FLAGS);
+	CU_ASSERT(f & NBD_FLAG_SEND_FLUSH);
+	CU_ASSERT(f & NBD_FLAG_SEND_FUA);
+	CU_ASSERT(f & NBD_FLAG_SEND_TRIM);
+	CU_ASSERT(f & NBD_FLAG_SEND_WRITE_ZEROES);
+	CU_ASSERT(f & NBD_FLAG_SEND_FAST_ZERO);
+	CU_ASSERT(f & NBD_FLAG_CAN_MULTI_CONN);
+	CU_ASSERT_FALSE(f & NBD_FLAG_READ_ONLY);
+	CU_ASSERT_FALSE(f & NBD_FLAG_SEND_DF); /* only with structured replies */
+	CU_ASSERT(cap_export_flags(true) & NBD_FLAG_SEND_DF);
+}
+
+/* ------------------------------------------------------ in-process server */
+
+static int xfer(int fd, void *buf, size_t n, bool out)
+{
+	uint8_t *p = buf;
+	while (n) {
+		ssize_t k = out ? write(fd, p, n) : read(fd, p, n);
+		if (k <= 0)
+			return -1;
+		p += k;
+		n -= (size_t)k;
+	}
+	return 0;
+}
+
+static int dial(const char *path)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	snprintf(a.sun_path, sizeof(a.sun_path), "%s", path);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a))) {
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* Greeting + client flags.  Returns the handshake flags or -1. */
+static int greet(int fd, uint32_t cflags)
+{
+	uint8_t h[18], c[4];
+	if (xfer(fd, h, sizeof(h), false))
+		return -1;
+	if (rw_get_be64(h) != NBD_MAGIC || rw_get_be64(h + 8) != NBD_IHAVEOPT)
+		return -1;
+	rw_put_be32(c, cflags);
+	if (xfer(fd, c, 4, true))
+		return -1;
+	return rw_get_be16(h + 16);
+}
+
+static int send_opt(int fd, uint32_t opt, const void *data, uint32_t len)
+{
+	uint8_t h[16];
+	rw_put_be64(h, NBD_IHAVEOPT);
+	rw_put_be32(h + 8, opt);
+	rw_put_be32(h + 12, len);
+	if (xfer(fd, h, 16, true))
+		return -1;
+	return len ? xfer(fd, (void *)data, len, true) : 0;
+}
+
+/* Reads one option reply; returns its type, payload into buf (<= cap). */
+static int64_t opt_reply(int fd, uint8_t *buf, size_t cap, uint32_t *len)
+{
+	uint8_t h[20];
+	if (xfer(fd, h, 20, false) || rw_get_be64(h) != NBD_REP_MAGIC)
+		return -1;
+	*len = rw_get_be32(h + 16);
+	if (*len > cap || xfer(fd, buf, *len, false))
+		return -1;
+	return rw_get_be32(h + 12);
+}
+
+static int request(int fd, uint16_t flags, uint16_t type, uint64_t handle,
+		   uint64_t off, uint32_t count, const void *data)
+{
+	uint8_t h[28];
+	rw_put_be32(h, NBD_REQUEST_MAGIC);
+	rw_put_be16(h + 4, flags);
+	rw_put_be16(h + 6, type);
+	rw_put_be64(h + 8, handle);
+	rw_put_be64(h + 16, off);
+	rw_put_be32(h + 24, count);
+	if (xfer(fd, h, 28, true))
+		return -1;
+	return data ? xfer(fd, (void *)data, count, true) : 0;
+}
+
+/* Simple reply: returns the error field, or -1; checks the handle. */
+static int64_t simple_reply(int fd, uint64_t handle, void *data, uint32_t n)
+{
+	uint8_t h[16];
+	if (xfer(fd, h, 16, false) || rw_get_be32(h) != NBD_SIMPLE_REPLY_MAGIC ||
+	    rw_get_be64(h + 8) != handle)
+		return -1;
+	uint32_t err = rw_get_be32(h + 4);
+	if (!err && data && xfer(fd, data, n, false))
+		return -1;
+	return err;
+}
+
+struct srv {
+	struct cap_server *s;
+	pthread_t th;
+	int rc;
+};
+
+static void *run_main(void *arg)
+{
+	struct srv *v = arg;
+	v->rc = cap_server_run(v->s);
+	return NULL;
+}
+
+static int srv_start(struct srv *v, const char *store, const char *sock)
+{
+	struct cap_server_opts o;
+	cap_server_opts_default(&o);
+	o.store_dir = store;
+	o.socket_path = sock;
+	o.handshake_timeout_ns = 2000000000ull;
+	int err = cap_server_open(&v->s, &o);
+	if (err)
+		return err;
+	return pthread_create(&v->th, NULL, run_main, v) ? -1 : 0;
+}
+
+static int srv_stop(struct srv *v)
+{
+	cap_server_stop(v->s);
+	pthread_join(v->th, NULL);
+	int err = cap_server_close(v->s);
+	return v->rc ? v->rc : err;
+}
+
+static void test_server_inprocess(void)
+{
+	char *dir = tu_tmpdir("cap");
+	char store[512], sock[600];
+	struct ix *ix = NULL;
+	struct srv v = { 0 }, v2 = { 0 };
+	uint8_t buf[4 + IX_NAME_MAX + 256], wbuf[4096], rbuf[4096];
+	uint32_t len;
+	uint64_t st = 7;
+
+	snprintf(store, sizeof(store), "%s/s", dir);
+	snprintf(sock, sizeof(sock), "%s/t.sock", dir);
+	CU_ASSERT_EQUAL_FATAL(ix_store_init(store), 0);
+	CU_ASSERT_EQUAL_FATAL(ix_open(&ix, store, IX_LOCK), 0);
+	CU_ASSERT_EQUAL_FATAL(ix_disk_create(ix, "vm1", SIZE, 4096, NULL, NULL), 0);
+	ix_close(ix);
+
+	CU_ASSERT_EQUAL_FATAL(srv_start(&v, store, sock), 0);
+	/* a second server on the same store is refused */
+	CU_ASSERT_EQUAL(srv_start(&v2, store, ""), RW_EBUSY);
+
+	/* 1: EXPORT_NAME with NO_ZEROES: size + flags, no padding */
+	int fd = dial(sock);
+	CU_ASSERT_FATAL(fd >= 0);
+	int gf = greet(fd, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
+	CU_ASSERT_EQUAL(gf, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
+	CU_ASSERT_EQUAL(send_opt(fd, NBD_OPT_EXPORT_NAME, "vm1", 3), 0);
+	uint8_t er[10];
+	CU_ASSERT_EQUAL(xfer(fd, er, 10, false), 0);
+	CU_ASSERT_EQUAL(rw_get_be64(er), SIZE);
+	CU_ASSERT_EQUAL(rw_get_be16(er + 8), cap_export_flags(false));
+	tu_fill_random(&st, wbuf, sizeof(wbuf));
+	CU_ASSERT_EQUAL(request(fd, NBD_CMD_FLAG_FUA, NBD_CMD_WRITE, 1, 8192,
+				4096, wbuf), 0);
+	CU_ASSERT_EQUAL(simple_reply(fd, 1, NULL, 0), 0);
+	CU_ASSERT_EQUAL(request(fd, 0, NBD_CMD_READ, 2, 8192, 4096, NULL), 0);
+	CU_ASSERT_EQUAL(simple_reply(fd, 2, rbuf, 4096), 0);
+	CU_ASSERT_EQUAL(memcmp(wbuf, rbuf, 4096), 0);
+	CU_ASSERT_EQUAL(request(fd, 0, NBD_CMD_READ, 3, SIZE, 1, NULL), 0);
+	CU_ASSERT_EQUAL(simple_reply(fd, 3, NULL, 0), NBD_EINVAL);
+	CU_ASSERT_EQUAL(request(fd, 0, NBD_CMD_FLUSH, 4, 0, 0, NULL), 0);
+	CU_ASSERT_EQUAL(simple_reply(fd, 4, NULL, 0), 0);
+	CU_ASSERT_EQUAL(request(fd, 0, NBD_CMD_DISC, 5, 0, 0, NULL), 0);
+	close(fd);
+
+	/* 2: OPT_GO for an unknown disk, then for vm1 */
+	fd = dial(sock);
+	CU_ASSERT_FATAL(fd >= 0);
+	CU_ASSERT(greet(fd, NBD_FLAG_C_FIXED_NEWSTYLE) >= 0);
+	uint8_t go[4 + 8 + 2];
+	rw_put_be32(go, 8);
+	memcpy(go + 4, "nosuchvm", 8);
+	rw_put_be16(go + 12, 0);
+	CU_ASSERT_EQUAL(send_opt(fd, NBD_OPT_GO, go, sizeof(go)), 0);
+	CU_ASSERT_EQUAL(opt_reply(fd, buf, sizeof(buf), &len), NBD_REP_ERR_UNKNOWN);
+	rw_put_be32(go, 3);
+	memcpy(go + 4, "vm1", 3);
+	rw_put_be16(go + 7, 0);
+	CU_ASSERT_EQUAL(send_opt(fd, NBD_OPT_GO, go, 9), 0);
+	int64_t t;
+	bool saw_export = false, saw_bs = false;
+	while ((t = opt_reply(fd, buf, sizeof(buf), &len)) == NBD_REP_INFO) {
+		uint16_t info = rw_get_be16(buf);
+		if (info == NBD_INFO_EXPORT && len == 12) {
+			saw_export = rw_get_be64(buf + 2) == SIZE;
+		} else if (info == NBD_INFO_BLOCK_SIZE && len == 14) {
+			saw_bs = rw_get_be32(buf + 2) == 512 &&
+				 rw_get_be32(buf + 10) == JR_MAX_WRITE;
+		}
+	}
+	CU_ASSERT_EQUAL(t, NBD_REP_ACK);
+	CU_ASSERT(saw_export);
+	CU_ASSERT(saw_bs);
+	CU_ASSERT_EQUAL(request(fd, 0, NBD_CMD_READ, 9, 8192, 4096, NULL), 0);
+	CU_ASSERT_EQUAL(simple_reply(fd, 9, rbuf, 4096), 0);
+	CU_ASSERT_EQUAL(memcmp(wbuf, rbuf, 4096), 0);
+	close(fd); /* hard disconnect without DISC */
+
+	CU_ASSERT_EQUAL(srv_stop(&v), 0);
+
+	/* 3: reopen: the write is still there */
+	memset(&v, 0, sizeof(v));
+	CU_ASSERT_EQUAL_FATAL(srv_start(&v, store, sock), 0);
+	fd = dial(sock);
+	CU_ASSERT_FATAL(fd >= 0);
+	CU_ASSERT(greet(fd, NBD_FLAG_C_FIXED_NEWSTYLE) >= 0);
+	CU_ASSERT_EQUAL(send_opt(fd, NBD_OPT_EXPORT_NAME, "vm1", 3), 0);
+	uint8_t er2[10 + NBD_EXPORT_NAME_PAD];
+	CU_ASSERT_EQUAL(xfer(fd, er2, sizeof(er2), false), 0); /* with padding */
+	CU_ASSERT_EQUAL(request(fd, 0, NBD_CMD_READ, 1, 8192, 4096, NULL), 0);
+	CU_ASSERT_EQUAL(simple_reply(fd, 1, rbuf, 4096), 0);
+	CU_ASSERT_EQUAL(memcmp(wbuf, rbuf, 4096), 0);
+	close(fd);
+	CU_ASSERT_EQUAL(srv_stop(&v), 0);
+
+	tu_rmrf(dir);
+	free(dir);
+}
+
+int main(void)
+{
+	rw_log_set_level(RW_LOG_ERROR);
+	tu_add_suite("capture",
+		     "request validation", test_req_check,
+		     "error mapping and export flags", test_errno_and_flags,
+		     "in-process server: handshake, write, reopen",
+		     test_server_inprocess,
+		     NULL);
+	return tu_run();
+}
