@@ -19,7 +19,13 @@
 #define IX_DISK_MAGIC "RWDISK01"   /* 8 bytes, no NUL */
 #define IX_STORE_FILE_SIZE 44u
 #define IX_DISK_META_SIZE 108u
-#define IX_MAPSIZE_DEFAULT (1ull << 30)
+/* Address space only (no MDB_WRITEMAP: the file grows as pages are used);
+ * large so that growth — which must wait for every read transaction of
+ * the process — is rare. */
+#define IX_MAPSIZE_DEFAULT (64ull << 30)
+/* How long a growth waits for read transactions before giving up (10 s;
+ * tests shorten it). */
+extern uint64_t ix_grow_wait_ns;
 
 /* Key sizes. */
 #define IX_VKEY 20u   /* disk u32 | block u64 | seq u64 */

@@ -33,10 +33,12 @@
 #include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 void (*ix_test_step_hook)(const char *step);
 _Thread_local int ix_tl_reads;
+uint64_t ix_grow_wait_ns = 10ull * 1000000000ull;
 
 /* ------------------------------------------------------------ errors */
 
@@ -302,7 +304,18 @@ static int grow_map(struct ix *ix, size_t want)
 
 	if (ix_tl_reads > 0)
 		return EDEADLK; /* would wait for this thread's own ix_read */
-	pthread_rwlock_wrlock(&ix->txlock);
+	/* Bounded: an export holding a read for long must not hang indexing. */
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += (time_t)(ix_grow_wait_ns / 1000000000ull);
+	until.tv_nsec += (long)(ix_grow_wait_ns % 1000000000ull);
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	rc = pthread_rwlock_timedwrlock(&ix->txlock, &until);
+	if (rc)
+		return rc == ETIMEDOUT ? EBUSY : rc;
 	mdb_env_info(ix->env, &info);
 	if (want == 0)
 		want = info.me_mapsize * 2;
@@ -391,6 +404,9 @@ int ix_write(struct ix *ix, int (*fn)(struct ix *ix, MDB_txn *txn, void *arg),
 			return rw_err_set(-ENOSPC, "store '%s': index map cannot grow further (%s)",
 					  ix->dir, what);
 		rc = grow_map(ix, 0);
+		if (rc == EBUSY)
+			return rw_err_set(RW_EBUSY, "store '%s': the index map is full and cannot grow while read transactions stay open (%s); retry when they end",
+					  ix->dir, what);
 		if (rc == EDEADLK)
 			return rw_err_set(-EDEADLK, "store '%s': the index map must grow (%s) but this thread holds a read transaction; end it first",
 					  ix->dir, what);

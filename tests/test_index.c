@@ -16,6 +16,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -646,6 +647,27 @@ static void test_crash_consistency(void)
 
 /* ------------------------------------------------------------ 4. map full */
 
+struct holder {
+	struct ix *ix;
+	int state; /* 0 starting, 1 holding, 2 release */
+};
+
+static void *hold_read(void *arg)
+{
+	struct holder *h = arg;
+	struct ix_read *rd = NULL;
+
+	if (ix_read_begin(h->ix, &rd) == 0) {
+		__atomic_store_n(&h->state, 1, __ATOMIC_RELEASE);
+		while (__atomic_load_n(&h->state, __ATOMIC_ACQUIRE) != 2)
+			usleep(1000);
+		ix_read_end(rd);
+	} else {
+		__atomic_store_n(&h->state, 1, __ATOMIC_RELEASE);
+	}
+	return NULL;
+}
+
 static void test_map_full_grows(void)
 {
 	char *s;
@@ -679,6 +701,25 @@ static void test_map_full_grows(void)
 	rd = NULL;
 	CU_ASSERT_EQUAL(ix_disk_get(ix, "big", &d), 0);
 	CU_ASSERT_EQUAL(d.last_indexed_seq, 0);
+	/* Another thread's long read: growth gives up after the wait. */
+	{
+		struct holder h = { ix, 0 };
+		pthread_t th;
+		ix_grow_wait_ns = 200 * 1000000ull;
+		CU_ASSERT_EQUAL_FATAL(pthread_create(&th, NULL, hold_read, &h), 0);
+		while (!__atomic_load_n(&h.state, __ATOMIC_ACQUIRE))
+			usleep(1000);
+		for (size_t i = 0; i < 5000; i++) {
+			struct jr_rec r = { .type = JR_WRITE, .seq = i + 1, .ts_ns = 1000 + i * 10,
+					    .disk_id = d.id, .offset = i * 4096, .length = 4096 };
+			struct jr_loc l = { 1, 0 };
+			CU_ASSERT_EQUAL(ix_batch_add(b, &r, &l), 0);
+		}
+		CU_ASSERT_EQUAL(ix_batch_commit(b), RW_EBUSY);
+		__atomic_store_n(&h.state, 2, __ATOMIC_RELEASE);
+		pthread_join(th, NULL);
+		ix_grow_wait_ns = 10ull * 1000000000ull;
+	}
 	for (size_t i = 0; i < n; i++) {
 		struct jr_rec r = { 0 };
 		struct jr_loc l = { 1 + (i / 1000) * 1000, (i % 1000) * 4160 };
