@@ -33,6 +33,7 @@
 #include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -82,8 +83,21 @@ int ix_fail(struct ix *ix, int rc, const char *what)
 
 	if (!is_mdb_code(rc))
 		return rc; /* keeps the detail already set */
+	if (rc == EIO) {
+		/*
+		 * LMDB turns a short page write into EIO; on a full filesystem
+		 * that short write is ENOSPC.  Tell them apart by the space
+		 * left next to the index.
+		 */
+		char p[4096];
+		struct statvfs sv;
+		snprintf(p, sizeof(p), "%s/index", ix->dir);
+		if (statvfs(p, &sv) == 0 &&
+		    (uint64_t)sv.f_bavail * sv.f_frsize < (64ull << 20))
+			err = -ENOSPC;
+	}
 	if (err == -ENOSPC)
-		return rw_err_set(err, "store '%s': %s: no space left on device",
+		return rw_err_set(err, "store '%s': %s: no space left on device for the index",
 				  ix->dir, what);
 	return rw_err_set(err, "store '%s': index: %s: %s", ix->dir, what,
 			  rc > 0 ? strerror(rc) : mdb_strerror(rc));
