@@ -17,21 +17,28 @@
  * that cap_server_stop() writes (async-signal-safe).  Each connection gets
  * a thread (handshake, then conn.c).  Above max_conns a new connection is
  * closed at once.  A housekeeping thread wakes every index_interval
- * (50 ms): it ticks the writers (segment age), indexes new records with
- * ix_catch_up() when some journal moved (headers only, from the files,
- * which hold every acknowledged record since the write path writes out
- * before replying), and every head_sync_interval fsyncs each head.img and
- * records head_synced_seq (disk.c).
+ * (50 ms): it ticks the writers (segment age), indexes new records, and
+ * every head_sync_interval fsyncs each head.img and records
+ * head_synced_seq (disk.c).  Indexing reads the journal files (headers
+ * only) with one long-lived jr_reader per disk, up to exactly the
+ * writer's written_seq, and commits all disks in one LMDB transaction:
+ * the index trails acknowledged writes by about one interval.  It never
+ * reads past written_seq: the writer may be writing the bytes beyond it
+ * at that moment, and a reader racing that write can misjudge a record
+ * still being written (we saw ix_catch_up() report such a tail as
+ * corrupt while a 1 GiB nbdcopy ran).
  *
  * Shutdown: stop accepting, shut the read side of every connection (their
  * readers see EOF, workers answer what was in flight), join them, then
  * write out, flush, index, sync heads and close.
  *
- * Rejected alternative: indexing from jr_appended results collected on the
- * write path.  It saves re-reading headers, but concurrent appends finish
+ * Rejected alternatives: indexing from jr_appended results collected on
+ * the write path saves re-reading headers, but concurrent appends finish
  * out of seq order and ix_batch_commit skips seqs at or below a disk's
  * last_indexed_seq, so a late straggler would silently never be indexed;
  * reading the files, which are in seq order by construction, cannot miss.
+ * Calling ix_catch_up() every tick re-seeks every journal each time and
+ * reads to the end of the file (see above).
  */
 #include "capture/cap-int.h"
 #include "common/rw.h"
