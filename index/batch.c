@@ -109,7 +109,9 @@ int ix_batch_add(struct ix_batch *b, const struct jr_rec *rec,
 
 	if (rec->type == JR_SEAL)
 		return 0;
-	if (rec->type != JR_WRITE && rec->type != JR_ZERO && rec->type != JR_TRIM)
+	/* FLUSH markers have length 0: time map and segment summary only. */
+	if (rec->type != JR_WRITE && rec->type != JR_ZERO && rec->type != JR_TRIM &&
+	    rec->type != JR_FLUSH)
 		return rw_err_set(-EINVAL, "disk id %u seq %llu: cannot index record type %u",
 				  rec->disk_id, (unsigned long long)rec->seq, rec->type);
 	if (rec->seq == 0 || loc->segment > rec->seq)

@@ -69,6 +69,9 @@ enum jr_type {
 	JR_WRITE = 1,   /* payload = the bytes written */
 	JR_ZERO = 2,    /* range reads back as zeroes; no payload */
 	JR_TRIM = 3,    /* range discarded (reads back as zeroes); no payload */
+	JR_FLUSH = 4,   /* the guest flushed here: every earlier record of the
+			 * journal was made durable by the flush that made this
+			 * one durable; offset 0, length 0, no payload */
 	JR_SEAL = 15,   /* last record of a sealed segment; see FORMAT.md */
 };
 
@@ -119,7 +122,7 @@ int jr_rec_verify(const struct jr_rec *rec, const uint8_t hdr[JR_HDR_SIZE],
 /* Writes the segment file name for first_seq ("%020llu") into buf[32]. */
 void jr_segment_name(uint64_t first_seq, char buf[32]);
 
-/* Returns "write", "zero", "trim", "seal" or "?". */
+/* Returns "write", "zero", "trim", "flush", "seal" or "?". */
 const char *jr_type_name(uint8_t type);
 
 /* ---------------------------------------------------------- compression */
@@ -181,7 +184,7 @@ struct jr_recovery {
 
 /* What the input to an append looks like. */
 struct jr_append {
-	uint8_t type;           /* JR_WRITE, JR_ZERO or JR_TRIM */
+	uint8_t type;           /* JR_WRITE, JR_ZERO, JR_TRIM or JR_FLUSH */
 	uint64_t offset;
 	uint32_t length;        /* <= JR_MAX_WRITE for writes */
 	const void *data;       /* length bytes for JR_WRITE, else NULL */

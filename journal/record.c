@@ -113,6 +113,12 @@ int jr_rec_decode_why(const uint8_t hdr[JR_HDR_SIZE], struct jr_rec *rec,
 			goto out;
 		}
 		break;
+	case JR_FLUSH:
+		if (rec->length || rec->stored_len || rec->flags || rec->offset) {
+			w = "malformed flush record";
+			goto out;
+		}
+		break;
 	case JR_SEAL:
 		if (rec->length || rec->stored_len || rec->flags ||
 		    rec->offset || rec->prev_seq != rec->seq) {
@@ -191,6 +197,8 @@ const char *jr_type_name(uint8_t type)
 		return "zero";
 	case JR_TRIM:
 		return "trim";
+	case JR_FLUSH:
+		return "flush";
 	case JR_SEAL:
 		return "seal";
 	default:

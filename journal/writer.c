@@ -251,12 +251,14 @@ int jr_writer_append(struct jr_writer *w, const struct jr_append *a,
 	uint8_t flags = 0;
 	int err = 0;
 
-	if (a->type != JR_WRITE && a->type != JR_ZERO && a->type != JR_TRIM)
+	if (a->type != JR_WRITE && a->type != JR_ZERO && a->type != JR_TRIM &&
+	    a->type != JR_FLUSH)
 		return rw_err_set(-EINVAL, "journal '%s': bad record type %u",
 				  w->dir, a->type);
-	if (a->length == 0 || (a->type == JR_WRITE &&
+	if (a->type == JR_FLUSH ? (a->length || a->offset || a->data) :
+	    (a->length == 0 || (a->type == JR_WRITE &&
 			       (a->length > JR_MAX_WRITE || !a->data)) ||
-	    !rw_range_ok(a->offset, a->length, JR_MAX_DISK_END))
+	    !rw_range_ok(a->offset, a->length, JR_MAX_DISK_END)))
 		return rw_err_set(-EINVAL, "journal '%s': bad %s length %u at "
 				  "offset %llu", w->dir, jr_type_name(a->type),
 				  a->length, (unsigned long long)a->offset);

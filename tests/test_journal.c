@@ -318,6 +318,7 @@ static void test_encode_decode(void)
 		{ JR_WRITE, JR_F_ZSTD, 4096, 300 },
 		{ JR_ZERO, 0, 1u << 20, 0 },
 		{ JR_TRIM, 0, 0xFFFFFFFFu, 0 },
+		{ JR_FLUSH, 0, 0, 0 },
 		{ JR_SEAL, 0, 0, 0 },
 	};
 	for (size_t i = 0; i < sizeof(c) / sizeof(c[0]); i++) {
@@ -328,7 +329,8 @@ static void test_encode_decode(void)
 		in.prev_seq = c[i].type == JR_SEAL ? in.seq : 999;
 		in.ts_ns = 1763806503250000000ull + i;
 		in.disk_id = 42;
-		in.offset = c[i].type == JR_SEAL ? 0 : 4096 * (i + 1);
+		in.offset = c[i].type == JR_SEAL || c[i].type == JR_FLUSH ?
+			    0 : 4096 * (i + 1);
 		in.length = c[i].len;
 		in.stored_len = c[i].stored;
 		uint32_t crc = jr_rec_encode(&in, hdr, c[i].stored ? payload : NULL);
@@ -376,6 +378,7 @@ static void test_encode_decode(void)
 		{ "raw stored != length", 5 }, { "zero with payload", 6 },
 		{ "unknown flag", 7 }, { "write length 0", 8 },
 		{ "reserved byte", 9 }, { "seq 0", 10 },
+		{ "flush with a length", 11 }, { "flush with an offset", 12 },
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		memset(&in, 0, sizeof(in));
@@ -395,6 +398,9 @@ static void test_encode_decode(void)
 		case 7: in.flags = 0x80; break;
 		case 8: in.length = 0; in.stored_len = 0; break;
 		case 10: in.seq = 0; in.prev_seq = 0; break;
+		case 11: in.type = JR_FLUSH; in.stored_len = 0; break;
+		case 12: in.type = JR_FLUSH; in.stored_len = 0; in.length = 0;
+			in.offset = 4096; break;
 		default: break;
 		}
 		jr_rec_encode(&in, hdr, in.stored_len <= sizeof(payload) ?
@@ -1325,6 +1331,59 @@ static uint64_t age_clock(void)
 	return age_now;
 }
 
+/* FLUSH markers: appended, read back in order, malformed ones refused. */
+static void test_flush_records(void)
+{
+	char *tmp = tu_tmpdir("jr-flush");
+	char *dir = jdir(tmp);
+	struct jr_clock *clk;
+	struct jr_writer_opts o;
+	struct jr_writer *w = NULL;
+	struct jr_reader *r = NULL;
+	static const uint8_t data[512] = { 1, 2, 3 };
+	struct jr_append wr = { JR_WRITE, 4096, sizeof(data), data };
+	struct jr_append fl = { JR_FLUSH, 0, 0, NULL };
+	struct jr_append bad1 = { JR_FLUSH, 0, 512, NULL };
+	struct jr_append bad2 = { JR_FLUSH, 4096, 0, NULL };
+	struct jr_append bad3 = { JR_WRITE, 0, 0, data };
+
+	CU_ASSERT_FATAL(jr_clock_new(&clk, 1, 0) == 0);
+	jr_writer_opts_default(&o);
+	CU_ASSERT_FATAL(jr_writer_open(&w, dir, &o, clk, NULL) == 0);
+	CU_ASSERT_EQUAL(jr_writer_append(w, &wr, NULL, NULL), 0);
+	CU_ASSERT_EQUAL(jr_writer_append(w, &fl, NULL, NULL), 0);
+	CU_ASSERT_EQUAL(jr_writer_append(w, &bad1, NULL, NULL), -EINVAL);
+	CU_ASSERT_EQUAL(jr_writer_append(w, &bad2, NULL, NULL), -EINVAL);
+	CU_ASSERT_EQUAL(jr_writer_append(w, &bad3, NULL, NULL), -EINVAL);
+	CU_ASSERT_EQUAL(jr_writer_append(w, &wr, NULL, NULL), 0);
+	CU_ASSERT_EQUAL(jr_writer_flush(w), 0);
+	CU_ASSERT_EQUAL(jr_writer_close(w), 0);
+	CU_ASSERT_FATAL(jr_reader_open(&r, dir, 0) == 0);
+	static const uint8_t want[] = { JR_WRITE, JR_FLUSH, JR_WRITE };
+	struct jr_rec rec;
+	struct jr_loc loc;
+	const void *p;
+	int n = 0;
+	while (jr_reader_next(r, &rec, &loc, &p) == 1) {
+		CU_ASSERT(n < 3);
+		if (n < 3)
+			CU_ASSERT_EQUAL(rec.type, want[n]);
+		CU_ASSERT_EQUAL(rec.seq, (uint64_t)n + 1);
+		if (rec.type == JR_FLUSH) {
+			CU_ASSERT_PTR_NULL(p);
+			CU_ASSERT_EQUAL(rec.length, 0);
+			CU_ASSERT_STRING_EQUAL(jr_type_name(rec.type), "flush");
+		}
+		n++;
+	}
+	CU_ASSERT_EQUAL(n, 3);
+	jr_reader_close(r);
+	jr_clock_free(clk);
+	tu_rmrf(tmp);
+	free(dir);
+	free(tmp);
+}
+
 static void test_age_sealing(void)
 {
 	char *tmp = tu_tmpdir("jr-age");
@@ -1682,6 +1741,7 @@ int main(void)
 		     "group commit, sync back end", test_group_commit_sync,
 		     "group commit, io_uring back end", test_group_commit_uring,
 		     "segments sealed by age (tick and append)", test_age_sealing,
+		     "flush marker records", test_flush_records,
 		     "segment list, tmp cleanup, unsealed/foreign segments",
 		     test_segments_and_tmp_files,
 		     "reader follows a writer", test_reader_follows_writer,
