@@ -36,6 +36,7 @@ done
 echo "== $B: end-to-end scripts"
 for s in tests/e2e/*.sh; do
 	[ -f "$s" ] || continue
+	[ "$(basename "$s")" = functions.sh ] && continue   # shared helpers
 	run "e2e-$(basename "$s" .sh)" bash "$s"
 done
 echo "$B: $pass passed, $fail failed, $skip skipped"
