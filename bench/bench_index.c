@@ -246,6 +246,46 @@ int main(int argc, char **argv)
 	snprintf(p, sizeof(p), "%s/index/data.mdb", store);
 	uint64_t fsz = file_size(p);
 	double bpv = (double)fsz / (double)nver;
+	/* Where the bytes go: pages per database, read with bare LMDB. */
+	char breakdown[1024] = "";
+	{
+		MDB_env *env = NULL;
+		MDB_txn *t = NULL;
+		size_t off = 0;
+		snprintf(p, sizeof(p), "%s/index", store);
+		if (mdb_env_create(&env) == 0 && mdb_env_set_maxdbs(env, 16) == 0 &&
+		    mdb_env_set_mapsize(env, 64ull << 30) == 0 &&
+		    mdb_env_open(env, p, MDB_RDONLY, 0644) == 0 &&
+		    mdb_txn_begin(env, NULL, MDB_RDONLY, &t) == 0) {
+			static const char *const dbs[] = { "versions", "time", "segments", "disks" };
+			MDB_envinfo ei;
+			MDB_stat ms;
+			uint64_t used = 0;
+			for (size_t i = 0; i < 4; i++) {
+				MDB_dbi dbi;
+				if (mdb_dbi_open(t, dbs[i], 0, &dbi) || mdb_stat(t, dbi, &ms))
+					continue;
+				uint64_t pages = ms.ms_branch_pages + ms.ms_leaf_pages + ms.ms_overflow_pages;
+				used += pages;
+				off += (size_t)snprintf(breakdown + off, sizeof(breakdown) - off,
+					"  %-9s %9llu pages %7.1f bytes/version (depth %u, %llu entries)\n",
+					dbs[i], (unsigned long long)pages,
+					(double)pages * ms.ms_psize / (double)nver, ms.ms_depth,
+					(unsigned long long)ms.ms_entries);
+			}
+			mdb_env_info(env, &ei);
+			mdb_env_stat(env, &ms);
+			uint64_t total = ei.me_last_pgno + 1;
+			snprintf(breakdown + off, sizeof(breakdown) - off,
+				 "  other     %9llu pages %7.1f bytes/version (free pages kept for reuse, meta, catalog)\n",
+				 (unsigned long long)(total - used),
+				 (double)(total - used) * ms.ms_psize / (double)nver);
+		}
+		if (t)
+			mdb_txn_abort(t);
+		if (env)
+			mdb_env_close(env);
+	}
 
 	/* 4. Layout comparison. */
 	struct layout_result one_rand = { 0, 0 }, dup_rand = { 0, 0 }, one_hot = { 0, 0 }, dup_hot = { 0, 0 };
@@ -275,6 +315,7 @@ int main(int argc, char **argv)
 	printf("\n  indexing took %.2f s; lookups: %.1f%% hit a version, %.2f versions/hit;\n"
 	       "  data.mdb %llu bytes\n", idx_s, 100.0 * (double)hits / (double)nlook,
 	       hits ? (double)versions / (double)hits : 0.0, (unsigned long long)fsz);
+	printf("%s", breakdown);
 	if (ncmp) {
 		printf("\nversions table layout, bare LMDB, %llu versions (bytes/version incl. B-tree overhead):\n",
 		       (unsigned long long)ncmp);
