@@ -264,6 +264,18 @@ int ix_mark_del(struct ix *ix, uint32_t disk, const char *label);
 /* Lists marks by seq; *out malloc'ed.  Count or error. */
 int ix_mark_list(struct ix_read *rd, uint32_t disk, struct ix_mark **out);
 
+/*
+ * (Added.)  Notes that complete the contract above:
+ * - Map growth (MDB_MAP_FULL) needs every transaction of the process to
+ *   end.  A write from a thread that holds an ix_read fails with -EDEADLK
+ *   when it must grow the map; a write waiting more than 10 s for other
+ *   threads' reads fails with RW_EBUSY.  Either way nothing of it is
+ *   applied.  The map starts at 64 GiB of address space, so growth is
+ *   rare; REWIND_MAPSIZE (a size) overrides that start, for tests.
+ * - ix_versions_range scans every version of the disk (cost: all its
+ *   versions, not only those in the range).
+ */
+
 /* ---------------------------------------------------------------- verify */
 
 /* One inconsistency found by ix_verify (pointers valid during the call). */
