@@ -95,10 +95,18 @@ def image_digest(blocks):
 
 
 class Model:
-    def __init__(self, size, blobdir):
+    def __init__(self, size, blobdir, base=None):
         self.buf = bytearray(size)
         self.blocks = {}
         self.blobdir = blobdir
+        if base:
+            with open(os.path.join(blobdir, base), "rb") as f:
+                f.readinto(self.buf)
+            mv = memoryview(self.buf)
+            for b in range(size // BS):
+                hb = bhash(mv[b * BS:(b + 1) * BS])
+                if hb != ZERO_H:
+                    self.blocks[b] = hb
 
     def apply(self, op):
         off, n = op["off"], op["len"]
@@ -382,7 +390,7 @@ def workload(a):
 
     # the live disk must equal the model now (separates capture bugs from
     # restore bugs)
-    m = Model(size, blobdir)
+    m = Model(size, blobdir, a.base)
     for op in ops:
         for o in (op["sub"] if op["kind"] == "batch" else [op]):
             m.apply(o)
@@ -396,7 +404,7 @@ def workload(a):
         die("the live disk differs from the model at byte %d" % bad)
 
     st = {"size": size, "disk": a.disk, "ops": ops, "events": events,
-          "marks": marks, "t_start": t_start}
+          "marks": marks, "t_start": t_start, "base": a.base}
     with open(a.state, "w") as f:
         json.dump(st, f)
     nreq = sum(len(o["sub"]) if o["kind"] == "batch" else 1 for o in ops)
@@ -523,8 +531,12 @@ def plan(a):
         kind = rot[i % len(rot)]
         if o["src"] in ("qemu-io", "fio"):
             kinds = ["seq", "ts-1us", "ts+1us", "ts"]
-        elif i % 4 == 3:
-            kinds = []     # (every state is still covered by other points)
+        elif i >= len(flat) - 15:
+            # the newest states: an offline restore goes backward from
+            # head for these (fewer blocks to fix than to rebuild)
+            kinds = ["seq", "ts", "ts-1ns", "ts-1us", "ts+1us"]
+        elif i % 2 == 1:
+            kinds = []     # (the rotation is odd: every kind still comes up)
         else:
             kinds = [kind]
         if o["src"] == "nbd-aio":
@@ -569,7 +581,7 @@ def plan(a):
 
     # expected digests: replay in state order
     need = sorted(set(p["state"] for p in points))
-    m = Model(st["size"], blobdir)
+    m = Model(st["size"], blobdir, st.get("base"))
     dig = {}
     k = 0
     for s in need:
@@ -584,7 +596,7 @@ def plan(a):
     dig[final] = m.digest()
     for p in points:
         p["digest"] = dig[p["state"]]
-    out = {"size": st["size"], "disk": st["disk"], "points": points,
+    out = {"size": st["size"], "disk": st["disk"], "points": points, "base": st.get("base"),
            "final": {"state": final, "seq": flat[-1]["last"], "digest": dig[final]},
            "flat": flat}
     with open(a.plan, "w") as f:
@@ -601,7 +613,7 @@ def plan(a):
 
 def explain(pl, p, path, blobdir):
     """First differing block of a bad restore, and who wrote it."""
-    m = Model(pl["size"], blobdir)
+    m = Model(pl["size"], blobdir, pl.get("base"))
     for o in pl["flat"][:p["state"]]:
         m.apply(o)
     with open(path, "rb") as f:
@@ -713,10 +725,25 @@ def lagprobe(a):
     sys.exit(3 if miss else 0)
 
 
+def mkbase(a):
+    """The imported base image: extents of data (random, fill, repeated)
+    at seeded places, holes elsewhere; written next to the state file."""
+    rnd = random.Random(a.seed * 7 + 3)
+    n = max(8, a.size // (2 << 20))
+    with open(a.out, "wb") as f:
+        f.truncate(a.size)
+        for i in range(n):
+            ln = rnd.choice((4096, 65536, 131072, 131072 + 777))
+            off = rnd.randrange(0, a.size - ln) // 512 * 512
+            f.seek(off)
+            f.write(gen_data(a.seed * 1000 + i, ln))
+    print("base image: %d extents in %d MiB" % (n, a.size >> 20))
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("workload", "plan", "verify", "lagprobe"):
+    for name in ("mkbase", "workload", "plan", "verify", "lagprobe"):
         p = sub.add_parser(name)
         p.add_argument("--rewind", required=True)
         p.add_argument("--store", required=True)
@@ -736,8 +763,11 @@ def main():
         p.add_argument("--keep-bad", action="store_true", default=True)
         p.add_argument("--rounds", type=int, default=20)
         p.add_argument("--offset", type=int, default=0)
+        p.add_argument("--base", help="base image (a file next to STATE), imported as the disk")
+        p.add_argument("--out")
     a = ap.parse_args()
-    {"workload": workload, "plan": plan, "verify": verify, "lagprobe": lagprobe}[a.cmd](a)
+    {"mkbase": mkbase, "workload": workload, "plan": plan, "verify": verify,
+     "lagprobe": lagprobe}[a.cmd](a)
 
 
 if __name__ == "__main__":

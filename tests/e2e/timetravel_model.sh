@@ -45,7 +45,12 @@ if ! command -v fio >/dev/null 2>&1 || ! fio --enghelp 2>/dev/null | grep -qw nb
 	FIOARG=(--no-fio)
 fi
 
-"$REWIND" create vm1 --size "$SIZE" >/dev/null || fail "create vm1"
+# vm1 is imported from a base image with data here and there, so restores
+# start from base (partial writes land on base blocks) and, with the store
+# lock free, go backward from head for the later points
+"$PYTHON" "$HELPER" mkbase --rewind "$REWIND" --store "$STORE" --size "$SIZE" --seed "$SEED" \
+	--out "$TMP/base.img" || fail "mkbase"
+"$REWIND" import vm1 "$TMP/base.img" >/dev/null || fail "import vm1"
 "$REWIND" create lag --size 1M >/dev/null || fail "create lag"
 t_created=$(date +%s.%N)
 sleep 0.01
@@ -54,7 +59,7 @@ start_server
 # --- 1. workload (checks the live disk equals the model at the end)
 "$PYTHON" "$HELPER" workload --rewind "$REWIND" --store "$STORE" --disk vm1 \
 	--uri "$(uri vm1)" --size "$SIZE" --seed "$SEED" --ops "$OPS" \
-	--state "$TMP/state.json" "${FIOARG[@]}" || fail "workload"
+	--state "$TMP/state.json" --base base.img "${FIOARG[@]}" || fail "workload"
 check "workload through NBD done; the live disk equals the local model"
 
 # --- 2. wait until the index holds the newest record (the live pass below
