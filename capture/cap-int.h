@@ -69,11 +69,12 @@ int cap_disk_read(struct cap_disk *d, void *buf, uint64_t off, uint32_t len);
 /*
  * The write path for WRITE (data != NULL), WRITE_ZEROES and TRIM.
  * type: JR_WRITE / JR_ZERO / JR_TRIM; flags: NBD_CMD_FLAG_*; cc may be NULL.
- * *compressed (may be NULL) tells whether the record was stored zstd.
+ * *compressed (may be NULL) tells whether the record was stored zstd;
+ * *append_ns (may be NULL) receives how long jr_writer_append took.
  */
 int cap_disk_write(struct cap_disk *d, uint8_t type, uint64_t off,
 		   uint32_t len, const void *data, uint16_t flags,
-		   struct jr_cctx *cc, bool *compressed);
+		   struct jr_cctx *cc, bool *compressed, uint64_t *append_ns);
 int cap_disk_flush(struct cap_disk *d);
 /* Highest seq such that every record of this disk <= it is in head. */
 uint64_t cap_disk_head_watermark(struct cap_disk *d);

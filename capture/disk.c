@@ -240,7 +240,7 @@ int cap_disk_read(struct cap_disk *d, void *buf, uint64_t off, uint32_t len)
 
 int cap_disk_write(struct cap_disk *d, uint8_t type, uint64_t off,
 		   uint32_t len, const void *data, uint16_t flags,
-		   struct jr_cctx *cc, bool *compressed)
+		   struct jr_cctx *cc, bool *compressed, uint64_t *append_ns)
 {
 	struct jr_append a = { .type = type, .offset = off, .length = len,
 			       .data = type == JR_WRITE ? data : NULL };
@@ -267,7 +267,10 @@ int cap_disk_write(struct cap_disk *d, uint8_t type, uint64_t off,
 			return err;
 		}
 	}
+	uint64_t t0 = rw_mono_ns();
 	err = jr_writer_append(d->w, &a, cc, &out);
+	if (append_ns)
+		*append_ns = rw_mono_ns() - t0;
 	if (!err)
 		err = jr_writer_write_out(d->w);
 	if (err) {

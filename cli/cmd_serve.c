@@ -133,6 +133,9 @@ static int cmd_serve(int argc, char **argv)
 	if (optind != argc)
 		return cli_usage_error("serve", "unexpected argument '%s'",
 				       argv[optind]);
+	if (o.listen && !strchr(o.listen, ':'))
+		return cli_usage_error("serve", "invalid --listen '%s' (use "
+				       "HOST:PORT, e.g. 127.0.0.1:10809)", o.listen);
 	o.store_dir = cli_store_dir(o.store_dir);
 	rw_log_timestamps(true);
 
