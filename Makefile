@@ -20,7 +20,7 @@ else
 endif
 
 CC ?= cc
-PKGS := liburing lmdb libzstd
+PKGS := liburing lmdb libzstd libvirt libxml-2.0
 TEST_PKGS := cunit
 
 OPT ?= -O2 -g
@@ -43,7 +43,7 @@ else
   say = @printf '  %-6s %s\n' $(1) $(2)
 endif
 
-LIB_SRCS := $(wildcard common/*.c journal/*.c index/*.c capture/*.c restore/*.c)
+LIB_SRCS := $(wildcard common/*.c journal/*.c index/*.c capture/*.c restore/*.c vm/*.c)
 CLI_SRCS := $(wildcard cli/*.c)
 TEST_SRCS := $(wildcard tests/test_*.c)
 TEST_SUPPORT := $(filter-out $(TEST_SRCS),$(wildcard tests/*.c))

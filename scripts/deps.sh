@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # deps.sh PROFILE — make sure the Debian packages a profile needs are present.
 # As root, installs the missing ones with apt-get; otherwise prints the exact
-# apt-get line and fails.  Profiles: build, test, bench.
+# apt-get line and fails.  Profiles: build, test, bench, vm.
 set -euo pipefail
 
-build_pkgs=(gcc make pkg-config liburing-dev liblmdb-dev libzstd-dev libcunit1-dev)
+build_pkgs=(gcc make pkg-config liburing-dev liblmdb-dev libzstd-dev libcunit1-dev libvirt-dev libxml2-dev)
 test_pkgs=(qemu-utils libnbd-bin nbdkit fio e2fsprogs lmdb-utils zstd python3 curl)
 bench_pkgs=(fio e2fsprogs qemu-utils nbdkit)
+# vm: a real guest under libvirt + QEMU (TCG) for tests/e2e/vm_guest.sh
+vm_pkgs=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils busybox-static cpio)
 
 case "${1:-build}" in
 build) want=("${build_pkgs[@]}") ;;
 test) want=("${build_pkgs[@]}" "${test_pkgs[@]}") ;;
 bench) want=("${build_pkgs[@]}" "${bench_pkgs[@]}") ;;
+vm) want=("${build_pkgs[@]}" "${vm_pkgs[@]}") ;;
 *) echo "deps.sh: unknown profile '$1'" >&2; exit 2 ;;
 esac
 

@@ -1,0 +1,187 @@
+/*
+ * virt.c — the few libvirt calls rewind makes, with libvirt's errors
+ * turned into rw_err_set() messages.
+ *
+ * libvirt prints every error to stderr by default; vm_conn_open()
+ * installs a silent handler (library code never prints) and each wrapper
+ * copies virGetLastErrorMessage() into the error detail instead.
+ * Shutdown is polled (200 ms) rather than waited for with a domain event
+ * loop: an event loop needs a thread of its own for one state change.
+ */
+#include "vm/vm.h"
+#include "common/rw.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <libvirt/libvirt.h>
+#include <libvirt/virterror.h>
+
+struct vm_conn {
+	virConnectPtr c;
+	char uri[512];
+};
+
+static void silent(void *arg, virErrorPtr e)
+{
+	(void)arg;
+	(void)e;
+}
+
+static int virt_fail(const char *fmt, const char *a, const char *b)
+{
+	const char *m = virGetLastErrorMessage();
+	char what[1024];
+	virErrorPtr e = virGetLastError();
+	int code = e && (e->code == VIR_ERR_NO_DOMAIN) ? RW_ENOTFOUND : RW_EFAILED;
+
+	snprintf(what, sizeof(what), fmt, a, b);
+	return rw_err_set(code, "%s: %s", what, m ? m : "unknown libvirt error");
+}
+
+int vm_conn_open(struct vm_conn **out, const char *uri)
+{
+	struct vm_conn *c = calloc(1, sizeof(*c));
+
+	*out = NULL;
+	if (!c)
+		return -ENOMEM;
+	virSetErrorFunc(NULL, silent);
+	c->c = virConnectOpen(uri);
+	if (!c->c) {
+		int err = virt_fail("cannot connect to libvirt at '%s'%s",
+				    uri ? uri : "(default URI)", "");
+		free(c);
+		return err;
+	}
+	char *u = virConnectGetURI(c->c);
+	snprintf(c->uri, sizeof(c->uri), "%s", u ? u : (uri ? uri : "?"));
+	free(u);
+	*out = c;
+	return 0;
+}
+
+void vm_conn_close(struct vm_conn *c)
+{
+	if (!c)
+		return;
+	virConnectClose(c->c);
+	free(c);
+}
+
+static int lookup(struct vm_conn *c, const char *dom, virDomainPtr *d)
+{
+	*d = virDomainLookupByName(c->c, dom);
+	if (!*d) {
+		virErrorPtr e = virGetLastError();
+		if (e && e->code == VIR_ERR_NO_DOMAIN)
+			return rw_err_set(RW_ENOTFOUND, "no domain '%s' at '%s'",
+					  dom, c->uri);
+		return virt_fail("cannot look up domain '%s'%s", dom, "");
+	}
+	return 0;
+}
+
+int vm_dom_state(struct vm_conn *c, const char *dom, enum vm_dom_state *st,
+		 char *desc, size_t descsz)
+{
+	static const char *const names[] = {
+		"no state", "running", "blocked", "paused", "shutting down",
+		"shut off", "crashed", "suspended (pmsuspended)",
+	};
+	virDomainPtr d;
+	int s = 0, reason = 0, err;
+
+	if ((err = lookup(c, dom, &d)))
+		return err;
+	if (virDomainGetState(d, &s, &reason, 0) < 0) {
+		err = virt_fail("cannot get the state of domain '%s'%s", dom, "");
+		virDomainFree(d);
+		return err;
+	}
+	virDomainFree(d);
+	*st = s == VIR_DOMAIN_SHUTOFF ? VM_DOM_OFF :
+	      s == VIR_DOMAIN_RUNNING ? VM_DOM_RUNNING : VM_DOM_OTHER;
+	if (desc)
+		snprintf(desc, descsz, "%s", s >= 0 && s < 8 ? names[s] : "unknown");
+	return 0;
+}
+
+int vm_dom_xml(struct vm_conn *c, const char *dom, char **xml)
+{
+	virDomainPtr d;
+	int err;
+
+	*xml = NULL;
+	if ((err = lookup(c, dom, &d)))
+		return err;
+	*xml = virDomainGetXMLDesc(d, VIR_DOMAIN_XML_INACTIVE |
+				   VIR_DOMAIN_XML_SECURE);
+	if (!*xml)
+		err = virt_fail("cannot get the XML of domain '%s'%s", dom, "");
+	virDomainFree(d);
+	return err;
+}
+
+int vm_dom_define(struct vm_conn *c, const char *xml)
+{
+	virDomainPtr d = virDomainDefineXML(c->c, xml);
+
+	if (!d)
+		return virt_fail("cannot define the domain%s%s", "", "");
+	virDomainFree(d);
+	return 0;
+}
+
+static int act(struct vm_conn *c, const char *dom, const char *what,
+	       int (*fn)(virDomainPtr))
+{
+	virDomainPtr d;
+	int err;
+
+	if ((err = lookup(c, dom, &d)))
+		return err;
+	if (fn(d) < 0)
+		err = virt_fail("cannot %s domain '%s'", what, dom);
+	virDomainFree(d);
+	return err;
+}
+
+int vm_dom_start(struct vm_conn *c, const char *dom)
+{
+	return act(c, dom, "start", virDomainCreate);
+}
+
+int vm_dom_destroy(struct vm_conn *c, const char *dom)
+{
+	return act(c, dom, "destroy", virDomainDestroy);
+}
+
+int vm_dom_shutdown_wait(struct vm_conn *c, const char *dom,
+			 uint64_t timeout_ms)
+{
+	enum vm_dom_state st;
+	int err;
+
+	if ((err = vm_dom_state(c, dom, &st, NULL, 0)))
+		return err;
+	if (st == VM_DOM_OFF)
+		return 0;
+	if ((err = act(c, dom, "shut down", virDomainShutdown)))
+		return err;
+	for (uint64_t waited = 0;; waited += 200) {
+		if ((err = vm_dom_state(c, dom, &st, NULL, 0)))
+			return err;
+		if (st == VM_DOM_OFF)
+			return 0;
+		if (waited >= timeout_ms)
+			return rw_err_set(-ETIMEDOUT, "domain '%s' did not shut down "
+					  "within %llu ms", dom,
+					  (unsigned long long)timeout_ms);
+		struct timespec ts = { 0, 200 * 1000000L };
+		nanosleep(&ts, NULL);
+	}
+}
