@@ -401,8 +401,8 @@ static void *worker_main(void *arg)
 
 /* -------------------------------------------------------------- reader */
 
-/* Waits until the connection may hold `cost` more bytes, then charges
- * them.  Returns false when the connection is closing. */
+/* Waits until the connection may hold one more request and `cost` more
+ * bytes (a request alone may always be admitted), then charges them. */
 static void admit(struct tx *tx, uint64_t cost)
 {
 	pthread_mutex_lock(&tx->mu);
