@@ -49,6 +49,10 @@ data_dir="$top/$B/bench-data"
 data="$data_dir/usr-ext4-512m+random-512m.bin"
 work=$(mktemp -d "$top/$B/bench-restore.XXXXXX")
 export REWIND_STORE="$work/store"
+# a private copy: a rebuild of the tree during the run must not pull the
+# binary away
+cp "$REWIND" "$work/rewind"
+REWIND="$work/rewind"
 pids=()
 cleanup() {
 	local p
@@ -163,13 +167,18 @@ import json, sys
 s = json.load(open(sys.argv[1]))["summary"]
 print(s["first_ts_ns"], s["last_ts_ns"], s["last_seq"])' "$work/journal.json")
 
-# a random point of the history (seeded per rep), as @EPOCH
+# a random point of the history after epoch 0 (seeded per rep; a point
+# inside the initial 1 GiB copy would make restoring it unfairly cheap),
+# as the @EPOCH time of a random record
+e0=$("$REWIND" marks vm1 --json | "$PY" -c '
+import json, sys
+print([m["seq"] for m in json.load(sys.stdin)["marks"] if m["label"] == "epoch0"][0])')
 point() {
 	"$PY" -c '
-import random, sys
-a, b, rep = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-t = random.Random(1000 + rep).randrange(a, b)
-print("@%d.%09d" % (t // 10**9, t % 10**9))' "$first_ts" "$last_ts" "$1"
+import json, random, sys
+recs = [r for r in json.load(open(sys.argv[1]))["records"] if r["seq"] > int(sys.argv[2])]
+t = random.Random(1000 + int(sys.argv[3])).choice(recs)["ts_ns"]
+print("@%d.%09d" % (t // 10**9, t % 10**9))' "$work/journal.json" "$e0" "$1"
 }
 
 runs="$work/runs"
@@ -183,8 +192,8 @@ run_qemu() {
 	timeout -s KILL 600 qemu-img convert -f raw -O raw "$work/head.raw" "$work/q.raw" || die "qemu-img convert"
 	sync "$work/q.raw"
 	t1=$(now)
+	echo "a qemu $1 $(secs "$t0" "$t1") $(du -B1 "$work/q.raw" | cut -f1)" >>"$runs"
 	rm -f "$work/q.raw"
-	echo "a qemu $1 $(secs "$t0" "$t1")" >>"$runs"
 }
 run_restore() {
 	rm -f "$work/r.raw"
@@ -328,8 +337,11 @@ for line in open(sys.argv[1]):
     f = line.split(" ", 4)
     if f[0] == "a" and f[1] == "rewind" and len(f) > 4:
         j = json.loads(f[4])
-        dirs.append("%s seq %d %s %.2fs" % (f[2], j["seq"], j["direction"], j["seconds"]))
-print("restores (rep, point, direction, time inside rewind): " + "; ".join(dirs))
+        dirs.append("rep %s: rewind seq %d %s %.2fs, %.0f MiB of data" % (
+            f[2], j["seq"], j["direction"], j["seconds"], j["bytes_written"] / 1048576))
+    if f[0] == "a" and f[1] == "qemu" and len(f) > 4:
+        dirs.append("rep %s: qemu-img %.0f MiB allocated" % (f[2], int(f[4]) / 1048576))
+print("runs: " + "; ".join(dirs))
 sys.exit(1 if missed else 0)
 EOF
 if [ $rc -eq 0 ]; then echo "bench-restore: every target met"; else echo "bench-restore: a target was missed"; fi
