@@ -320,8 +320,9 @@ static int commit_fn(struct ix *ix, MDB_txn *txn, void *arg)
 		struct bdisk *bd = bdisk_find(b, r->disk, false);
 		uint64_t bs, first, last;
 
-		if (!bd || r->seq <= bd->d.last_indexed_seq)
-			continue;
+		if (!bd || r->seq <= bd->d.last_indexed_seq ||
+		    r->seq <= bd->d.base_seq)
+			continue; /* indexed already, or folded into base */
 		if (!rw_range_ok(r->offset, r->length, bd->d.size)) {
 			rc = rw_err_set(RW_ECORRUPT, "disk '%s' seq %llu (segment %llu offset %llu): range %llu+%u outside the disk (%llu bytes)",
 					bd->d.name, (unsigned long long)r->seq,

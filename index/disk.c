@@ -63,7 +63,7 @@ int ix_disk_load(struct ix *ix, MDB_txn *txn, uint32_t id, struct ix_disk *d)
 
 int ix_disk_store(struct ix *ix, MDB_txn *txn, const struct ix_disk *d)
 {
-	uint8_t kb[4], vb[IX_DISKVAL_MIN + IX_NAME_MAX];
+	uint8_t kb[4], vb[IX_DISKVAL_MIN + IX_NAME_MAX + 8];
 	MDB_val k = { 4, kb }, v = { 0, vb };
 
 	rw_put_be32(kb, d->id);
@@ -151,6 +151,7 @@ static int register_fn(struct ix *ix, MDB_txn *txn, void *arg)
 				d.horizon_seq = rc_->keep[j].horizon_seq;
 				d.horizon_ts = rc_->keep[j].horizon_ts;
 				d.head_synced_seq = rc_->keep[j].head_synced_seq;
+				d.base_seq = rc_->keep[j].base_seq;
 			}
 		}
 		rc = register_one(ix, txn, &d);

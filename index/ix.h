@@ -95,6 +95,8 @@ struct ix_disk {
 	uint64_t horizon_ts;
 	uint64_t last_indexed_seq;   /* newest seq of this disk in the index */
 	uint64_t head_synced_seq;    /* head.img holds every record <= this */
+	uint64_t base_seq;           /* base.img holds every record <= this
+				      * (folded by compaction; 0 = none) */
 };
 
 /*
@@ -203,7 +205,9 @@ int ix_read_renew(struct ix_read *rd);
  * reader as-of seq needs, newest first: the newest version with
  * seq' <= seq, then older ones while the newer are partial, stopping at
  * the first full one (or when history ends: then base underlies them).
- * Versions older than the disk's horizon are never returned.
+ * Versions with seq <= the disk's base_seq (folded into base.img by
+ * compaction) are never returned; the horizon does not filter (a view
+ * as-of a point >= the horizon stays exact while compaction folds).
  * Returns the count (0 = block comes from base), -ENOBUFS when more than
  * cap are needed, or error.
  */
@@ -275,6 +279,77 @@ int ix_mark_list(struct ix_read *rd, uint32_t disk, struct ix_mark **out);
  * - ix_versions_range scans every version of the disk (cost: all its
  *   versions, not only those in the range).
  */
+
+/* ----------------------------------------------------------- compaction */
+
+/*
+ * (Added, index/compact.c.)  Each disk's horizon and base_seq live in
+ * disks/NAME/horizon (FORMAT-index.md), written atomically BEFORE they are
+ * mirrored into the disk's LMDB entry, so the index can always be rebuilt
+ * from files: ix_open (read-write) and ix_horizon_sync copy a file that is
+ * ahead of LMDB into it.  Both numbers only move forward, and
+ * base_seq <= horizon_seq always.  Records with seq <= base_seq are in
+ * base.img: they are never indexed again, never returned by lookups.
+ * None of these functions needs STORE/lock; callers serialise compactions
+ * of a store themselves (STORE/compact.lock, restore/compact.c).
+ */
+struct ix_horizon {
+	uint32_t disk_id;       /* 0 when the file does not exist */
+	uint64_t horizon_seq;   /* oldest restorable point */
+	uint64_t horizon_ts;
+	uint64_t base_seq;      /* base.img holds every record <= this */
+};
+
+/* Reads disks/NAME/horizon; all zero when absent.  0, RW_ECORRUPT, -errno. */
+int ix_horizon_read(const struct ix *ix, const char *name, struct ix_horizon *h);
+
+/* Copies every horizon file that is ahead of LMDB into LMDB.  0 or error. */
+int ix_horizon_sync(struct ix *ix);
+
+/*
+ * Moves disk id's horizon forward to (seq, ts): the file durably, then
+ * LMDB.  From then on points < seq are refused (rs_resolve).  0 (also when
+ * already there), -EINVAL when seq is below the current horizon, or error.
+ */
+int ix_disk_advance_horizon(struct ix *ix, uint32_t id, uint64_t seq,
+			    uint64_t ts);
+
+/*
+ * Records that base.img (already synced by the caller) holds every record
+ * <= base_seq: the file durably, then LMDB.  base_seq must lie in
+ * [current base_seq, horizon_seq].  0, -EINVAL or error.
+ */
+int ix_disk_set_base(struct ix *ix, uint32_t id, uint64_t base_seq);
+
+struct ix_drop_stats {
+	uint64_t versions;      /* block versions deleted */
+	uint64_t time_entries;  /* time map entries deleted */
+	uint64_t segment_rows;  /* segment entries deleted */
+	uint64_t marks;         /* marks deleted (drop_marks) */
+};
+
+/*
+ * Deletes what base.img now holds: the disk's time map entries and block
+ * versions with seq <= base_seq, its sealed segment entries whose last_seq
+ * <= base_seq, and with drop_marks its marks below the horizon.  Several
+ * transactions (slices of 64Ki deletions); each part idempotent.  Reads
+ * the journal's headers (the files must still exist).  0 or error.
+ */
+int ix_compact_drop(struct ix *ix, uint32_t id, bool drop_marks,
+		    struct ix_drop_stats *st);
+
+struct ix_unlink_stats {
+	uint64_t segments;      /* files removed */
+	uint64_t bytes;         /* their sizes */
+};
+
+/*
+ * Removes the segment files of disk id that ix_compact_drop released:
+ * first seq <= base_seq, no segment entry left, a later file holding
+ * indexed records, and never the last file (the writer's current one);
+ * then fsyncs the journal directory.  0 or error.
+ */
+int ix_compact_unlink(struct ix *ix, uint32_t id, struct ix_unlink_stats *st);
 
 /* ---------------------------------------------------------------- verify */
 

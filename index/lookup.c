@@ -7,8 +7,10 @@
  * double it).  "Newest version of block B with seq <= S" is one
  * MDB_SET_RANGE on (disk, B, S) — an exact hit is the answer, otherwise
  * the entry before it — followed by MDB_PREV steps only while the
- * versions found are partial.  The disk's horizon is cached in the ix_read
- * (it cannot change inside one snapshot).
+ * versions found are partial.  The disk's base_seq is cached in the ix_read
+ * (it cannot change inside one snapshot): versions at or below it are
+ * folded into base.img and never returned — filtering by base_seq, not by
+ * the horizon, keeps views exact while compaction folds (restore/compact.c).
  *
  * Rejected: MDB_DUPSORT with (disk, block) keys and seq-prefixed
  * duplicates.  It saves the repeated 12-byte key prefix for blocks with
@@ -117,9 +119,9 @@ static int horizon(struct ix_read *rd, uint32_t disk, uint64_t *hz)
 	if (rc)
 		return ix_fail(rd->ix, rc, "reading a disk");
 	rd->hz_disk = disk;
-	rd->hz_seq = d.horizon_seq;
+	rd->hz_seq = d.base_seq;
 	rd->hz_valid = true;
-	*hz = d.horizon_seq;
+	*hz = d.base_seq;
 	return 0;
 }
 
@@ -157,8 +159,8 @@ int ix_block_asof(struct ix_read *rd, uint32_t disk, uint64_t block,
 		if (k.mv_size != IX_VKEY || memcmp(kp, kb, 12) != 0)
 			break; /* another block: history of this one ended */
 		s = rw_get_be64(kp + 12);
-		if (s < hz)
-			break;
+		if (s <= hz)
+			break; /* folded into base.img */
 		if (ix_vval_decode(v.mv_data, v.mv_size, s, &ver))
 			return rw_err_set(RW_ECORRUPT, "store '%s': corrupt version entry disk id %u block %llu seq %llu",
 					  rd->ix->dir, disk, (unsigned long long)block,

@@ -627,6 +627,8 @@ int ix_open(struct ix **out, const char *dir, unsigned flags)
 		goto out;
 	if (!(flags & IX_RDONLY)) {
 		rc = ix_register_meta(ix);
+		if (rc == 0)
+			rc = ix_horizon_sync(ix); /* index/compact.c */
 		if (rc)
 			goto out;
 	}
@@ -731,14 +733,20 @@ size_t ix_diskval_encode(uint8_t *v, size_t cap, const struct ix_disk *d)
 	rw_put_le64(v + 44, d->head_synced_seq);
 	v[52] = (uint8_t)nl;
 	memcpy(v + 53, d->name, nl);
-	return IX_DISKVAL_MIN + nl;
+	if (!d->base_seq)
+		return IX_DISKVAL_MIN + nl;
+	if (cap < IX_DISKVAL_MIN + nl + 8)
+		return 0;
+	/* Compacted disks only: base_seq after the name (FORMAT-index.md). */
+	rw_put_le64(v + 53 + nl, d->base_seq);
+	return IX_DISKVAL_MIN + nl + 8;
 }
 
 int ix_diskval_decode(const uint8_t *v, size_t n, uint32_t id,
 		      struct ix_disk *d)
 {
 	if (n < IX_DISKVAL_MIN || v[52] == 0 || v[52] > IX_NAME_MAX ||
-	    n != IX_DISKVAL_MIN + v[52])
+	    (n != IX_DISKVAL_MIN + v[52] && n != IX_DISKVAL_MIN + v[52] + 8u))
 		return RW_ECORRUPT;
 	memset(d, 0, sizeof(*d));
 	d->id = id;
@@ -751,6 +759,8 @@ int ix_diskval_decode(const uint8_t *v, size_t n, uint32_t id,
 	d->head_synced_seq = rw_get_le64(v + 44);
 	memcpy(d->name, v + 53, v[52]);
 	d->name[v[52]] = 0;
+	if (n == IX_DISKVAL_MIN + v[52] + 8u)
+		d->base_seq = rw_get_le64(v + 53 + v[52]);
 	if (d->block_size < 512 || (d->block_size & (d->block_size - 1)))
 		return RW_ECORRUPT;
 	return 0;

@@ -183,7 +183,7 @@ int rs_restore_file(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 	/* Choose the direction: count blocks to rebuild each way. */
 	if ((err = ix_read_begin(ix, &rd)))
 		goto out;
-	if ((err = ix_versions_range(rd, d->id, d->horizon_seq, seq, bm_set, &bm)))
+	if ((err = ix_versions_range(rd, d->id, d->base_seq, seq, bm_set, &bm)))
 		goto out;
 	uint64_t fwd_blocks = bm.set;
 	uint64_t back_blocks = 0;
@@ -273,6 +273,18 @@ int rs_restore_file(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 	if ((err = rw_sys_fsync(out))) {
 		rw_err_set(err, "cannot sync '%s': %s", tmp, rw_strerror(err));
 		goto out;
+	}
+	{
+		/* A compaction past seq that began while we copied may have
+		 * folded newer data into base under us: refuse (compact.c). */
+		struct ix_disk now;
+		if ((err = ix_disk_get(ix, d->name, &now)))
+			goto out;
+		if (now.horizon_seq > seq) {
+			err = rw_err_set(RW_ERANGE, "seq %" PRIu64 " of disk '%s' was compacted away while it was being restored (horizon is now seq %" PRIu64 ")",
+					 seq, d->name, now.horizon_seq);
+			goto out;
+		}
 	}
 	close(out);
 	out = -1;

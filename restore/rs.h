@@ -128,4 +128,92 @@ int rs_rollback(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 		rs_progress_fn progress, void *parg,
 		struct rs_rollback_stats *st);
 
+/* ----------------------------------------------------------- compaction */
+
+/*
+ * Compaction (restore/compact.c): folds a disk's history older than a new
+ * horizon H into base.img and reclaims the journal below it.  Every point
+ * >= H stays exact throughout, also for views and restores running
+ * concurrently in other processes; points < H are refused (RW_ERANGE) as
+ * soon as H is durable.  A crash at any instant leaves every restorable
+ * point exact; running again finishes the job.  Does not need STORE/lock
+ * (runs beside `rewind serve`); two compactions of one store exclude each
+ * other with STORE/compact.lock (RW_EBUSY).
+ */
+
+enum rs_over_budget {
+	RS_OVER_BUDGET_REFUSE = 0, /* keep history; report over_budget */
+	RS_OVER_BUDGET_COMPACT,    /* move H forward until under budget */
+};
+
+/* Where rs_compact_run stands; the test hook is called after each. */
+enum rs_compact_step {
+	RS_STEP_HORIZON = 1,  /* horizon durable (file + index) */
+	RS_STEP_FOLDED,       /* base.img written, not yet synced */
+	RS_STEP_BASE,         /* base.img synced, base_seq durable */
+	RS_STEP_DROPPED,      /* index entries <= base_seq deleted */
+	RS_STEP_UNLINKED,     /* segment files removed */
+};
+
+struct rs_compact_opts {
+	uint64_t retain_ns;            /* keep this much history (if !before) */
+	const struct rw_when *before;  /* or: fold everything before this point */
+	uint64_t now_ns;               /* 0: rw_clock_ns() */
+	bool drop_marks;               /* may compact past marks (deletes them) */
+	bool dry_run;                  /* plan only; change nothing */
+	uint64_t max_journal;          /* journal size budget in bytes, 0 = none */
+	enum rs_over_budget over_budget;
+	/* Tests: called after each step; a non-zero return stops the run
+	 * with that error (as a crash would, minus the process exit). */
+	int (*step_hook)(void *arg, enum rs_compact_step s);
+	void *hook_arg;
+};
+
+struct rs_compact_plan {
+	struct ix_disk disk;           /* as found (after loading its horizon file) */
+	uint64_t old_horizon_seq, old_base_seq;
+	uint64_t horizon_seq, horizon_ts; /* the horizon after the run */
+	bool noop;                     /* nothing to fold or advance */
+	bool resume;                   /* an earlier run's fold is unfinished */
+	bool clamped_by_mark;          /* H stopped at mark `mark` */
+	char mark[IX_LABEL_MAX + 1];
+	uint64_t marks_dropped;        /* marks below H (drop_marks) */
+	bool over_budget;              /* journal larger than max_journal */
+	bool budget_forced;            /* H moved past retention for the budget */
+	uint64_t blocks, versions;     /* to fold: distinct blocks, versions */
+	uint64_t records, bytes, segments; /* sealed segments <= H: to free */
+	uint64_t journal_bytes, journal_segments; /* journal now */
+};
+
+struct rs_compact_stats {
+	struct rs_compact_plan plan;
+	uint64_t blocks;               /* blocks folded into base */
+	uint64_t data_bytes;           /* written to base as data */
+	uint64_t hole_bytes;           /* punched as holes (folded zeroes) */
+	uint64_t versions_dropped, time_entries_dropped, marks_dropped;
+	uint64_t segments_freed, bytes_freed;
+	uint64_t elapsed_ns;
+};
+
+/*
+ * Computes what compacting disk name with o would do (no lock, no
+ * change).  0 or error (RW_ENOTFOUND for an unknown disk or mark).
+ */
+int rs_compact_plan(struct ix *ix, const char *name,
+		    const struct rs_compact_opts *o, struct rs_compact_plan *p);
+
+/*
+ * Compacts disk name: takes STORE/compact.lock (RW_EBUSY when held),
+ * plans, and unless o->dry_run runs the steps (horizon, fold, sync +
+ * base_seq, drop index entries, unlink segments), each durable before the
+ * next.  Also finishes a previous interrupted run.  Returns 0 and fills st
+ * (may be NULL; filled on error too, as far as the run went), or error.
+ * ix may be opened with flags 0 (no STORE/lock) while a server runs.
+ */
+int rs_compact_run(struct ix *ix, const char *name,
+		   const struct rs_compact_opts *o, struct rs_compact_stats *st);
+
+/* Takes STORE/compact.lock; *fd to close() to release.  0 or RW_EBUSY. */
+int rs_compact_lock(struct ix *ix, int *fd);
+
 #endif /* RW_RESTORE_H */

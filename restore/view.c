@@ -276,18 +276,13 @@ check:;
 	return 0;
 }
 
-/* Builds block as-of the view's seq into v->blk. */
-static int build_block(struct rs_view *v, uint64_t block)
+/* Builds block as-of the view's seq into v->blk, from one snapshot. */
+static int build_once(struct rs_view *v, uint64_t block)
 {
 	uint64_t bs = v->d.block_size;
 	uint64_t boff = block * bs;
 	int n, err;
 
-	if (++v->since_renew >= RS_RENEW_EVERY) {
-		if ((err = ix_read_renew(v->rd)))
-			return err;
-		v->since_renew = 0;
-	}
 	for (;;) {
 		n = ix_block_asof(v->rd, v->d.id, block, v->seq, v->vers,
 				  v->vers_cap);
@@ -326,6 +321,32 @@ static int build_block(struct rs_view *v, uint64_t block)
 			memset(v->blk + (lo - boff), 0, hi - lo);
 	}
 	return 0;
+}
+
+/*
+ * Builds block as-of the view's seq into v->blk.  A record that vanished
+ * (RW_ENOTFOUND: its segment was unlinked by a compaction after our
+ * snapshot was taken) means base.img already holds it and the index says
+ * so in a newer snapshot: renew and build once more (restore/compact.c).
+ */
+static int build_block(struct rs_view *v, uint64_t block)
+{
+	int err;
+
+	if (++v->since_renew >= RS_RENEW_EVERY) {
+		if ((err = ix_read_renew(v->rd)))
+			return err;
+		v->since_renew = 0;
+	}
+	err = build_once(v, block);
+	if (err != RW_ENOTFOUND && err != -ENOENT)
+		return err;
+	rw_err_clear();
+	v->have_rec = false;
+	if ((err = ix_read_renew(v->rd)))
+		return err;
+	v->since_renew = 0;
+	return build_once(v, block);
 }
 
 int rs_view_read(struct rs_view *v, uint64_t off, uint64_t len, void *buf)

@@ -1,0 +1,262 @@
+/*
+ * cmd_compact.c — `rewind compact`: fold old history into base and reclaim
+ * the journal (restore/compact.c does the work).
+ *
+ * Runs beside `rewind serve`: the store is opened without STORE/lock
+ * (LMDB serialises writers across processes; STORE/compact.lock keeps two
+ * compactions apart).  When no server holds the lock, the index is caught
+ * up first so the newest records count; the lock is released before
+ * compacting, so a server may start meanwhile.
+ *
+ * Exit status: 0 done (also "nothing to do"), 1 failure, 2 usage, 3 the
+ * journal is over --max-journal and --over-budget refuse kept the history.
+ */
+#include "cli/cli.h"
+#include "common/rw.h"
+#include "index/ix.h"
+#include "restore/rs.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: rewind compact [--store DIR] [NAME...] (--retain DURATION | --before WHEN)\n"
+		"                      [--dry-run] [--drop-marks] [--max-journal SIZE\n"
+		"                      [--over-budget compact|refuse]] [--json]\n\n"
+		"Fold history older than the retention into each disk's base image and\n"
+		"reclaim the journal segments below the new horizon (all disks when no\n"
+		"NAME is given).  Points older than the new horizon can no longer be\n"
+		"restored; every later point stays exact.  Safe while 'rewind serve' runs\n"
+		"and after a crash (run it again to finish).\n\n"
+		"  --retain DURATION   keep this much history: 90s, 10m, 24h, 7d\n"
+		"  --before WHEN       fold everything before WHEN (as for restore --at)\n"
+		"  --dry-run           print what would be folded and freed; change nothing\n"
+		"  --drop-marks        compact past marks (they are deleted); without it\n"
+		"                      compaction stops at the oldest mark\n"
+		"  --max-journal SIZE  journal size budget per disk (e.g. 50G)\n"
+		"  --over-budget P     over the budget: 'compact' moves the horizon further\n"
+		"                      (history shrinks; reported), 'refuse' keeps history\n"
+		"                      and exits 3 (default)\n"
+		"  --json              one JSON object per disk\n");
+}
+
+static void print_json(const char *name, const struct rs_compact_stats *s,
+		       bool dry)
+{
+	const struct rs_compact_plan *p = &s->plan;
+
+	printf("{\"disk\":");
+	cli_json_str(stdout, name);
+	printf(",\"dry_run\":%s,\"noop\":%s,\"resumed\":%s"
+	       ",\"old_horizon_seq\":%" PRIu64 ",\"horizon_seq\":%" PRIu64
+	       ",\"horizon_ts\":%" PRIu64 ",\"old_base_seq\":%" PRIu64
+	       ",\"blocks\":%" PRIu64 ",\"versions\":%" PRIu64
+	       ",\"records\":%" PRIu64 ",\"segments\":%" PRIu64
+	       ",\"bytes\":%" PRIu64 ",\"journal_bytes\":%" PRIu64
+	       ",\"clamped_by_mark\":",
+	       dry ? "true" : "false", p->noop ? "true" : "false",
+	       p->resume ? "true" : "false", p->old_horizon_seq,
+	       p->horizon_seq, p->horizon_ts, p->old_base_seq, p->blocks,
+	       p->versions, p->records, p->segments, p->bytes,
+	       p->journal_bytes);
+	if (p->clamped_by_mark)
+		cli_json_str(stdout, p->mark);
+	else
+		printf("null");
+	printf(",\"marks_dropped\":%" PRIu64 ",\"over_budget\":%s"
+	       ",\"budget_forced\":%s,\"blocks_folded\":%" PRIu64
+	       ",\"data_bytes\":%" PRIu64 ",\"hole_bytes\":%" PRIu64
+	       ",\"versions_dropped\":%" PRIu64 ",\"segments_freed\":%" PRIu64
+	       ",\"bytes_freed\":%" PRIu64 ",\"seconds\":%.3f}\n",
+	       dry ? p->marks_dropped : s->marks_dropped,
+	       p->over_budget ? "true" : "false",
+	       p->budget_forced ? "true" : "false", s->blocks, s->data_bytes,
+	       s->hole_bytes, s->versions_dropped, s->segments_freed,
+	       s->bytes_freed, (double)s->elapsed_ns / 1e9);
+}
+
+static void print_text(const char *name, const struct rs_compact_stats *s,
+		       bool dry)
+{
+	const struct rs_compact_plan *p = &s->plan;
+	char tb[40], a[32], b[32], c[32];
+
+	if (p->clamped_by_mark)
+		printf("disk '%s': stopping at mark '%s' (seq %" PRIu64 "); use "
+		       "--drop-marks to compact past it\n", name, p->mark,
+		       p->horizon_seq);
+	if (p->over_budget)
+		printf("disk '%s': journal %s is over the budget%s\n", name,
+		       rw_fmt_size(p->journal_bytes, a, sizeof(a)),
+		       p->budget_forced ? "; compacting past the retention to "
+		       "get under it (history shrinks)" : "");
+	if (dry) {
+		printf("disk '%s': would move the horizon from seq %" PRIu64
+		       " to seq %" PRIu64 " (%s): fold %" PRIu64 " blocks (%"
+		       PRIu64 " versions), free %" PRIu64 " records in %" PRIu64
+		       " segments (%s of %s)%s\n", name, p->old_horizon_seq,
+		       p->horizon_seq, cli_fmt_time(p->horizon_ts, tb),
+		       p->blocks, p->versions, p->records, p->segments,
+		       rw_fmt_size(p->bytes, a, sizeof(a)),
+		       rw_fmt_size(p->journal_bytes, b, sizeof(b)),
+		       p->marks_dropped ? " (and drop marks)" : "");
+		return;
+	}
+	if (p->noop && !s->segments_freed) {
+		printf("disk '%s': nothing to compact (horizon seq %" PRIu64 ")\n",
+		       name, p->horizon_seq);
+		return;
+	}
+	printf("disk '%s': horizon seq %" PRIu64 " -> %" PRIu64 " (%s)%s: folded %"
+	       PRIu64 " blocks (%s data, %s holes), freed %" PRIu64
+	       " segments (%s), %.2fs\n", name, p->old_horizon_seq,
+	       p->horizon_seq, cli_fmt_time(p->horizon_ts, tb),
+	       p->resume ? " (finished an interrupted run)" : "", s->blocks,
+	       rw_fmt_size(s->data_bytes, a, sizeof(a)),
+	       rw_fmt_size(s->hole_bytes, b, sizeof(b)), s->segments_freed,
+	       rw_fmt_size(s->bytes_freed, c, sizeof(c)),
+	       (double)s->elapsed_ns / 1e9);
+}
+
+static int cmd_compact(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "store", required_argument, NULL, 's' },
+		{ "retain", required_argument, NULL, 'r' },
+		{ "before", required_argument, NULL, 'b' },
+		{ "dry-run", no_argument, NULL, 'n' },
+		{ "drop-marks", no_argument, NULL, 'm' },
+		{ "max-journal", required_argument, NULL, 'M' },
+		{ "over-budget", required_argument, NULL, 'O' },
+		{ "json", no_argument, NULL, 'j' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0, 0, 0, 0 },
+	};
+	const char *store = NULL, *retain = NULL, *before = NULL;
+	struct rs_compact_opts o = { 0 };
+	struct rw_when w;
+	bool json = false;
+	struct ix *ix = NULL;
+	struct ix_disk *all = NULL;
+	int c, err, rc = 1, nall = 0;
+	bool over = false, owned = false;
+
+	while ((c = getopt_long(argc, argv, "s:r:b:nmM:O:jh", opts, NULL)) != -1) {
+		switch (c) {
+		case 's': store = optarg; break;
+		case 'r': retain = optarg; break;
+		case 'b': before = optarg; break;
+		case 'n': o.dry_run = true; break;
+		case 'm': o.drop_marks = true; break;
+		case 'M':
+			if ((err = rw_parse_size(optarg, &o.max_journal)) || !o.max_journal)
+				return cli_usage_error("compact", "bad --max-journal '%s'", optarg);
+			break;
+		case 'O':
+			if (!strcmp(optarg, "compact"))
+				o.over_budget = RS_OVER_BUDGET_COMPACT;
+			else if (!strcmp(optarg, "refuse"))
+				o.over_budget = RS_OVER_BUDGET_REFUSE;
+			else
+				return cli_usage_error("compact", "--over-budget is 'compact' or 'refuse'");
+			break;
+		case 'j': json = true; break;
+		case 'h': usage(stdout); return 0;
+		default: return cli_usage_error("compact", "unknown option");
+		}
+	}
+	if (!!retain == !!before)
+		return cli_usage_error("compact", "give exactly one of --retain DURATION and --before WHEN");
+	if (retain && (err = rw_parse_duration(retain, &o.retain_ns)))
+		return cli_usage_error("compact", "bad --retain '%s': %s", retain, rw_err_msg());
+	if (before) {
+		if ((err = rw_parse_when(before, rw_clock_ns(), &w)))
+			return cli_fail(err, "--before");
+		o.before = &w;
+	}
+	store = cli_store_dir(store);
+	/* No server: catch the index up first (then let the lock go). */
+	err = ix_open(&ix, store, IX_LOCK);
+	if (err == 0) {
+		int n = ix_catch_up(ix, NULL, NULL);
+		ix_close(ix);
+		ix = NULL;
+		if (n < 0)
+			return cli_fail(n, "cannot catch up the index of store '%s'", store);
+	} else if (err != RW_EBUSY) {
+		return cli_fail(err, "cannot open store '%s'", store);
+	}
+	rw_err_clear();
+	if ((err = ix_open(&ix, store, 0)))
+		return cli_fail(err, "cannot open store '%s'", store);
+	const char **names = NULL;
+	int nnames = argc - optind;
+	if (nnames) {
+		names = (const char **)&argv[optind];
+	} else {
+		nall = ix_disk_list(ix, &all);
+		if (nall < 0) {
+			rc = cli_fail(nall, "cannot list the disks of store '%s'", store);
+			nall = 0;
+			goto out;
+		}
+		names = calloc((size_t)nall + 1, sizeof(*names));
+		if (!names) {
+			rc = cli_fail(-ENOMEM, "listing disks");
+			goto out;
+		}
+		owned = true;
+		for (int i = 0; i < nall; i++)
+			names[i] = all[i].name;
+		nnames = nall;
+	}
+	rc = 0;
+	for (int i = 0; i < nnames; i++) {
+		struct rs_compact_stats s;
+		char a[32], b[32];
+		err = rs_compact_run(ix, names[i], &o, &s);
+		if (err) {
+			rc = cli_fail(err, "cannot compact disk '%s'", names[i]);
+			continue;
+		}
+		if (json)
+			print_json(names[i], &s, o.dry_run);
+		else
+			print_text(names[i], &s, o.dry_run);
+		if (!o.dry_run && !s.plan.noop)
+			rw_log(RW_LOG_INFO, "compact: disk '%s': horizon seq %" PRIu64
+			       " -> %" PRIu64 ", folded %" PRIu64 " blocks (%s), "
+			       "freed %" PRIu64 " segments (%s) in %.3fs",
+			       names[i], s.plan.old_horizon_seq, s.plan.horizon_seq,
+			       s.blocks, rw_fmt_size(s.data_bytes + s.hole_bytes, a, sizeof(a)),
+			       s.segments_freed, rw_fmt_size(s.bytes_freed, b, sizeof(b)),
+			       (double)s.elapsed_ns / 1e9);
+		if (s.plan.budget_forced)
+			rw_log(RW_LOG_WARN, "compact: disk '%s': journal over budget: "
+			       "history shortened past the retention to seq %" PRIu64,
+			       names[i], s.plan.horizon_seq);
+		if (s.plan.over_budget && o.over_budget == RS_OVER_BUDGET_REFUSE) {
+			rw_log(RW_LOG_ERROR, "compact: disk '%s': journal %s is over "
+			       "the budget %s; history kept (--over-budget refuse)",
+			       names[i], rw_fmt_size(s.plan.journal_bytes, a, sizeof(a)),
+			       rw_fmt_size(o.max_journal, b, sizeof(b)));
+			over = true;
+		}
+	}
+	if (rc == 0 && over)
+		rc = 3;
+out:
+	if (owned)
+		free(names);
+	free(all);
+	ix_close(ix);
+	return rc;
+}
+
+CLI_COMMAND(compact, "compact", "fold old history into base and reclaim the journal", cmd_compact)

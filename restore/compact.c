@@ -1,0 +1,481 @@
+/*
+ * compact.c — compaction: fold old history into base.img and reclaim the
+ * journal below a new horizon H, without ever breaking a restore point.
+ *
+ * How (DESIGN.md §4, invariant 6), each step durable before the next and
+ * each idempotent, so a crash anywhere is finished by running again:
+ *   1. plan H: the newest seq with ts <= cutoff (now - retain, or --before),
+ *      capped at the disk's last indexed seq (records of the disk <= H are
+ *      then all indexed), clamped at the oldest mark unless drop_marks, and
+ *      raised to free enough segments when over the journal budget with the
+ *      "compact" policy;
+ *   2. horizon = H, durably (disks/NAME/horizon, then LMDB): points < H are
+ *      refused from here on;
+ *   3. fold: every block with a version in (base_seq, H] is built as-of H
+ *      by an rs_view and written into base.img in block order, runs of
+ *      blocks coalesced into large pwrites, all-zero runs punched as holes;
+ *   4. fsync base.img, then base_seq = H durably;
+ *   5. drop index entries <= base_seq (ix_compact_drop);
+ *   6. unlink the released segment files, fsync the journal directory.
+ * A run that finds horizon > base_seq finishes that fold first (resume).
+ *
+ * Why views stay exact while this runs: lookups filter versions by
+ * base_seq, not by the horizon.  Until step 4 a concurrent view re-applies
+ * versions in (old base_seq, P] over base; a block already folded holds
+ * its as-of-H bytes, and re-applying those same writes in order over them
+ * gives the same bytes (a byte covered by a version ends as the newest
+ * such version, a byte covered by none is the old base in both).  After
+ * step 4 the snapshot says base_seq = H and base is synced.  A view whose
+ * old snapshot names a segment unlinked in step 6 renews and retries
+ * (restore/view.c).
+ *
+ * Two compactions never overlap: STORE/compact.lock is flock()ed.  The
+ * server's STORE/lock is not needed: LMDB serialises writers across
+ * processes and compaction only appends nothing to the journal.
+ *
+ * Rejected: folding by replaying records into base in seq order (each
+ * block written once per version, random I/O) and copying base to a new
+ * file then renaming (doubles space, and a concurrent view would hold the
+ * old file open).  Recompressing raw records of sealed segments is not
+ * done (see README/ report).
+ */
+#include "restore/rs.h"
+
+#include "common/rw.h"
+#include "index/ix.h"
+#include "journal/jr.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#define FOLD_RUN (4u << 20) /* bytes per coalesced write */
+
+static int step(const struct rs_compact_opts *o, enum rs_compact_step s)
+{
+	return o && o->step_hook ? o->step_hook(o->hook_arg, s) : 0;
+}
+
+/* ------------------------------------------------------------- plan */
+
+struct bm {
+	uint64_t nbits, set, versions;
+	uint64_t *w;
+};
+
+static int bm_set_fn(void *arg, uint64_t block, const struct ix_version *v)
+{
+	struct bm *b = arg;
+
+	(void)v;
+	b->versions++;
+	if (block >= b->nbits)
+		return rw_err_set(RW_ECORRUPT, "index names block %" PRIu64
+				  " past the disk's end", block);
+	if (!(b->w[block / 64] & (1ull << (block % 64)))) {
+		b->w[block / 64] |= 1ull << (block % 64);
+		b->set++;
+	}
+	return 0;
+}
+
+static uint64_t journal_bytes(struct ix *ix, const struct ix_disk *d,
+			      uint64_t *nseg)
+{
+	struct jr_seginfo *segs = NULL;
+	char jdir[4096];
+	uint64_t t = 0;
+	int n;
+
+	*nseg = 0;
+	if (ix_disk_path(ix, d->name, "journal", jdir, sizeof(jdir)))
+		return 0;
+	n = jr_segments_list(jdir, &segs);
+	for (int i = 0; i < n; i++)
+		t += segs[i].bytes;
+	*nseg = n > 0 ? (uint64_t)n : 0;
+	free(segs);
+	return t;
+}
+
+int rs_compact_plan(struct ix *ix, const char *name,
+		    const struct rs_compact_opts *o, struct rs_compact_plan *p)
+{
+	struct ix_disk d;
+	struct ix_read *rd = NULL;
+	struct ix_mark *marks = NULL;
+	struct ix_segment *rows = NULL;
+	int nmarks = 0, nrows = 0, err;
+	uint64_t now = o->now_ns ? o->now_ns : rw_clock_ns();
+	uint64_t h = 0, h_ts = 0;
+
+	memset(p, 0, sizeof(*p));
+	if ((err = ix_horizon_sync(ix)) || (err = ix_disk_get(ix, name, &d)))
+		return err;
+	p->disk = d;
+	p->old_horizon_seq = d.horizon_seq;
+	p->old_base_seq = d.base_seq;
+	p->resume = d.horizon_seq > d.base_seq;
+	p->journal_bytes = journal_bytes(ix, &d, &p->journal_segments);
+	if ((err = ix_read_begin(ix, &rd)))
+		return err;
+
+	/* 1. The cutoff. */
+	if (o->before) {
+		switch (o->before->kind) {
+		case RW_WHEN_SEQ:
+			h = o->before->seq;
+			break;
+		case RW_WHEN_MARK: {
+			struct ix_mark m;
+			if ((err = ix_mark_get(rd, d.id, o->before->mark, &m)))
+				goto out;
+			h = m.seq;
+			break;
+		}
+		case RW_WHEN_TIME:
+			err = ix_time_to_seq(rd, o->before->ts_ns, &h, &h_ts);
+			if (err == RW_ENOTFOUND) {
+				h = 0;
+				err = 0;
+			}
+			if (err)
+				goto out;
+			break;
+		}
+	} else {
+		uint64_t cut = now > o->retain_ns ? now - o->retain_ns : 0;
+		err = ix_time_to_seq(rd, cut, &h, &h_ts);
+		if (err == RW_ENOTFOUND) {
+			h = 0;
+			err = 0;
+		}
+		if (err)
+			goto out;
+	}
+	if (h > d.last_indexed_seq)
+		h = d.last_indexed_seq;
+
+	/* Over the journal budget: free whole segments, oldest first. */
+	if (o->max_journal && p->journal_bytes > o->max_journal) {
+		p->over_budget = true;
+		nrows = ix_segment_list(rd, d.id, &rows);
+		if (nrows < 0) {
+			err = nrows;
+			nrows = 0;
+			goto out;
+		}
+		if (o->over_budget == RS_OVER_BUDGET_COMPACT) {
+			uint64_t left = p->journal_bytes, hb = 0;
+			for (int i = 0; i < nrows && left > o->max_journal; i++) {
+				if (!rows[i].sealed)
+					break;
+				left -= rows[i].bytes < left ? rows[i].bytes : left;
+				hb = rows[i].last_seq;
+			}
+			if (hb > h) {
+				h = hb;
+				p->budget_forced = true;
+			}
+		}
+	}
+
+	/* Marks stop compaction unless dropped. */
+	nmarks = ix_mark_list(rd, d.id, &marks);
+	if (nmarks < 0) {
+		err = nmarks;
+		nmarks = 0;
+		goto out;
+	}
+	for (int i = 0; i < nmarks; i++) {
+		if (marks[i].seq < d.horizon_seq || marks[i].seq >= h)
+			continue;
+		if (o->drop_marks) {
+			p->marks_dropped++;
+			continue;
+		}
+		if (!p->clamped_by_mark || marks[i].seq < h) {
+			h = marks[i].seq;
+			p->clamped_by_mark = true;
+			snprintf(p->mark, sizeof(p->mark), "%s", marks[i].label);
+		}
+	}
+	if (p->budget_forced && h < d.horizon_seq)
+		p->budget_forced = false;
+
+	if (h <= d.horizon_seq) {
+		p->horizon_seq = d.horizon_seq;
+		p->horizon_ts = d.horizon_ts;
+		p->noop = !p->resume;
+	} else {
+		p->horizon_seq = h;
+		if (ix_seq_to_time(rd, h, &p->horizon_ts))
+			p->horizon_ts = h_ts ? h_ts : now;
+	}
+
+	/* What folding and freeing will touch. */
+	if (p->horizon_seq > d.base_seq) {
+		struct bm b = { .nbits = (d.size + d.block_size - 1) / d.block_size };
+		b.w = calloc((b.nbits + 63) / 64, sizeof(uint64_t));
+		if (!b.w) {
+			err = -ENOMEM;
+			goto out;
+		}
+		err = ix_versions_range(rd, d.id, d.base_seq, p->horizon_seq,
+					bm_set_fn, &b);
+		free(b.w);
+		if (err)
+			goto out;
+		p->blocks = b.set;
+		p->versions = b.versions;
+	}
+	if (!rows) {
+		nrows = ix_segment_list(rd, d.id, &rows);
+		if (nrows < 0) {
+			err = nrows;
+			nrows = 0;
+			goto out;
+		}
+	}
+	for (int i = 0; i < nrows; i++) {
+		if (!rows[i].sealed || rows[i].last_seq > p->horizon_seq)
+			continue;
+		p->records += rows[i].records;
+		p->segments++;
+		p->bytes += rows[i].bytes;
+	}
+out:
+	ix_read_end(rd);
+	free(marks);
+	free(rows);
+	return err;
+}
+
+/* ------------------------------------------------------------- fold */
+
+struct fold {
+	int fd;
+	const char *path;
+	uint32_t bs;
+	uint64_t size;
+	uint8_t *buf;          /* pending data run */
+	uint64_t run_off, run_len;
+	bool run_zero;         /* the pending run is zeroes (a hole) */
+	struct rs_compact_stats *st;
+};
+
+static bool all_zero(const uint8_t *p, size_t n)
+{
+	size_t i = 0;
+
+	for (; i + 8 <= n; i += 8) {
+		uint64_t w;
+		memcpy(&w, p + i, 8);
+		if (w)
+			return false;
+	}
+	for (; i < n; i++)
+		if (p[i])
+			return false;
+	return true;
+}
+
+static int fold_flush(struct fold *f)
+{
+	int err = 0;
+
+	if (!f->run_len)
+		return 0;
+	if (f->run_zero) {
+		if (fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			      (off_t)f->run_off, (off_t)f->run_len) < 0) {
+			/* No hole punching here: write the zeroes. */
+			memset(f->buf, 0, f->run_len);
+			err = rw_sys_pwrite_full(f->fd, f->buf, f->run_len,
+						 (off_t)f->run_off);
+		}
+		f->st->hole_bytes += f->run_len;
+	} else {
+		err = rw_sys_pwrite_full(f->fd, f->buf, f->run_len, (off_t)f->run_off);
+		f->st->data_bytes += f->run_len;
+	}
+	if (err)
+		return rw_err_set(err, "cannot write '%s' at %" PRIu64 ": %s",
+				  f->path, f->run_off, rw_strerror(err));
+	f->run_len = 0;
+	return 0;
+}
+
+static int fold_block(struct fold *f, uint64_t block, const uint8_t *blk)
+{
+	uint64_t off = block * f->bs;
+	size_t part = f->size - off < f->bs ? (size_t)(f->size - off) : f->bs;
+	bool zero = all_zero(blk, part);
+	int err;
+
+	if (f->run_len && (f->run_off + f->run_len != off ||
+			   f->run_zero != zero || f->run_len + part > FOLD_RUN))
+		if ((err = fold_flush(f)))
+			return err;
+	if (!f->run_len) {
+		f->run_off = off;
+		f->run_zero = zero;
+	}
+	if (!zero)
+		memcpy(f->buf + f->run_len, blk, part);
+	f->run_len += part;
+	return 0;
+}
+
+static int fold(struct ix *ix, const struct ix_disk *d, uint64_t h,
+		const struct rs_compact_opts *o, struct rs_compact_stats *st)
+{
+	struct bm b = { .nbits = (d->size + d->block_size - 1) / d->block_size };
+	struct fold f = { .fd = -1, .bs = d->block_size, .size = d->size, .st = st };
+	struct ix_read *rd = NULL;
+	struct rs_view *v = NULL;
+	char path[4096];
+	int err;
+
+	(void)o;
+	if ((err = ix_disk_path(ix, d->name, "base.img", path, sizeof(path))))
+		return err;
+	f.path = path;
+	b.w = calloc((b.nbits + 63) / 64, sizeof(uint64_t));
+	f.buf = malloc(FOLD_RUN + d->block_size);
+	if (!b.w || !f.buf) {
+		err = -ENOMEM;
+		goto out;
+	}
+	if ((err = ix_read_begin(ix, &rd)))
+		goto out;
+	err = ix_versions_range(rd, d->id, d->base_seq, h, bm_set_fn, &b);
+	ix_read_end(rd);
+	rd = NULL;
+	if (err)
+		goto out;
+	f.fd = rw_sys_open(path, O_RDWR | O_CLOEXEC, 0);
+	if (f.fd < 0) {
+		err = rw_err_set(f.fd, "cannot open base image '%s': %s", path,
+				 rw_strerror(f.fd));
+		goto out;
+	}
+	if ((err = rs_view_open(&v, ix, d, h)))
+		goto out;
+	for (uint64_t w = 0; w < (b.nbits + 63) / 64; w++) {
+		uint64_t word = b.w[w];
+		while (word) {
+			uint64_t block = w * 64 + (uint64_t)__builtin_ctzll(word);
+			const uint8_t *blk;
+			word &= word - 1;
+			if ((err = rs_view_block(v, block, &blk)) ||
+			    (err = fold_block(&f, block, blk)))
+				goto out;
+			st->blocks++;
+		}
+	}
+	if ((err = fold_flush(&f)))
+		goto out;
+	if ((err = step(o, RS_STEP_FOLDED)))
+		goto out;
+	if ((err = rw_sys_fsync(f.fd))) {
+		rw_err_set(err, "cannot sync '%s': %s", path, rw_strerror(err));
+		goto out;
+	}
+out:
+	rs_view_close(v);
+	if (f.fd >= 0)
+		close(f.fd);
+	free(f.buf);
+	free(b.w);
+	return err;
+}
+
+/* ------------------------------------------------------------- run */
+
+int rs_compact_lock(struct ix *ix, int *fd_out)
+{
+	char p[4096];
+	int fd;
+
+	*fd_out = -1;
+	if ((size_t)snprintf(p, sizeof(p), "%s/compact.lock", ix_store_dir(ix)) >= sizeof(p))
+		return -ENAMETOOLONG;
+	fd = rw_sys_open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return rw_err_set(fd, "cannot open '%s': %s", p, rw_strerror(fd));
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		int e = errno;
+		close(fd);
+		return e == EWOULDBLOCK
+			? rw_err_set(RW_EBUSY, "another compaction of store '%s' is running ('%s' is locked)",
+				     ix_store_dir(ix), p)
+			: rw_err_set(-e, "cannot lock '%s': %s", p, strerror(e));
+	}
+	*fd_out = fd;
+	return 0;
+}
+
+int rs_compact_run(struct ix *ix, const char *name,
+		   const struct rs_compact_opts *o, struct rs_compact_stats *st)
+{
+	struct rs_compact_stats s = { 0 };
+	struct ix_drop_stats ds = { 0 };
+	struct ix_unlink_stats us = { 0 };
+	uint64_t t0 = rw_mono_ns();
+	struct ix_disk d;
+	int lock = -1, err;
+
+	if ((err = rs_compact_lock(ix, &lock)))
+		return err;
+	if ((err = rs_compact_plan(ix, name, o, &s.plan)))
+		goto out;
+	if (o->dry_run)
+		goto out;
+	d = s.plan.disk;
+	/* 2. The new horizon, durably, before anything is folded. */
+	if (s.plan.horizon_seq > d.horizon_seq) {
+		if ((err = ix_disk_advance_horizon(ix, d.id, s.plan.horizon_seq,
+						   s.plan.horizon_ts)))
+			goto out;
+	}
+	if ((err = step(o, RS_STEP_HORIZON)))
+		goto out;
+	/* 3-4. Fold over the OLD base_seq, sync, then advance base_seq. */
+	if ((err = ix_disk_get_id(ix, d.id, &d)))
+		goto out;
+	if (d.horizon_seq > d.base_seq) {
+		if ((err = fold(ix, &d, d.horizon_seq, o, &s)) ||
+		    (err = ix_disk_set_base(ix, d.id, d.horizon_seq)))
+			goto out;
+	}
+	if ((err = step(o, RS_STEP_BASE)))
+		goto out;
+	/* 5. Index entries below base_seq. */
+	if ((err = ix_compact_drop(ix, d.id, o->drop_marks, &ds)))
+		goto out;
+	s.versions_dropped = ds.versions;
+	s.time_entries_dropped = ds.time_entries;
+	s.marks_dropped = ds.marks;
+	if ((err = step(o, RS_STEP_DROPPED)))
+		goto out;
+	/* 6. Files. */
+	if ((err = ix_compact_unlink(ix, d.id, &us)))
+		goto out;
+	s.segments_freed = us.segments;
+	s.bytes_freed = us.bytes;
+	if ((err = step(o, RS_STEP_UNLINKED)))
+		goto out;
+out:
+	if (lock >= 0)
+		close(lock);
+	s.elapsed_ns = rw_mono_ns() - t0;
+	if (st)
+		*st = s;
+	return err;
+}

@@ -1,0 +1,557 @@
+/*
+ * test_compact.c — compaction against a brute-force model.
+ *
+ * A random workload goes through the real journal writer and index (small
+ * segments, so there are many); the model keeps the disk after every
+ * operation.  After compacting to H: every point >= H restores and reads
+ * bit for bit as before, points < H are RW_ERANGE, base.img is exactly the
+ * disk as-of H and sparse where it is zero, folded segments are gone, and
+ * a lost index rebuilds from the files alone.  A step hook that fails
+ * after each step, then a second run, reaches the same final state.  A dry
+ * run changes no byte of the store.  Marks stop compaction unless dropped;
+ * the size budget compacts early or refuses.  A view opened before a
+ * compaction keeps reading exactly after its segments are unlinked.
+ */
+#include "common/rw.h"
+#include "index/ix.h"
+#include "journal/jr.h"
+#include "restore/rs.h"
+#include "tests/testutil.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define DISK_SIZE (256u * 1024)
+#define BS 4096u
+#define NOPS 120
+#define HOP 60 /* compact to the state after op HOP */
+
+struct world {
+	char *dir;
+	char store[4096];
+	struct ix *ix;
+	struct ix_disk d;
+	struct jr_clock *clock;
+	struct jr_writer *w;
+	uint8_t *model;
+	uint8_t *snap[NOPS + 1];
+	uint64_t seq[NOPS + 1];
+	uint64_t ts[NOPS + 1];
+};
+
+static void world_setup(struct world *W, uint64_t seed)
+{
+	char path[4096];
+	uint64_t st = seed;
+
+	memset(W, 0, sizeof(*W));
+	W->dir = tu_tmpdir("compact");
+	snprintf(W->store, sizeof(W->store), "%s/store", W->dir);
+	CU_ASSERT_FATAL(ix_store_init(W->store) == 0);
+	CU_ASSERT_FATAL(ix_open(&W->ix, W->store, IX_LOCK) == 0);
+	CU_ASSERT_FATAL(ix_disk_create(W->ix, "d", DISK_SIZE, BS, NULL, &W->d) == 0);
+	CU_ASSERT_FATAL(jr_clock_new(&W->clock, 1, 0) == 0);
+	struct jr_writer_opts o;
+	jr_writer_opts_default(&o);
+	o.disk_id = W->d.id;
+	o.segment_bytes = 32 * 1024;
+	CU_ASSERT_FATAL(ix_disk_path(W->ix, "d", "journal", path, sizeof(path)) == 0);
+	CU_ASSERT_FATAL(jr_writer_open(&W->w, path, &o, W->clock, NULL) == 0);
+	W->model = calloc(1, DISK_SIZE);
+	W->snap[0] = calloc(1, DISK_SIZE);
+	uint8_t *buf = malloc(64 * 1024);
+	for (int i = 1; i <= NOPS; i++) {
+		uint64_t r = tu_rand(&st);
+		uint32_t len;
+		uint8_t type = JR_WRITE;
+		switch (r % 8) {
+		case 0: len = 1 + (uint32_t)(tu_rand(&st) % 3000); break;
+		case 1: len = 1 + (uint32_t)(tu_rand(&st) % (40 * 1024)); break;
+		case 2: type = JR_ZERO; len = 512 * (1 + (uint32_t)(tu_rand(&st) % 40)); break;
+		case 3: type = JR_TRIM; len = 512 * (1 + (uint32_t)(tu_rand(&st) % 20)); break;
+		default: len = BS * (1 + (uint32_t)(tu_rand(&st) % 4)); break;
+		}
+		uint64_t off = tu_rand(&st) % (DISK_SIZE - len + 1);
+		if (type != JR_WRITE || r % 8 > 3)
+			off -= off % (type == JR_WRITE ? BS : 512);
+		tu_fill_random(&st, buf, len);
+		if (tu_rand(&st) % 3 == 0)
+			memset(buf, (int)(tu_rand(&st) & 0xff), len);
+		struct jr_append a = { type, off, len, type == JR_WRITE ? buf : NULL };
+		CU_ASSERT_FATAL(jr_writer_append(W->w, &a, NULL, NULL) == 0);
+		if (type == JR_WRITE)
+			memcpy(W->model + off, buf, len);
+		else
+			memset(W->model + off, 0, len);
+		struct jr_writer_stats ws;
+		jr_writer_stats(W->w, &ws);
+		W->seq[i] = ws.last_seq;
+		W->snap[i] = malloc(DISK_SIZE);
+		memcpy(W->snap[i], W->model, DISK_SIZE);
+	}
+	free(buf);
+	CU_ASSERT_FATAL(jr_writer_flush(W->w) == 0);
+	CU_ASSERT_FATAL(ix_catch_up(W->ix, NULL, NULL) >= 0);
+	CU_ASSERT_FATAL(ix_disk_get(W->ix, "d", &W->d) == 0);
+	struct ix_read *rd;
+	CU_ASSERT_FATAL(ix_read_begin(W->ix, &rd) == 0);
+	for (int i = 1; i <= NOPS; i++)
+		CU_ASSERT(ix_seq_to_time(rd, W->seq[i], &W->ts[i]) == 0);
+	ix_read_end(rd);
+}
+
+static void world_teardown(struct world *W)
+{
+	jr_writer_close(W->w);
+	jr_clock_free(W->clock);
+	ix_close(W->ix);
+	for (int i = 0; i <= NOPS; i++)
+		free(W->snap[i]);
+	free(W->model);
+	tu_rmrf(W->dir);
+	free(W->dir);
+}
+
+/* Number of points >= from whose view or forward restore differs. */
+static int check_points(struct world *W, int from)
+{
+	struct ix_disk d;
+	char out[4200];
+	uint8_t *buf = malloc(DISK_SIZE), *got = malloc(DISK_SIZE);
+	int bad = 0;
+
+	CU_ASSERT_FATAL(ix_disk_get(W->ix, "d", &d) == 0);
+	snprintf(out, sizeof(out), "%s/out.img", W->dir);
+	for (int i = from; i <= NOPS; i++) {
+		struct rs_view *v;
+		uint64_t s = i ? W->seq[i] : 0;
+		if (rs_view_open(&v, W->ix, &d, s)) {
+			bad++;
+			continue;
+		}
+		if (rs_view_read(v, 0, DISK_SIZE, buf) || memcmp(buf, W->snap[i], DISK_SIZE))
+			bad++;
+		rs_view_close(v);
+		if (i % 7 == 0 || i == from || i == NOPS) {
+			int fd;
+			if (rs_restore_file(W->ix, &d, s, out, RS_OVERWRITE, NULL, NULL, NULL) ||
+			    (fd = open(out, O_RDONLY)) < 0) {
+				bad++;
+				continue;
+			}
+			if (pread(fd, got, DISK_SIZE, 0) != DISK_SIZE ||
+			    memcmp(got, W->snap[i], DISK_SIZE))
+				bad++;
+			close(fd);
+		}
+	}
+	free(buf);
+	free(got);
+	return bad;
+}
+
+static bool base_equals(struct world *W, const uint8_t *want, uint64_t *alloc)
+{
+	char p[4096];
+	uint8_t *got = malloc(DISK_SIZE);
+	struct stat sb;
+	int fd;
+	bool ok;
+
+	ix_disk_path(W->ix, "d", "base.img", p, sizeof(p));
+	fd = open(p, O_RDONLY);
+	ok = fd >= 0 && pread(fd, got, DISK_SIZE, 0) == DISK_SIZE &&
+	     !memcmp(got, want, DISK_SIZE) && fstat(fd, &sb) == 0;
+	if (ok && alloc)
+		*alloc = (uint64_t)sb.st_blocks * 512;
+	if (fd >= 0)
+		close(fd);
+	free(got);
+	return ok;
+}
+
+static int count_segments(struct world *W)
+{
+	char p[4096];
+	struct jr_seginfo *s = NULL;
+	int n;
+
+	ix_disk_path(W->ix, "d", "journal", p, sizeof(p));
+	n = jr_segments_list(p, &s);
+	free(s);
+	return n;
+}
+
+static uint64_t nonzero_blocks(const uint8_t *img)
+{
+	uint64_t n = 0;
+
+	for (uint64_t b = 0; b < DISK_SIZE / BS; b++)
+		for (uint32_t i = 0; i < BS; i++)
+			if (img[b * BS + i]) {
+				n++;
+				break;
+			}
+	return n;
+}
+
+/* Blocks that are zero in img but hold data (not a hole) in base.img. */
+static int zero_blocks_allocated(struct world *W, const uint8_t *img)
+{
+	char p[4096];
+	int fd, bad = 0;
+	static const uint8_t zero[BS];
+
+	ix_disk_path(W->ix, "d", "base.img", p, sizeof(p));
+	fd = open(p, O_RDONLY);
+	if (fd < 0)
+		return -1;
+	for (uint64_t b = 0; b < DISK_SIZE / BS; b++) {
+		if (memcmp(img + b * BS, zero, BS))
+			continue;
+		off_t d = lseek(fd, (off_t)(b * BS), SEEK_DATA);
+		if (d >= 0 && (uint64_t)d < (b + 1) * BS)
+			bad++;
+	}
+	close(fd);
+	return bad;
+}
+
+static int compact_to(struct world *W, int op, bool drop_marks,
+		      struct rs_compact_stats *st)
+{
+	struct rw_when w = { .kind = RW_WHEN_SEQ, .seq = W->seq[op] };
+	struct rs_compact_opts o = { .before = &w, .drop_marks = drop_marks };
+
+	return rs_compact_run(W->ix, "d", &o, st);
+}
+
+static void test_compact_points_exact(void)
+{
+	struct world W;
+	struct rs_compact_stats st;
+	uint64_t alloc = 0, s, t;
+	int segs0;
+
+	world_setup(&W, 11);
+	segs0 = count_segments(&W);
+	CU_ASSERT(segs0 > 4);
+	CU_ASSERT_EQUAL(check_points(&W, 0), 0);
+	/* By time: the moment of op HOP resolves to seq[HOP]. */
+	struct rw_when w = { .kind = RW_WHEN_TIME, .ts_ns = W.ts[HOP] };
+	struct rs_compact_opts o = { .before = &w };
+	CU_ASSERT_FATAL(rs_compact_run(W.ix, "d", &o, &st) == 0);
+	CU_ASSERT_EQUAL(st.plan.horizon_seq, W.seq[HOP]);
+	CU_ASSERT(st.blocks > 0);
+	CU_ASSERT(st.segments_freed > 0);
+	CU_ASSERT_EQUAL(count_segments(&W), segs0 - (int)st.segments_freed);
+	CU_ASSERT_EQUAL(check_points(&W, HOP), 0);
+	CU_ASSERT(base_equals(&W, W.snap[HOP], &alloc));
+	/* (+2 blocks: ext4 counts its extent-tree blocks in st_blocks.) */
+	CU_ASSERT(alloc <= (nonzero_blocks(W.snap[HOP]) + 2) * BS);
+	CU_ASSERT_EQUAL(zero_blocks_allocated(&W, W.snap[HOP]), 0);
+	/* Points before H are refused. */
+	CU_ASSERT_FATAL(ix_disk_get(W.ix, "d", &W.d) == 0);
+	CU_ASSERT_EQUAL(W.d.horizon_seq, W.seq[HOP]);
+	CU_ASSERT_EQUAL(W.d.base_seq, W.seq[HOP]);
+	for (int i = 1; i < HOP; i += 5) {
+		struct rw_when q = { .kind = RW_WHEN_SEQ, .seq = W.seq[i] };
+		CU_ASSERT_EQUAL(rs_resolve(W.ix, &W.d, &q, &s, &t), RW_ERANGE);
+		q.kind = RW_WHEN_TIME;
+		q.ts_ns = W.ts[i];
+		CU_ASSERT_EQUAL(rs_resolve(W.ix, &W.d, &q, &s, &t), RW_ERANGE);
+	}
+	struct rw_when q = { .kind = RW_WHEN_TIME, .ts_ns = W.ts[HOP] };
+	CU_ASSERT(rs_resolve(W.ix, &W.d, &q, &s, &t) == 0 && s == W.seq[HOP]);
+	/* Again: nothing to do. */
+	CU_ASSERT_FATAL(rs_compact_run(W.ix, "d", &o, &st) == 0);
+	CU_ASSERT_TRUE(st.plan.noop);
+	CU_ASSERT_EQUAL(st.blocks, 0);
+	/* A second compaction further on. */
+	CU_ASSERT_FATAL(compact_to(&W, 100, false, &st) == 0);
+	CU_ASSERT_EQUAL(check_points(&W, 100), 0);
+	CU_ASSERT(base_equals(&W, W.snap[100], NULL));
+	/* A lost index rebuilds from the files alone. */
+	char p[4200];
+	ix_close(W.ix);
+	snprintf(p, sizeof(p), "%s/index", W.store);
+	CU_ASSERT_FATAL(tu_rmrf(p) == 0);
+	CU_ASSERT_FATAL(ix_open(&W.ix, W.store, IX_LOCK) == 0);
+	CU_ASSERT_FATAL(ix_catch_up(W.ix, NULL, NULL) >= 0);
+	CU_ASSERT_FATAL(ix_disk_get(W.ix, "d", &W.d) == 0);
+	CU_ASSERT_EQUAL(W.d.horizon_seq, W.seq[100]);
+	CU_ASSERT_EQUAL(W.d.base_seq, W.seq[100]);
+	CU_ASSERT_EQUAL(check_points(&W, 100), 0);
+	/* And so does an explicit rebuild. */
+	CU_ASSERT_FATAL(ix_rebuild(W.ix) == 0);
+	CU_ASSERT_EQUAL(check_points(&W, 100), 0);
+	world_teardown(&W);
+}
+
+struct failer {
+	enum rs_compact_step at;
+	int hits;
+};
+
+static int fail_hook(void *arg, enum rs_compact_step s)
+{
+	struct failer *f = arg;
+
+	if (s != f->at)
+		return 0;
+	f->hits++;
+	return rw_err_set(-EIO, "test: stop after step %d", (int)s);
+}
+
+/*
+ * Every file of the store (names and contents; names only with
+ * skip_index, as journals of two runs differ in their timestamps), for
+ * equality checks.
+ */
+static uint64_t hash_tree(const char *dir, bool skip_index)
+{
+	DIR *dd = opendir(dir);
+	struct dirent *de;
+	uint64_t h = 1469598103934665603ull;
+	char p[4096];
+	char **names = NULL;
+	size_t n = 0;
+
+	if (!dd)
+		return 0;
+	while ((de = readdir(dd))) {
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") ||
+		    !strcmp(de->d_name, "lock.mdb") || !strcmp(de->d_name, "compact.lock") ||
+		    !strcmp(de->d_name, "lock") || (skip_index && !strcmp(de->d_name, "index")))
+			continue;
+		names = realloc(names, (n + 1) * sizeof(*names));
+		names[n++] = strdup(de->d_name);
+	}
+	closedir(dd);
+	for (size_t i = 0; i < n; i++)
+		for (size_t j = i + 1; j < n; j++)
+			if (strcmp(names[i], names[j]) > 0) {
+				char *t = names[i];
+				names[i] = names[j];
+				names[j] = t;
+			}
+	for (size_t i = 0; i < n; i++) {
+		struct stat sb;
+		snprintf(p, sizeof(p), "%s/%s", dir, names[i]);
+		for (const char *c = names[i]; *c; c++)
+			h = (h ^ (uint8_t)*c) * 1099511628211ull;
+		if (stat(p, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+			h = (h ^ hash_tree(p, skip_index)) * 1099511628211ull;
+		} else if (!skip_index) {
+			int fd = open(p, O_RDONLY);
+			uint8_t b[65536];
+			ssize_t k;
+			while (fd >= 0 && (k = read(fd, b, sizeof(b))) > 0)
+				for (ssize_t x = 0; x < k; x++)
+					h = (h ^ b[x]) * 1099511628211ull;
+			if (fd >= 0)
+				close(fd);
+		}
+		free(names[i]);
+	}
+	free(names);
+	return h;
+}
+
+static void test_compact_resumable(void)
+{
+	struct world ref;
+	struct rs_compact_stats st;
+	char segs_ref[4096];
+	uint64_t h_ref;
+
+	/* The reference: one uninterrupted run. */
+	world_setup(&ref, 23);
+	CU_ASSERT_FATAL(compact_to(&ref, HOP, false, &st) == 0);
+	h_ref = hash_tree(ref.store, true);
+	snprintf(segs_ref, sizeof(segs_ref), "%d", count_segments(&ref));
+	world_teardown(&ref);
+
+	for (int at = RS_STEP_HORIZON; at <= RS_STEP_UNLINKED; at++) {
+		struct world W;
+		struct failer f = { (enum rs_compact_step)at, 0 };
+		struct rw_when w;
+		world_setup(&W, 23);
+		w = (struct rw_when){ .kind = RW_WHEN_SEQ, .seq = W.seq[HOP] };
+		struct rs_compact_opts o = { .before = &w, .step_hook = fail_hook,
+					     .hook_arg = &f };
+		CU_ASSERT_EQUAL(rs_compact_run(W.ix, "d", &o, &st), -EIO);
+		CU_ASSERT_EQUAL(f.hits, 1);
+		/* Interrupted: every point >= H is exact already. */
+		CU_ASSERT_EQUAL(check_points(&W, HOP), 0);
+		/* Reopen (as after a crash) and run again. */
+		ix_close(W.ix);
+		CU_ASSERT_FATAL(ix_open(&W.ix, W.store, IX_LOCK) == 0);
+		o.step_hook = NULL;
+		CU_ASSERT_FATAL(rs_compact_run(W.ix, "d", &o, &st) == 0);
+		CU_ASSERT_EQUAL(check_points(&W, HOP), 0);
+		CU_ASSERT(base_equals(&W, W.snap[HOP], NULL));
+		char segs[32];
+		snprintf(segs, sizeof(segs), "%d", count_segments(&W));
+		CU_ASSERT_STRING_EQUAL(segs, segs_ref);
+		CU_ASSERT_EQUAL(hash_tree(W.store, true), h_ref);
+		world_teardown(&W);
+	}
+}
+
+static void test_compact_dry_run(void)
+{
+	struct world W;
+	struct rs_compact_stats st;
+	int lock;
+
+	world_setup(&W, 31);
+	CU_ASSERT_FATAL(rs_compact_lock(W.ix, &lock) == 0);
+	close(lock);
+	uint64_t h0 = hash_tree(W.store, false);
+	struct rw_when w = { .kind = RW_WHEN_SEQ, .seq = W.seq[HOP] };
+	struct rs_compact_opts o = { .before = &w, .dry_run = true };
+	CU_ASSERT_FATAL(rs_compact_run(W.ix, "d", &o, &st) == 0);
+	CU_ASSERT_EQUAL(st.plan.horizon_seq, W.seq[HOP]);
+	CU_ASSERT(st.plan.blocks > 0);
+	CU_ASSERT(st.plan.segments > 0);
+	CU_ASSERT(st.plan.bytes > 0 && st.plan.records > 0);
+	CU_ASSERT_EQUAL(st.blocks, 0);
+	CU_ASSERT_EQUAL(hash_tree(W.store, false), h0);
+	CU_ASSERT_EQUAL(check_points(&W, 0), 0);
+	/* The plan's counts match the real run. */
+	uint64_t blocks = st.plan.blocks, segments = st.plan.segments;
+	o.dry_run = false;
+	CU_ASSERT_FATAL(rs_compact_run(W.ix, "d", &o, &st) == 0);
+	CU_ASSERT_EQUAL(st.blocks, blocks);
+	CU_ASSERT_EQUAL(st.segments_freed, segments);
+	world_teardown(&W);
+}
+
+static void test_compact_marks(void)
+{
+	struct world W;
+	struct rs_compact_stats st;
+	struct ix_mark m = { .seq = 0 };
+
+	world_setup(&W, 41);
+	snprintf(m.label, sizeof(m.label), "keep");
+	m.seq = W.seq[30];
+	m.ts_ns = W.ts[30];
+	CU_ASSERT_FATAL(ix_mark_put(W.ix, W.d.id, &m) == 0);
+	CU_ASSERT_FATAL(compact_to(&W, HOP, false, &st) == 0);
+	CU_ASSERT_TRUE(st.plan.clamped_by_mark);
+	CU_ASSERT_STRING_EQUAL(st.plan.mark, "keep");
+	CU_ASSERT_EQUAL(st.plan.horizon_seq, W.seq[30]);
+	CU_ASSERT_EQUAL(check_points(&W, 30), 0);
+	/* The mark still resolves. */
+	struct rw_when q = { .kind = RW_WHEN_MARK };
+	uint64_t s, t;
+	snprintf(q.mark, sizeof(q.mark), "keep");
+	CU_ASSERT_FATAL(ix_disk_get(W.ix, "d", &W.d) == 0);
+	CU_ASSERT(rs_resolve(W.ix, &W.d, &q, &s, &t) == 0 && s == W.seq[30]);
+	/* Past it only with drop_marks, which deletes it. */
+	CU_ASSERT_FATAL(compact_to(&W, HOP, true, &st) == 0);
+	CU_ASSERT_FALSE(st.plan.clamped_by_mark);
+	CU_ASSERT_EQUAL(st.plan.horizon_seq, W.seq[HOP]);
+	CU_ASSERT_EQUAL(st.marks_dropped, 1);
+	CU_ASSERT_EQUAL(check_points(&W, HOP), 0);
+	CU_ASSERT_FATAL(ix_disk_get(W.ix, "d", &W.d) == 0);
+	CU_ASSERT_EQUAL(rs_resolve(W.ix, &W.d, &q, &s, &t), RW_ENOTFOUND);
+	world_teardown(&W);
+}
+
+static void test_compact_budget(void)
+{
+	struct world W;
+	struct rs_compact_stats st;
+
+	world_setup(&W, 53);
+	/* Retention keeps everything (cutoff before the first record). */
+	struct rw_when w = { .kind = RW_WHEN_SEQ, .seq = 0 };
+	struct rs_compact_opts o = { .before = &w, .max_journal = 64 * 1024,
+				     .over_budget = RS_OVER_BUDGET_REFUSE };
+	CU_ASSERT_FATAL(rs_compact_run(W.ix, "d", &o, &st) == 0);
+	CU_ASSERT_TRUE(st.plan.over_budget);
+	CU_ASSERT_FALSE(st.plan.budget_forced);
+	CU_ASSERT_TRUE(st.plan.noop);
+	CU_ASSERT_EQUAL(st.segments_freed, 0);
+	CU_ASSERT_EQUAL(check_points(&W, 0), 0);
+	/* compact: history shrinks until the journal fits. */
+	o.over_budget = RS_OVER_BUDGET_COMPACT;
+	CU_ASSERT_FATAL(rs_compact_run(W.ix, "d", &o, &st) == 0);
+	CU_ASSERT_TRUE(st.plan.over_budget);
+	CU_ASSERT_TRUE(st.plan.budget_forced);
+	CU_ASSERT(st.segments_freed > 0);
+	CU_ASSERT_FATAL(ix_disk_get(W.ix, "d", &W.d) == 0);
+	int from = 0;
+	while (from < NOPS && W.seq[from] < W.d.horizon_seq)
+		from++;
+	CU_ASSERT(from > 0);
+	CU_ASSERT_EQUAL(check_points(&W, from), 0);
+	/* Under budget now (the journal's last segments may stay). */
+	CU_ASSERT_FATAL(rs_compact_run(W.ix, "d", &o, &st) == 0);
+	CU_ASSERT(!st.plan.over_budget || st.plan.journal_segments <= 2);
+	world_teardown(&W);
+}
+
+/* A view opened before a compaction reads exactly after its segments went. */
+static void test_compact_view_across(void)
+{
+	struct world W;
+	struct rs_compact_stats st;
+	struct rs_view *v1, *v2;
+	uint8_t *buf = malloc(DISK_SIZE);
+
+	world_setup(&W, 67);
+	CU_ASSERT_FATAL(rs_view_open(&v1, W.ix, &W.d, W.seq[HOP]) == 0);
+	CU_ASSERT_FATAL(rs_view_open(&v2, W.ix, &W.d, W.seq[90]) == 0);
+	/* Half read before. */
+	CU_ASSERT(rs_view_read(v1, 0, DISK_SIZE / 2, buf) == 0);
+	CU_ASSERT(memcmp(buf, W.snap[HOP], DISK_SIZE / 2) == 0);
+	CU_ASSERT_FATAL(compact_to(&W, HOP, false, &st) == 0);
+	CU_ASSERT(st.segments_freed > 0);
+	CU_ASSERT(rs_view_read(v1, 0, DISK_SIZE, buf) == 0);
+	CU_ASSERT(memcmp(buf, W.snap[HOP], DISK_SIZE) == 0);
+	CU_ASSERT(rs_view_read(v2, 0, DISK_SIZE, buf) == 0);
+	CU_ASSERT(memcmp(buf, W.snap[90], DISK_SIZE) == 0);
+	rs_view_close(v1);
+	rs_view_close(v2);
+	free(buf);
+	world_teardown(&W);
+}
+
+/* Compaction holds STORE/compact.lock: a second one is RW_EBUSY. */
+static void test_compact_lock(void)
+{
+	struct world W;
+	int lock;
+
+	world_setup(&W, 71);
+	CU_ASSERT_FATAL(rs_compact_lock(W.ix, &lock) == 0);
+	CU_ASSERT_EQUAL(compact_to(&W, HOP, false, NULL), RW_EBUSY);
+	close(lock);
+	CU_ASSERT_EQUAL(compact_to(&W, HOP, false, NULL), 0);
+	world_teardown(&W);
+}
+
+int main(void)
+{
+	tu_add_suite("compact",
+		     "every point >= H exact, < H refused, base sparse, rebuildable",
+		     test_compact_points_exact,
+		     "interrupted after each step, then resumed", test_compact_resumable,
+		     "dry run changes nothing", test_compact_dry_run,
+		     "marks stop compaction unless dropped", test_compact_marks,
+		     "size budget: refuse or compact early", test_compact_budget,
+		     "a view open across a compaction stays exact", test_compact_view_across,
+		     "compact.lock excludes a second compaction", test_compact_lock,
+		     NULL);
+	return tu_run();
+}
