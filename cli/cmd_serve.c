@@ -26,6 +26,12 @@
 
 static struct cap_server *volatile the_server;
 
+/* Scheduled compaction (cli/serve_compact.c). */
+struct cli_compact_job;
+int cli_compact_job_start(struct cli_compact_job **out, const char *store,
+			  const char *retain, uint64_t every_ns);
+void cli_compact_job_stop(struct cli_compact_job *j);
+
 static void on_signal(int sig)
 {
 	(void)sig;
@@ -49,6 +55,9 @@ static void usage(FILE *f)
 		"  --workers N         request workers per connection (default 4)\n"
 		"  --zstd-level N      0 disables compression (default %d)\n"
 		"  --head-sync DURATION   head.img fsync period (default 5s)\n"
+		"  --retain DURATION   with --compact-every: compact history older\n"
+		"                      than DURATION on a schedule (rewind compact)\n"
+		"  --compact-every DURATION   how often (e.g. 10m)\n"
 		"  --verbose           log every connection\n\n"
 		"Clients: nbd+unix:///DISK?socket=STORE/rewind.sock, "
 		"nbd://127.0.0.1:10809/DISK\n", JR_ZSTD_LEVEL_DEFAULT);
@@ -77,6 +86,8 @@ static int cmd_serve(int argc, char **argv)
 		{ "zstd-level", required_argument, NULL, 'z' },
 		{ "head-sync", required_argument, NULL, 'y' },
 		{ "verbose", no_argument, NULL, 'v' },
+		{ "retain", required_argument, NULL, 'R' },
+		{ "compact-every", required_argument, NULL, 'E' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -84,6 +95,9 @@ static int cmd_serve(int argc, char **argv)
 	struct cap_server *s = NULL;
 	unsigned v;
 	int c, err;
+	const char *retain = NULL;
+	uint64_t retain_ns = 0, every_ns = 0;
+	struct cli_compact_job *job = NULL;
 
 	cap_server_opts_default(&o);
 	optind = 1;
@@ -126,6 +140,15 @@ static int cmd_serve(int argc, char **argv)
 						       "--head-sync '%s'", optarg);
 			break;
 		case 'v': rw_log_set_level(RW_LOG_DEBUG); break;
+		case 'R':
+			retain = optarg;
+			if (rw_parse_duration(optarg, &retain_ns))
+				return cli_usage_error("serve", "invalid --retain '%s'", optarg);
+			break;
+		case 'E':
+			if (rw_parse_duration(optarg, &every_ns) || !every_ns)
+				return cli_usage_error("serve", "invalid --compact-every '%s'", optarg);
+			break;
 		case 'h': usage(stdout); return 0;
 		default: return cli_usage_error("serve", "unknown option");
 		}
@@ -133,6 +156,8 @@ static int cmd_serve(int argc, char **argv)
 	if (optind != argc)
 		return cli_usage_error("serve", "unexpected argument '%s'",
 				       argv[optind]);
+	if (!retain != !every_ns)
+		return cli_usage_error("serve", "--retain and --compact-every go together");
 	if (o.listen && !strchr(o.listen, ':'))
 		return cli_usage_error("serve", "invalid --listen '%s' (use "
 				       "HOST:PORT, e.g. 127.0.0.1:10809)", o.listen);
@@ -161,9 +186,15 @@ static int cmd_serve(int argc, char **argv)
 	/* Threads the server started inherit the blocked mask, so signals
 	 * land on this thread, which runs the accept loop. */
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (retain && (err = cli_compact_job_start(&job, o.store_dir, retain, every_ns)))
+		rw_log(RW_LOG_ERROR, "cannot start scheduled compaction: %s", rw_strerror(err));
+	else if (retain)
+		rw_log(RW_LOG_INFO, "scheduled compaction: history older than %s, "
+		       "every %.0f s", retain, (double)every_ns / 1e9);
 
 	rw_err_clear();
 	err = cap_server_run(s);
+	cli_compact_job_stop(job);
 	if (err)
 		cli_fail(err, "serving store '%s'", o.store_dir);
 	the_server = NULL;
