@@ -519,11 +519,11 @@ def plan(a):
 
     seen = set()
 
-    def add(when, state, seq, kind):
+    def add(when, state, seq, kind, t=None):
         if state is None or when in seen:
             return
         seen.add(when)
-        points.append({"when": when, "state": state, "seq": seq, "kind": kind})
+        points.append({"when": when, "state": state, "seq": seq, "kind": kind, "t": t})
 
     rot = ["seq", "ts-1us", "ts+1us", "ts", "ts-1ns", "seq", "ts-1us", "ts+1us",
            "iso", "ts-1us", "ts+1us"]
@@ -550,30 +550,30 @@ def plan(a):
                         o["first"] - 1, "seq")
             elif kind == "ts":
                 s = seq_of_time(o["ts"])
-                add(at_epoch(o["ts"]), state_of_seq(s), s, kind)
+                add(at_epoch(o["ts"]), state_of_seq(s), s, kind, o["ts"])
             elif kind == "ts-1ns":
                 s = seq_of_time(first_ts - 1)
-                add(at_epoch(first_ts - 1), state_of_seq(s), s, kind)
+                add(at_epoch(first_ts - 1), state_of_seq(s), s, kind, first_ts - 1)
             elif kind == "ts-1us":
                 s = seq_of_time(first_ts - 1000)
-                add(at_epoch(first_ts - 1000), state_of_seq(s), s, kind)
+                add(at_epoch(first_ts - 1000), state_of_seq(s), s, kind, first_ts - 1000)
             elif kind == "ts+1us":
                 s = seq_of_time(o["ts"] + 1000)
-                add(at_epoch(o["ts"] + 1000), state_of_seq(s), s, kind)
+                add(at_epoch(o["ts"] + 1000), state_of_seq(s), s, kind, o["ts"] + 1000)
             elif kind == "iso":
                 t = o["ts"] + (0 if i % 2 else 500)
                 s = seq_of_time(t)
-                add(at_iso(t, (i // len(rot)) % 3), state_of_seq(s), s, kind)
+                add(at_iso(t, (i // len(rot)) % 3), state_of_seq(s), s, kind, t)
     # client clock readings: after each reply (before the next request) and
     # the extra events; expected state from the client's own order
     for j, op in enumerate(st["ops"]):
         if j % 10 == 0 or op["kind"] == "batch" or op["src"] != "nbd":
             ns = op["a"]
             st_ = client_state[j + 1]
-            add(at_epoch(ns), st_, flat[st_ - 1]["last"] if st_ else 0, "client")
+            add(at_epoch(ns), st_, flat[st_ - 1]["last"] if st_ else 0, "client", ns)
     for ev in st["events"]:
         st_ = client_state[ev["nops"]]
-        add(at_epoch(ev["ns"]), st_, flat[st_ - 1]["last"] if st_ else 0, "client")
+        add(at_epoch(ev["ns"]), st_, flat[st_ - 1]["last"] if st_ else 0, "client", ev["ns"])
     for m in st["marks"]:
         st_ = client_state[m["nops"]]
         add("mark:" + m["label"], st_, flat[st_ - 1]["last"] if st_ else 0, "mark")
@@ -598,7 +598,7 @@ def plan(a):
         p["digest"] = dig[p["state"]]
     out = {"size": st["size"], "disk": st["disk"], "points": points, "base": st.get("base"),
            "final": {"state": final, "seq": flat[-1]["last"], "digest": dig[final]},
-           "flat": flat}
+           "flat": flat, "recs": [[x["seq"], x["ts_ns"]] for x in recs]}
     with open(a.plan, "w") as f:
         json.dump(out, f)
     kinds = {}
@@ -638,6 +638,30 @@ def verify(a):
         fin = pl["final"]
         points.append({"when": "now", "state": fin["state"], "seq": fin["seq"],
                        "digest": fin["digest"], "kind": "now"})
+    refuse = []
+    if a.horizon:
+        # after `rewind compact --before @H`: points at or after H stay
+        # exact, points before it are refused; a margin of 1 us around H
+        # (and seq == the horizon's own seq) is left out
+        hz = int(a.horizon)
+        hseq = max([sq for sq, ts in pl["recs"] if ts <= hz] or [0])
+        keep = []
+        for p in points:
+            if p["kind"] == "mark":
+                continue
+            if p.get("t") is not None:
+                if p["t"] >= hz + 1000:
+                    keep.append(p)
+                elif p["t"] < hz - 1000:
+                    refuse.append(p)
+            elif p["kind"] in ("seq", "now"):
+                if p["seq"] > hseq:
+                    keep.append(p)
+                elif p["seq"] < hseq:
+                    refuse.append(p)
+        points = keep
+        print("%s: horizon @%d.%09d (seq %d): %d points after it, %d before it" % (
+            a.label, hz // 10**9, hz % 10**9, hseq, len(keep), len(refuse)))
     os.makedirs(a.workdir, exist_ok=True)
 
     def one(i):
@@ -679,15 +703,24 @@ def verify(a):
                 bad.append("%s (%s): image differs from the model (state after %d requests, "
                            "seq %d)%s" % (p["when"], p["kind"], p["state"], p["seq"],
                                           ": " + res["why"] if "why" in res else ""))
+    for p in refuse:
+        r = subprocess.run([a.rewind, "restore", "--store", a.store, pl["disk"], "--at",
+                            p["when"], "--out", os.path.join(a.workdir, "refused.img"),
+                            "--force"], capture_output=True, text=True)
+        if r.returncode == 0 or "restorable range" not in r.stderr:
+            bad.append("%s (%s), before the horizon: exit %d, %r (want a refusal naming "
+                       "the restorable range)" % (p["when"], p["kind"], r.returncode,
+                                                  r.stderr.strip()))
     dt = time.time() - t0
     for b in bad[:25]:
         print("  BAD " + b)
     if bad:
         die("%s: %d of %d restores wrong" % (a.label, len(bad), len(points)))
     print("%s: %d restores as-of %d points equal the model bit for bit and resolve to "
-          "the expected seq (%s; %.1fs)" % (
+          "the expected seq (%s)%s; %.1fs" % (
               a.label, len(points), len(set(p["when"] for p in points)),
-              ", ".join("%s %d" % kv for kv in sorted(dirs.items())), dt))
+              ", ".join("%s %d" % kv for kv in sorted(dirs.items())),
+              "; %d points before the horizon refused" % len(refuse) if a.horizon else "", dt))
 
 
 # ---------------------------------------------------------------- lag probe
@@ -765,6 +798,7 @@ def main():
         p.add_argument("--offset", type=int, default=0)
         p.add_argument("--base", help="base image (a file next to STATE), imported as the disk")
         p.add_argument("--out")
+        p.add_argument("--horizon", help="ns: the store was compacted --before this time")
     a = ap.parse_args()
     {"mkbase": mkbase, "workload": workload, "plan": plan, "verify": verify,
      "lagprobe": lagprobe}[a.cmd](a)
