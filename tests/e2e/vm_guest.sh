@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# vm_guest.sh — a real guest under libvirt + QEMU (TCG) on rewind.
+# vm_guest.sh — a real guest under libvirt + QEMU (TCG) on rewind, with
+# two disks: vda (raw) and vdb (qcow2).
 #
 # The guest is Debian's cloud kernel with a busybox initramfs
-# (tests/e2e/vm/init): each boot it prints blocks 0..3 of /dev/vda as it
+# (tests/e2e/vm/init): each boot it prints blocks 0..3 of each disk as it
 # finds them ("RWG READ"), writes them with its boot number (direct I/O +
 # fsync), and powers off.  The flow:
 #   refusals (unknown domain, unreachable libvirt, a block-device disk)
@@ -105,13 +106,20 @@ else
 fi
 
 # ---------------------------------------------------------------- the guest
+# vda: a raw image; vdb: a qcow2 image (flattened to raw on protect,
+# written back into the qcow2 on unprotect)
 IMG=$TMP/guest.raw
+QIMG=$TMP/data.qcow2
 truncate -s 8M "$IMG"
 blkoff=(0 1 700 2047)      # the guest's blocks (4 KiB block numbers), see init
 for b in 0 1 2 3; do
-	printf 'rewind-guest boot=0 blk=%d ' "$b" |
+	printf 'rewind-guest vda boot=0 blk=%d ' "$b" |
 		dd of="$IMG" bs=4096 seek="${blkoff[$b]}" conv=notrunc,sync status=none
+	printf 'rewind-guest vdb boot=0 blk=%d ' "$b" |
+		dd of="$TMP/vdb0.raw" bs=4096 seek="${blkoff[$b]}" conv=notrunc,sync status=none
 done
+truncate -s 8M "$TMP/vdb0.raw"
+qemu-img convert -q -f raw -O qcow2 "$TMP/vdb0.raw" "$QIMG" || fail "make the qcow2 image"
 
 domxml() { # NAME CMDLINE-EXTRA DISKS-XML
 	cat <<EOF
@@ -144,7 +152,13 @@ DISK_XML="    <disk type='file' device='disk'>
       <source file='$IMG'/>
       <target dev='vda' bus='virtio'/>
     </disk>"
-domxml "$DOM" "" "$DISK_XML" >"$TMP/dom.xml"
+QDISK_XML="    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='$QIMG'/>
+      <target dev='vdb' bus='virtio'/>
+    </disk>"
+domxml "$DOM" "" "$DISK_XML
+$QDISK_XML" >"$TMP/dom.xml"
 V define "$TMP/dom.xml" >/dev/null || fail "virsh define"
 domxml "$DOM-blk" "" "$DISK_XML
     <disk type='block' device='disk'>
@@ -172,12 +186,12 @@ boot() {
 	grep -q "RWG DONE" "$TMP/console.log" || { cat "$TMP/console.log"; fail "guest did not finish its writes"; }
 	return 0
 }
-# guest_read B — what the guest found in block B at its last boot
-guest_read() { sed -n "s/^RWG READ $1 //p" "$TMP/console.log" | tr -d '\r' | sed 's/ *$//'; }
+# guest_read DEV B — what the guest found in block B of DEV at its last boot
+guest_read() { sed -n "s/^RWG READ $1 $2 //p" "$TMP/console.log" | tr -d '\r' | sed 's/ *$//'; }
 # img_block FILE B — block B of an image, as text
 img_block() { dd if="$1" bs=4096 skip="${blkoff[$2]}" count=1 status=none | tr -d '\000' | sed 's/ *$//'; }
-# at_now FILE — the disk's current contents
-at_now() { "$REWIND" restore --store "$STORE" "$DOM-vda" --at now --out "$1" --force >/dev/null || fail "restore --at now"; }
+# at_now DEV FILE — the disk's current contents
+at_now() { "$REWIND" restore --store "$STORE" "$DOM-$1" --at now --out "$2" --force >/dev/null || fail "restore $1 --at now"; }
 # store_state — disks, sizes, indexed seqs, marks and vm/ files (not the
 # head-sync seq, which moves on its own while served)
 store_state() {
@@ -224,41 +238,46 @@ check "refusals left the store and the domains unchanged"
 V dumpxml --inactive "$DOM" >"$TMP/orig.xml"
 "$REWIND" vm protect --store "$STORE" --connect "$URI" "$DOM" || fail "vm protect"
 V dumpxml --inactive "$DOM" >"$TMP/prot.xml"
-grep -q "protocol='nbd' name='$DOM-vda'" "$TMP/prot.xml" || fail "protected XML lacks the export"
+grep -q "protocol='nbd' name='$DOM-vda'" "$TMP/prot.xml" || fail "protected XML lacks the vda export"
+grep -q "protocol='nbd' name='$DOM-vdb'" "$TMP/prot.xml" || fail "protected XML lacks the vdb export"
 grep -q "transport='unix' socket='$(cd "$STORE" && pwd)/rewind.sock'" "$TMP/prot.xml" ||
 	fail "protected XML lacks the socket"
-grep -q "guest.raw" "$TMP/prot.xml" && fail "protected XML still names the image"
-check "protected: vda is nbd export '$DOM-vda' on the store's socket"
+grep -q "guest.raw\|data.qcow2" "$TMP/prot.xml" && fail "protected XML still names an image"
+check "protected: vda and vdb (qcow2) are nbd exports '$DOM-vda', '$DOM-vdb' on the store's socket"
 expect_fail "protect twice" "already protected" \
 	"$REWIND" vm protect --store "$STORE" --connect "$URI" "$DOM"
 start_server
 
 boot
-expect_eq "boot 1 read block 0" "$(guest_read 0)" "rewind-guest boot=0 blk=0"
+expect_eq "boot 1 read vda block 0" "$(guest_read vda 0)" "rewind-guest vda boot=0 blk=0"
+expect_eq "boot 1 read vdb block 2 (from the qcow2)" "$(guest_read vdb 2)" "rewind-guest vdb boot=0 blk=2"
 "$REWIND" vm mark --store "$STORE" "$DOM" m1 || fail "vm mark m1"
 boot
-expect_eq "boot 2 read block 3" "$(guest_read 3)" "rewind-guest boot=1 blk=3"
+expect_eq "boot 2 read vda block 3" "$(guest_read vda 3)" "rewind-guest vda boot=1 blk=3"
+expect_eq "boot 2 read vdb block 1" "$(guest_read vdb 1)" "rewind-guest vdb boot=1 blk=1"
 "$REWIND" vm points --store "$STORE" "$DOM" || fail "vm points"
 "$REWIND" vm points --store "$STORE" --json "$DOM" >"$TMP/points.json" || fail "vm points --json"
 "$PYTHON" - "$TMP/points.json" "$DOM" <<'EOF' || fail "vm points --json content"
 import json, sys
 p = json.load(open(sys.argv[1]))
 assert p["domain"] == sys.argv[2]
-assert [d["target"] for d in p["disks"]] == ["vda"], p
-assert p["disks"][0]["records"] >= 8, p          # 2 boots x 4 blocks
+assert [d["target"] for d in p["disks"]] == ["vda", "vdb"], p
+assert all(d["records"] >= 8 for d in p["disks"]), p   # 2 boots x 4 blocks
+m = [d["marks"][0]["ts_ns"] for d in p["disks"]]
+assert m[0] == m[1], p                                 # one instant
 assert [m["label"] for m in p["marks"]] == ["m1"] and p["marks"][0]["all_disks"], p
 assert p["oldest_ns"] <= p["marks"][0]["ts_ns"] <= p["latest_ns"], p
 assert p["undo_ns"] is None
 EOF
-check "vm points --json: one disk, >= 8 records, mark m1 on every disk, range holds it"
+check "vm points --json: two disks, >= 8 records each, mark m1 at one instant on both"
 
 # a configuration change: the guest now stays up after its writes
 sed "s|quiet</cmdline>|quiet rwhold</cmdline>|" "$TMP/prot.xml" >"$TMP/hold.xml"
 V define "$TMP/hold.xml" >/dev/null || fail "define the rwhold XML"
 boot hold
-expect_eq "boot 3 read block 0" "$(guest_read 0)" "rewind-guest boot=2 blk=0"
-at_now "$TMP/pre.raw"     # the state the rollback will leave (guest fsynced)
-expect_eq "current block 2 before rollback" "$(img_block "$TMP/pre.raw" 2)" "rewind-guest boot=3 blk=2"
+expect_eq "boot 3 read vda block 0" "$(guest_read vda 0)" "rewind-guest vda boot=2 blk=0"
+for d in vda vdb; do at_now $d "$TMP/pre-$d.raw"; done  # what the rollback leaves (guest fsynced)
+expect_eq "current vdb block 2 before rollback" "$(img_block "$TMP/pre-vdb.raw" 2)" "rewind-guest vdb boot=3 blk=2"
 
 expect_fail "unprotect a running domain" "is running" \
 	"$REWIND" vm unprotect --store "$STORE" --connect "$URI" "$DOM"
@@ -276,27 +295,33 @@ check "refused rollback: domain still running, store unchanged ($((SECONDS - t0)
 	--timeout 3s --force --no-start | tee "$TMP/rb.out" || fail "vm rollback --force"
 grep -q "rolled domain '$DOM' back" "$TMP/rb.out" || fail "rollback report"
 [ "$(V domstate "$DOM")" = "shut off" ] || fail "domain not off after rollback --no-start"
-"$REWIND" restore --store "$STORE" "$DOM-vda" --at mark:m1 --out "$TMP/m1.raw" >/dev/null || fail "restore m1"
-at_now "$TMP/after.raw"
-cmp "$TMP/m1.raw" "$TMP/after.raw" || fail "after rollback the disk differs from mark m1"
-for b in 0 1 2 3; do
-	[ "$(img_block "$TMP/after.raw" $b)" = "rewind-guest boot=1 blk=$b" ] || fail "block $b after rollback"
+for d in vda vdb; do
+	"$REWIND" restore --store "$STORE" "$DOM-$d" --at mark:m1 --out "$TMP/m1-$d.raw" >/dev/null || fail "restore $d m1"
+	at_now $d "$TMP/after-$d.raw"
+	cmp "$TMP/m1-$d.raw" "$TMP/after-$d.raw" || fail "after rollback $d differs from mark m1"
+	for b in 0 1 2 3; do
+		[ "$(img_block "$TMP/after-$d.raw" $b)" = "rewind-guest $d boot=1 blk=$b" ] || fail "$d block $b after rollback"
+	done
 done
-check "after rollback the whole disk equals mark m1 (blocks hold boot=1)"
+check "after rollback both whole disks equal mark m1 (blocks hold boot=1)"
 V dumpxml --inactive "$DOM" | grep -q rwhold && fail "rollback did not bring back the XML of m1"
 check "rollback redefined the domain with its XML as of m1 (no rwhold)"
 boot
-for b in 0 1 2 3; do
-	expect_eq "guest after rollback read block $b" "$(guest_read $b)" "rewind-guest boot=1 blk=$b"
+for d in vda vdb; do
+	for b in 0 1 2 3; do
+		expect_eq "guest after rollback read $d block $b" "$(guest_read $d $b)" "rewind-guest $d boot=1 blk=$b"
+	done
 done
 
 # ---------------------------------------------------------------- undo
 "$REWIND" vm rollback --store "$STORE" --connect "$URI" "$DOM" --undo --json >"$TMP/undo.json" ||
 	fail "vm rollback --undo"
 cat "$TMP/undo.json"
-at_now "$TMP/undone.raw"
-cmp "$TMP/pre.raw" "$TMP/undone.raw" || fail "after --undo the disk differs from before the rollback"
-check "after --undo the whole disk equals its state before the rollback"
+for d in vda vdb; do
+	at_now $d "$TMP/undone-$d.raw"
+	cmp "$TMP/pre-$d.raw" "$TMP/undone-$d.raw" || fail "after --undo $d differs from before the rollback"
+done
+check "after --undo both whole disks equal their state before the rollback"
 V dumpxml --inactive "$DOM" | grep -q rwhold || fail "--undo did not bring back the XML (rwhold)"
 check "--undo brought back the XML in force before the rollback"
 [ "$(V domstate "$DOM")" = "shut off" ] || fail "--undo started a domain that was off"
@@ -307,9 +332,14 @@ expect_fail "unprotect while served" "rewind serve" \
 	"$REWIND" vm unprotect --store "$STORE" --connect "$URI" "$DOM"
 stop_server
 "$REWIND" vm unprotect --store "$STORE" --connect "$URI" "$DOM" || fail "vm unprotect"
-cmp "$TMP/pre.raw" "$IMG" || fail "unprotect did not write the current contents into the image"
-V dumpxml --inactive "$DOM" | grep -q "source file='$IMG'" || fail "unprotect did not restore the disk XML"
+cmp "$TMP/pre-vda.raw" "$IMG" || fail "unprotect did not write the current contents into the raw image"
+qemu-img convert -f qcow2 -O raw "$QIMG" "$TMP/back-vdb.raw" || fail "read the qcow2 back"
+cmp "$TMP/pre-vdb.raw" "$TMP/back-vdb.raw" || fail "unprotect did not write the current contents into the qcow2"
+[ "$(qemu-img info --output=json "$QIMG" | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["format"])')" = qcow2 ] ||
+	fail "the qcow2 image changed format"
+V dumpxml --inactive "$DOM" | grep -q "source file='$IMG'" || fail "unprotect did not restore the vda XML"
+V dumpxml --inactive "$DOM" | grep -q "source file='$QIMG'" || fail "unprotect did not restore the vdb XML"
 V dumpxml --inactive "$DOM" | grep -q rwhold || fail "unprotect lost the current configuration"
 [ -e "$STORE/vm/$DOM" ] && fail "vm state still in place after unprotect"
-check "unprotect: image holds the current contents, original disk back, config kept"
+check "unprotect: raw and qcow2 images hold the current contents, original disks back, config kept"
 echo "vm_guest: all checks passed in $SECONDS s"
