@@ -31,6 +31,9 @@ struct cap_range {
 	struct cap_range *next;
 };
 
+/* Granule of head space reservation (disk.c). */
+#define CAP_CHUNK_SHIFT 16
+
 struct cap_disk {
 	struct ix_disk meta;
 	char head_path[4096];
@@ -46,6 +49,9 @@ struct cap_disk {
 	atomic_int head_failed;           /* head diverged: the error, refuse
 	                                   * writes with it; 0 = fine */
 	atomic_bool prealloc_ok;          /* fallocate(0) reserves head space */
+	_Atomic uint64_t *reserved;       /* 1 bit per CAP_CHUNK of head known
+	                                   * to have blocks; NULL = untracked */
+	size_t nreserved;                 /* words in reserved */
 	atomic_bool punch_ok;             /* fallocate punch/zero works */
 	atomic_int last_err;              /* last journal error logged */
 	uint64_t head_synced_seq;         /* housekeeping thread only */

@@ -65,6 +65,10 @@ int cap_disk_open(struct cap_disk *d, struct ix *ix, const struct ix_disk *m,
 	d->synced_ops = 0;
 	atomic_init(&d->head_failed, 0);
 	atomic_init(&d->prealloc_ok, true);
+	d->nreserved = (size_t)(((m->size >> CAP_CHUNK_SHIFT) + 64) / 64);
+	d->reserved = calloc(d->nreserved, sizeof(*d->reserved));
+	if (!d->reserved)
+		d->nreserved = 0; /* reserve on every write instead */
 	atomic_init(&d->punch_ok, true);
 	atomic_init(&d->last_err, 0);
 	atomic_init(&d->n_reads, 0);
@@ -105,14 +109,24 @@ int cap_disk_open(struct cap_disk *d, struct ix *ix, const struct ix_disk *m,
 
 /* ------------------------------------------------------------- head */
 
+static void chunks_mark(struct cap_disk *d, uint64_t c0, uint64_t c1, bool on);
+
 static int head_zero(struct cap_disk *d, uint64_t off, uint64_t len,
 		     bool no_hole)
 {
 	if (atomic_load(&d->punch_ok)) {
 		int mode = no_hole ? FALLOC_FL_ZERO_RANGE
 				   : FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
-		if (fallocate(d->head_fd, mode, (off_t)off, (off_t)len) == 0)
+		if (fallocate(d->head_fd, mode, (off_t)off, (off_t)len) == 0) {
+			/* the punch freed blocks: forget those chunks (after
+			 * the punch, so a concurrent reservation cannot
+			 * leave a stale bit behind it) */
+			if (!no_hole && len)
+				chunks_mark(d, off >> CAP_CHUNK_SHIFT,
+					    (off + len - 1) >> CAP_CHUNK_SHIFT,
+					    false);
 			return 0;
+		}
 		if (errno != EOPNOTSUPP && errno != ENOSYS)
 			return rw_err_set(-errno, "cannot zero %llu+%llu of '%s': %s",
 					  (unsigned long long)off,
@@ -121,8 +135,11 @@ static int head_zero(struct cap_disk *d, uint64_t off, uint64_t len,
 		/* ZERO_RANGE may be missing where PUNCH_HOLE works. */
 		if (no_hole && fallocate(d->head_fd, FALLOC_FL_PUNCH_HOLE |
 					 FALLOC_FL_KEEP_SIZE, (off_t)off,
-					 (off_t)len) == 0)
+					 (off_t)len) == 0) {
+			chunks_mark(d, off >> CAP_CHUNK_SHIFT,
+				    (off + len - 1) >> CAP_CHUNK_SHIFT, false);
 			return 0;
+		}
 		atomic_store(&d->punch_ok, false);
 	}
 	while (len) {
@@ -155,15 +172,50 @@ static int head_apply(struct cap_disk *d, uint8_t type, uint64_t off,
 /*
  * Makes sure head has blocks for [off, off+len) before the record is
  * journaled, so a full filesystem fails the write cleanly (ENOSPC, nothing
- * journaled) instead of after the journal already holds it.  A range that
- * is already allocated costs one extent lookup.
+ * journaled) instead of after the journal already holds it.  Space is
+ * reserved in 64 KiB chunks remembered in a bitmap (1 bit per chunk: 2 KiB
+ * per GiB of disk), so only the first write into a chunk pays for the
+ * fallocate; zero and trim, which punch holes, forget their chunks.
+ * Measured: reserving on every write cost a third of 4 KiB random-write
+ * IOPS (fallocate takes the inode lock that buffered writes take too).
  */
+static bool chunk_known(struct cap_disk *d, uint64_t c)
+{
+	return d->reserved && c / 64 < d->nreserved &&
+	       (atomic_load(&d->reserved[c / 64]) >> (c % 64)) & 1;
+}
+
+static void chunks_mark(struct cap_disk *d, uint64_t c0, uint64_t c1, bool on)
+{
+	for (uint64_t c = c0; d->reserved && c <= c1 && c / 64 < d->nreserved; c++) {
+		uint64_t bit = 1ull << (c % 64);
+		if (on)
+			atomic_fetch_or(&d->reserved[c / 64], bit);
+		else
+			atomic_fetch_and(&d->reserved[c / 64], ~bit);
+	}
+}
+
 static int head_reserve(struct cap_disk *d, uint64_t off, uint32_t len)
 {
+	uint64_t c0 = off >> CAP_CHUNK_SHIFT;
+	uint64_t c1 = (off + len - 1) >> CAP_CHUNK_SHIFT;
+	uint64_t c;
+
 	if (!atomic_load(&d->prealloc_ok))
 		return 0;
-	if (fallocate(d->head_fd, 0, (off_t)off, (off_t)len) == 0)
+	for (c = c0; c <= c1 && chunk_known(d, c); c++)
+		;
+	if (c > c1)
 		return 0;
+	uint64_t start = c << CAP_CHUNK_SHIFT;
+	uint64_t end = (c1 + 1) << CAP_CHUNK_SHIFT;
+	if (end > d->meta.size)
+		end = d->meta.size;
+	if (fallocate(d->head_fd, 0, (off_t)start, (off_t)(end - start)) == 0) {
+		chunks_mark(d, c, c1, true);
+		return 0;
+	}
 	if (errno == EOPNOTSUPP || errno == ENOSYS) {
 		atomic_store(&d->prealloc_ok, false);
 		return 0;
@@ -403,6 +455,8 @@ int cap_disk_close(struct cap_disk *d)
 			err = -errno;
 		d->head_fd = -1;
 	}
+	free(d->reserved);
+	d->reserved = NULL;
 	pthread_mutex_destroy(&d->mu);
 	pthread_cond_destroy(&d->cv);
 	return err;
