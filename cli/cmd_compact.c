@@ -73,12 +73,16 @@ static void print_json(const char *name, const struct rs_compact_stats *s,
 	       ",\"budget_forced\":%s,\"blocks_folded\":%" PRIu64
 	       ",\"data_bytes\":%" PRIu64 ",\"hole_bytes\":%" PRIu64
 	       ",\"versions_dropped\":%" PRIu64 ",\"segments_freed\":%" PRIu64
-	       ",\"bytes_freed\":%" PRIu64 ",\"seconds\":%.3f}\n",
+	       ",\"bytes_freed\":%" PRIu64 ",\"seconds\":%.3f"
+	       ",\"fold_seconds\":%.3f,\"sync_seconds\":%.3f"
+	       ",\"drop_seconds\":%.3f}\n",
 	       dry ? p->marks_dropped : s->marks_dropped,
 	       p->over_budget ? "true" : "false",
 	       p->budget_forced ? "true" : "false", s->blocks, s->data_bytes,
 	       s->hole_bytes, s->versions_dropped, s->segments_freed,
-	       s->bytes_freed, (double)s->elapsed_ns / 1e9);
+	       s->bytes_freed, (double)s->elapsed_ns / 1e9,
+	       (double)s->fold_ns / 1e9, (double)s->sync_ns / 1e9,
+	       (double)s->drop_ns / 1e9);
 }
 
 static void print_text(const char *name, const struct rs_compact_stats *s,

@@ -218,8 +218,9 @@ int rs_compact_plan(struct ix *ix, const char *name,
 			p->horizon_ts = h_ts ? h_ts : now;
 	}
 
-	/* What folding and freeing will touch. */
-	if (p->horizon_seq > d.base_seq) {
+	/* What folding will touch (a real run counts while it folds: one
+	 * scan of the versions saved). */
+	if (o->dry_run && p->horizon_seq > d.base_seq) {
 		struct bm b = { .nbits = (d.size + d.block_size - 1) / d.block_size };
 		b.w = calloc((b.nbits + 63) / 64, sizeof(uint64_t));
 		if (!b.w) {
@@ -340,9 +341,9 @@ static int fold(struct ix *ix, const struct ix_disk *d, uint64_t h,
 	struct ix_read *rd = NULL;
 	struct rs_view *v = NULL;
 	char path[4096];
+	uint64_t t0 = rw_mono_ns();
 	int err;
 
-	(void)o;
 	if ((err = ix_disk_path(ix, d->name, "base.img", path, sizeof(path))))
 		return err;
 	f.path = path;
@@ -355,6 +356,7 @@ static int fold(struct ix *ix, const struct ix_disk *d, uint64_t h,
 	if ((err = ix_read_begin(ix, &rd)))
 		goto out;
 	err = ix_versions_range(rd, d->id, d->base_seq, h, bm_set_fn, &b);
+	st->plan.versions += b.versions;
 	ix_read_end(rd);
 	rd = NULL;
 	if (err)
@@ -377,16 +379,20 @@ static int fold(struct ix *ix, const struct ix_disk *d, uint64_t h,
 			    (err = fold_block(&f, block, blk)))
 				goto out;
 			st->blocks++;
+			st->plan.blocks++;
 		}
 	}
 	if ((err = fold_flush(&f)))
 		goto out;
+	st->fold_ns = rw_mono_ns() - t0;
 	if ((err = step(o, RS_STEP_FOLDED)))
 		goto out;
+	t0 = rw_mono_ns();
 	if ((err = rw_sys_fsync(f.fd))) {
 		rw_err_set(err, "cannot sync '%s': %s", path, rw_strerror(err));
 		goto out;
 	}
+	st->sync_ns = rw_mono_ns() - t0;
 out:
 	rs_view_close(v);
 	if (f.fd >= 0)
@@ -457,8 +463,10 @@ int rs_compact_run(struct ix *ix, const char *name,
 	if ((err = step(o, RS_STEP_BASE)))
 		goto out;
 	/* 5. Index entries below base_seq. */
+	uint64_t t5 = rw_mono_ns();
 	if ((err = ix_compact_drop(ix, d.id, o->drop_marks, &ds)))
 		goto out;
+	s.drop_ns = rw_mono_ns() - t5;
 	s.versions_dropped = ds.versions;
 	s.time_entries_dropped = ds.time_entries;
 	s.marks_dropped = ds.marks;

@@ -180,7 +180,9 @@ struct rs_compact_plan {
 	uint64_t marks_dropped;        /* marks below H (drop_marks) */
 	bool over_budget;              /* journal larger than max_journal */
 	bool budget_forced;            /* H moved past retention for the budget */
-	uint64_t blocks, versions;     /* to fold: distinct blocks, versions */
+	uint64_t blocks, versions;     /* to fold: distinct blocks, versions
+					(dry run: counted up front; a real
+					run counts them as it folds) */
 	uint64_t records, bytes, segments; /* sealed segments <= H: to free */
 	uint64_t journal_bytes, journal_segments; /* journal now */
 };
@@ -193,6 +195,7 @@ struct rs_compact_stats {
 	uint64_t versions_dropped, time_entries_dropped, marks_dropped;
 	uint64_t segments_freed, bytes_freed;
 	uint64_t elapsed_ns;
+	uint64_t fold_ns, sync_ns, drop_ns; /* time in steps 3, 4 and 5 */
 };
 
 /*
