@@ -404,7 +404,10 @@ def writer(path, disk, log, nblk):
         pass
 
 
-def check(path, disk, log, nblk):
+def check(path, disk, log, nblk, *more):
+    """more: further DISK LOG pairs checked in the same run."""
+    for i in range(0, len(more) - 1, 2):
+        check(path, more[i], more[i + 1], nblk)
     nblk = int(nblk)
     acked, issued, flushed = set(), set(), 0
     with open(log) as f:
@@ -442,8 +445,8 @@ def check(path, disk, log, nblk):
     c.close()
     if bad:
         fail("%d blocks lost acknowledged writes" % bad)
-    print("ok   %d acknowledged writes (%d flushed) all present over %d blocks"
-          % (len(acked), flushed, len(last)))
+    print("ok   %s: %d acknowledged writes (%d flushed) all present over %d "
+          "blocks" % (disk, len(acked), flushed, len(last)))
 
 
 # ------------------------------------------------------------ failures

@@ -63,7 +63,7 @@ rw_cleanup() {
 
 # rw_setup — temporary directory, fresh store, cleanup trap.
 rw_setup() {
-	TMP=$(mktemp -d /tmp/rwt.XXXXXX) || exit 1
+	TMP=$(mktemp -d "${TMPDIR:-/tmp}/rwe2e.XXXXXX") || exit 1
 	STORE=$TMP/s
 	SOCK=$STORE/rewind.sock
 	export REWIND_STORE=$STORE
