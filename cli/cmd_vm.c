@@ -292,6 +292,11 @@ static int cmd_protect(int argc, char **argv)
 		rc = cli_fail(err, "vm protect: cannot build the protected XML");
 		goto out;
 	}
+	/*
+	 * The protected XML is in force from before the disks exist, so every
+	 * restorable point (the oldest is a disk's creation) has a version.
+	 */
+	uint64_t t_protect = rw_clock_ns();
 	snprintf(tmp, sizeof(tmp), "%s/vm", store);
 	if (mkdir(tmp, 0755) && errno != EEXIST) {
 		rc = cli_fail(-errno, "cannot create '%s'", tmp);
@@ -328,7 +333,7 @@ static int cmd_protect(int argc, char **argv)
 		imported++;
 	}
 	if ((err = vm_state_create(store, dom, xml, pd, np)) ||
-	    (err = vm_state_xml_put(dir, rw_clock_ns(), pxml))) {
+	    (err = vm_state_xml_put(dir, t_protect, pxml))) {
 		rc = cli_fail(err, "vm protect: cannot record the domain's state");
 		goto undo_state;
 	}
@@ -563,6 +568,12 @@ static void points_usage(FILE *f)
 		"serve` runs.\n");
 }
 
+/* A domain mark: a label, its time, and on how many disks it is. */
+struct dom_mark {
+	const struct ix_mark *m;
+	int ndisks;
+};
+
 struct disk_info {
 	struct ix_disk d;
 	struct rs_range r;
@@ -602,6 +613,8 @@ static int cmd_points(int argc, char **argv)
 	struct ix *ix = NULL;
 	struct ix_read *rd = NULL;
 	struct disk_info *di = NULL;
+	struct dom_mark *dm = NULL;
+	int ndm = 0;
 	uint64_t undo = 0;
 	bool have_undo;
 
@@ -655,9 +668,32 @@ static int cmd_points(int argc, char **argv)
 	}
 	have_undo = !vm_state_undo_get(vs->dir, &undo);
 	rw_err_clear();
+	/* the domain's marks: distinct labels, first disk's time, in order */
+	int total = 0;
+	for (int i = 0; i < vs->ndisks; i++)
+		total += di[i].nmarks;
+	if (!(dm = calloc((size_t)total + 1, sizeof(*dm)))) {
+		rc = cli_fail(-ENOMEM, "vm points");
+		goto out;
+	}
+	for (int i = 0; i < vs->ndisks; i++)
+		for (int m = 0; m < di[i].nmarks; m++) {
+			int j;
+			for (j = 0; j < ndm; j++)
+				if (!strcmp(dm[j].m->label, di[i].marks[m].label))
+					break;
+			if (j == ndm)
+				dm[ndm++].m = &di[i].marks[m];
+			dm[j].ndisks++;
+		}
+	for (int i = 1; i < ndm; i++)      /* by time; few marks */
+		for (int j = i; j > 0 && dm[j - 1].m->ts_ns > dm[j].m->ts_ns; j--) {
+			struct dom_mark t = dm[j];
+			dm[j] = dm[j - 1];
+			dm[j - 1] = t;
+		}
 
 	char tb[40], tb2[40], sz[32];
-	/* marks of the domain: distinct labels, with how many disks have them */
 	if (json) {
 		printf("{\"domain\":");
 		cli_json_str(stdout, dom);
@@ -694,31 +730,14 @@ static int cmd_points(int argc, char **argv)
 			printf("]}");
 		}
 		printf("],\"marks\":[");
-		int first = 1;
-		for (int i = 0; i < vs->ndisks; i++)
-			for (int m = 0; m < di[i].nmarks; m++) {
-				bool seen = false;
-				for (int j = 0; j < i && !seen; j++)
-					for (int k = 0; k < di[j].nmarks; k++)
-						if (!strcmp(di[j].marks[k].label,
-							    di[i].marks[m].label))
-							seen = true;
-				if (seen)
-					continue;
-				int on = 0;
-				for (int j = 0; j < vs->ndisks; j++)
-					for (int k = 0; k < di[j].nmarks; k++)
-						on += !strcmp(di[j].marks[k].label,
-							      di[i].marks[m].label);
-				printf("%s{\"label\":", first ? "" : ",");
-				first = 0;
-				cli_json_str(stdout, di[i].marks[m].label);
-				printf(",\"ts_ns\":%" PRIu64 ",\"time\":\"%s\","
-				       "\"disks\":%d,\"all_disks\":%s}",
-				       di[i].marks[m].ts_ns,
-				       cli_fmt_time(di[i].marks[m].ts_ns, tb), on,
-				       on == vs->ndisks ? "true" : "false");
-			}
+		for (int i = 0; i < ndm; i++) {
+			printf("%s{\"label\":", i ? "," : "");
+			cli_json_str(stdout, dm[i].m->label);
+			printf(",\"ts_ns\":%" PRIu64 ",\"time\":\"%s\","
+			       "\"disks\":%d,\"all_disks\":%s}", dm[i].m->ts_ns,
+			       cli_fmt_time(dm[i].m->ts_ns, tb), dm[i].ndisks,
+			       dm[i].ndisks == vs->ndisks ? "true" : "false");
+		}
 		printf("]}\n");
 	} else {
 		printf("domain '%s': restorable from %s to now (latest write %s, "
@@ -735,29 +754,11 @@ static int cmd_points(int argc, char **argv)
 			       di[i].last_ts ? cli_fmt_time(di[i].last_ts, tb) : "-");
 		}
 		printf("marks:\n");
-		int any = 0;
-		for (int i = 0; i < vs->ndisks; i++)
-			for (int m = 0; m < di[i].nmarks; m++) {
-				bool seen = false;
-				for (int j = 0; j < i && !seen; j++)
-					for (int k = 0; k < di[j].nmarks; k++)
-						if (!strcmp(di[j].marks[k].label,
-							    di[i].marks[m].label))
-							seen = true;
-				if (seen)
-					continue;
-				int on = 0;
-				for (int j = 0; j < vs->ndisks; j++)
-					for (int k = 0; k < di[j].nmarks; k++)
-						on += !strcmp(di[j].marks[k].label,
-							      di[i].marks[m].label);
-				printf("  %-28s %s%s\n",
-				       cli_fmt_time(di[i].marks[m].ts_ns, tb),
-				       di[i].marks[m].label,
-				       on == vs->ndisks ? "" : "  (not on every disk)");
-				any = 1;
-			}
-		if (!any)
+		for (int i = 0; i < ndm; i++)
+			printf("  %-28s %s%s\n", cli_fmt_time(dm[i].m->ts_ns, tb),
+			       dm[i].m->label, dm[i].ndisks == vs->ndisks ? "" :
+			       "  (not on every disk)");
+		if (!ndm)
 			printf("  (none)\n");
 		if (have_undo)
 			printf("undo point (before the last rollback): %s\n",
@@ -765,6 +766,7 @@ static int cmd_points(int argc, char **argv)
 	}
 	rc = 0;
 out:
+	free(dm);
 	if (di)
 		for (int i = 0; i < vs->ndisks; i++)
 			free(di[i].marks);
@@ -1040,6 +1042,11 @@ static int cmd_rollback(int argc, char **argv)
 			}
 			if (i == 0) {
 				/* mark and seq points become one instant */
+				if (!t) {
+					rc = vm_fail("cannot tell the time of '%s' "
+						     "on disk '%s'", at, d.name);
+					goto out;
+				}
 				T = t;
 				w.kind = RW_WHEN_TIME;
 				w.ts_ns = T;
