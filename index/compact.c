@@ -10,7 +10,7 @@
  * a file that is ahead into LMDB, which repairs a crash between the two
  * writes and a lost or rebuilt index alike.
  *
- * Dropping (ix_compact_drop) works below base_seq only, so whatever it
+ * Dropping (ix_compact_drop) works at or below base_seq only, so whatever it
  * removes is already in a synced base.img: time map entries of the disk's
  * records <= base_seq (found by reading the journal's headers), block
  * versions <= base_seq (in slices of IX_DROP_SLICE deletions per
@@ -18,8 +18,8 @@
  * sealed segment rows whose last_seq <= base_seq, and — on request —
  * marks below the horizon.  Every part is idempotent.  Segment files are
  * unlinked afterwards (ix_compact_unlink), only when their row is gone,
- * a later segment holds indexed records (so the file is fully indexed) and
- * they are not the journal's last file (the writer's current segment).
+ * a header scan of the journal shows every record in them is <= base_seq,
+ * and they are not the journal's last file (the writer's current one).
  *
  * Rejected: keeping horizon and base_seq only in LMDB (the index must stay
  * rebuildable from files alone: a lost index would otherwise re-index
@@ -532,6 +532,34 @@ int ix_compact_unlink(struct ix *ix, uint32_t id, struct ix_unlink_stats *st)
 		nrows = 0;
 		goto out;
 	}
+	/*
+	 * The segment holding the first record after base_seq, read from the
+	 * journal itself: only files before it are wholly folded.  (The
+	 * segment entries alone would not do: a reindex drops them for a
+	 * while, and compaction does not take STORE/lock.)
+	 */
+	uint64_t limit = UINT64_MAX;
+	{
+		struct jr_reader *r = NULL;
+		struct jr_rec rec;
+		struct jr_loc loc;
+		const void *pl;
+		int k = 0;
+		if ((rc = jr_reader_open(&r, jdir, JR_READ_HEADERS)))
+			goto out;
+		rc = jr_reader_seek(r, 1);
+		while (rc == 0 && (k = jr_reader_next(r, &rec, &loc, &pl)) > 0) {
+			if (rec.seq > d.base_seq) {
+				limit = loc.segment;
+				break;
+			}
+		}
+		if (rc == 0 && k < 0)
+			rc = k;
+		jr_reader_close(r);
+		if (rc)
+			goto out;
+	}
 	dfd = rw_sys_open(jdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
 	if (dfd < 0) {
 		rc = rw_err_set(dfd, "cannot open '%s': %s", jdir, rw_strerror(dfd));
@@ -541,10 +569,7 @@ int ix_compact_unlink(struct ix *ix, uint32_t id, struct ix_unlink_stats *st)
 	for (int i = 0; i + 1 < nseg; i++) {
 		uint64_t first = segs[i].first_seq;
 		bool has_row = false;
-		if (first > d.base_seq)
-			break;
-		/* The next file holds indexed records: this one is fully indexed. */
-		if (segs[i + 1].first_seq > d.last_indexed_seq)
+		if (first > d.base_seq || first >= limit)
 			break;
 		for (int j = 0; j < nrows; j++)
 			if (rows[j].first_seq == first)

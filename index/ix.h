@@ -345,9 +345,10 @@ struct ix_unlink_stats {
 
 /*
  * Removes the segment files of disk id that ix_compact_drop released:
- * first seq <= base_seq, no segment entry left, a later file holding
- * indexed records, and never the last file (the writer's current one);
- * then fsyncs the journal directory.  0 or error.
+ * no segment entry left, every record in the file <= base_seq (checked by
+ * a header scan of the journal, independent of the index), and never the
+ * last file (the writer's current one); then fsyncs the journal
+ * directory.  0 or error.
  */
 int ix_compact_unlink(struct ix *ix, uint32_t id, struct ix_unlink_stats *st);
 

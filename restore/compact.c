@@ -31,13 +31,15 @@
  *
  * Two compactions never overlap: STORE/compact.lock is flock()ed.  The
  * server's STORE/lock is not needed: LMDB serialises writers across
- * processes and compaction only appends nothing to the journal.
+ * processes, and compaction never writes to the journal (it only removes
+ * whole files that no longer hold anything after base_seq).
  *
  * Rejected: folding by replaying records into base in seq order (each
  * block written once per version, random I/O) and copying base to a new
  * file then renaming (doubles space, and a concurrent view would hold the
- * old file open).  Recompressing raw records of sealed segments is not
- * done (see README/ report).
+ * old file open).  Not done: recompressing raw (uncompressed) records of
+ * sealed segments that stay (rewrite to .tmp, fsync, rename, re-point the
+ * index) — optional, left for later.
  */
 #include "restore/rs.h"
 
