@@ -12,10 +12,16 @@ mkdir -p "$dir"
 cd "$dir"
 if [ ! -s vmlinuz ] || [ ! -d kmod ]; then
 	# linux-image-cloud-amd64 is a metapackage: fetch the image it depends on
-	pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
-	[ -n "$pkg" ] || { echo "cannot resolve linux-image-cloud-amd64 (apt-get update?)"; exit 3; }
+	resolve() { apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'; }
+	pkg=$(resolve)
 	rm -rf dl x && mkdir dl
-	(cd dl && apt-get download "$pkg" >/dev/null 2>&1) || { echo "cannot download $pkg"; exit 3; }
+	if [ -z "$pkg" ] || ! (cd dl && apt-get download "$pkg" >/dev/null 2>&1); then
+		# stale or missing package lists: refresh once and retry
+		apt-get update -qq >/dev/null 2>&1 || true
+		pkg=$(resolve)
+		[ -n "$pkg" ] || { echo "cannot resolve linux-image-cloud-amd64"; exit 3; }
+		(cd dl && apt-get download "$pkg" >/dev/null 2>&1) || { echo "cannot download $pkg"; exit 3; }
+	fi
 	dpkg-deb -x dl/*.deb x
 	kver=$(ls x/lib/modules | head -n1)
 	rm -rf kmod && mkdir kmod
