@@ -36,6 +36,10 @@ struct cap_range {
 
 struct cap_disk {
 	struct ix_disk meta;
+	const struct cap_ro_export *ro;   /* read-only export: reads go here,
+	                                   * no writer, no head */
+	unsigned clients;                 /* connections using it (mu) */
+	bool claimed;                     /* exclusive work running (mu) */
 	char head_path[4096];
 	char journal_dir[4096];
 	int head_fd;
@@ -63,6 +67,8 @@ struct cap_disk {
 
 	atomic_uint_fast64_t n_reads, n_writes, n_zeroes, n_trims, n_flushes;
 	atomic_uint_fast64_t n_compressed, n_uncompressed;
+	atomic_uint_fast64_t flush_marker_seq; /* seq of the newest FLUSH
+	                                        * marker appended */
 };
 
 /* disk.c */
@@ -82,6 +88,13 @@ int cap_disk_write(struct cap_disk *d, uint8_t type, uint64_t off,
 		   uint32_t len, const void *data, uint16_t flags,
 		   struct jr_cctx *cc, bool *compressed, uint64_t *append_ns);
 int cap_disk_flush(struct cap_disk *d);
+/* Sets d up as a read-only export (no journal, no head).  0 or error. */
+int cap_disk_open_ro(struct cap_disk *d, const struct cap_ro_export *ro);
+/* A connection starts using d: 0, or RW_EBUSY while d is claimed. */
+int cap_disk_attach(struct cap_disk *d);
+void cap_disk_detach(struct cap_disk *d);
+/* The transmission flags for d (read-only exports advertise READ_ONLY). */
+uint16_t cap_disk_eflags(const struct cap_disk *d, bool structured);
 /* Highest seq such that every record of this disk <= it is in head. */
 uint64_t cap_disk_head_watermark(struct cap_disk *d);
 /* Flushes the journal up to the watermark, fsyncs head, records

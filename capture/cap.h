@@ -43,10 +43,33 @@
 #define RW_CAPTURE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
+
+/*
+ * A read-only export whose bytes come from a callback instead of a disk's
+ * head (rewind export serves a disk as-of a moment this way).  read() is
+ * called from several threads at once and must be thread-safe; it returns
+ * 0 or a negative error.
+ */
+struct cap_ro_export {
+	const char *name;
+	uint64_t size;
+	uint32_t block_size;
+	int (*read)(void *arg, void *buf, uint64_t off, uint32_t len);
+	void *arg;
+};
 
 struct cap_server_opts {
 	const char *store_dir;          /* required */
+	const struct cap_ro_export *ro_exports; /* read-only mode when set:
+					 * serve these and never open the
+					 * store for writing */
+	size_t n_ro_exports;
+	bool no_listen;                 /* open and recover the store but
+					 * listen nowhere (offline work such
+					 * as a rollback through the write
+					 * path) */
 	const char *socket_path;        /* unix socket; NULL = STORE/rewind.sock,
 					 * "" = none */
 	const char *listen;             /* "HOST:PORT" for TCP, NULL = none */
@@ -92,6 +115,35 @@ int cap_server_close(struct cap_server *s);
 
 /* Where the server listens: "unix:PATH" and/or "tcp:HOST:PORT". */
 const char *cap_server_address(const struct cap_server *s);
+
+/* ------------------------------------------------- work beside clients */
+
+/*
+ * Claims disk name for exclusive work (a rollback): fails with RW_EBUSY
+ * (message says how many clients) while any client is connected to it;
+ * once claimed, new connections to it are refused with a message until
+ * cap_server_disk_release().  RW_ENOTFOUND for an unknown disk.
+ */
+int cap_server_disk_claim(struct cap_server *s, const char *name);
+void cap_server_disk_release(struct cap_server *s, const char *name);
+
+/*
+ * Writes through the disk's ordinary write path (journal, then head), as
+ * a client's WRITE (type JR_WRITE, data = len bytes) or WRITE_ZEROES
+ * (JR_ZERO, data NULL) would.  0 or error.
+ */
+int cap_server_disk_write(struct cap_server *s, const char *name,
+			  uint8_t type, uint64_t off, uint32_t len,
+			  const void *data);
+/* Makes everything written to disk name durable (as a client FLUSH). */
+int cap_server_disk_flush(struct cap_server *s, const char *name);
+/*
+ * Writes out every journal and indexes everything written so far, so the
+ * index holds every acknowledged write when it returns.  0 or error.
+ */
+int cap_server_index_now(struct cap_server *s);
+/* The server's index handle (owned by the server; NULL in read-only mode). */
+struct ix *cap_server_ix(struct cap_server *s);
 
 /* ---------------------------------------------------------- requests */
 

@@ -315,6 +315,12 @@ static void execute(struct worker *wk, struct job *j, unsigned backlog)
 	case NBD_CMD_WRITE:
 	case NBD_CMD_TRIM:
 	case NBD_CMD_WRITE_ZEROES: {
+		if (d->ro) {
+			snprintf(msg, sizeof(msg), "disk '%s' is a read-only "
+				 "export of a point in time", d->meta.name);
+			reply_error(tx, j->handle, NBD_EPERM, msg);
+			return;
+		}
 		uint8_t type = j->type == NBD_CMD_WRITE ? JR_WRITE :
 			       j->type == NBD_CMD_TRIM ? JR_TRIM : JR_ZERO;
 		struct jr_cctx *cc = NULL;
@@ -343,7 +349,7 @@ static void execute(struct worker *wk, struct job *j, unsigned backlog)
 		break;
 	}
 	case NBD_CMD_FLUSH:
-		err = cap_disk_flush(d);
+		err = d->ro ? 0 : cap_disk_flush(d);
 		break;
 	default:
 		err = -EINVAL; /* unreachable: validated by the reader */

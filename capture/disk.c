@@ -54,6 +54,9 @@ int cap_disk_open(struct cap_disk *d, struct ix *ix, const struct ix_disk *m,
 	int err;
 
 	d->meta = *m;
+	d->ro = NULL;
+	d->clients = 0;
+	d->claimed = false;
 	d->head_fd = -1;
 	d->w = NULL;
 	d->clock = clock;
@@ -78,6 +81,7 @@ int cap_disk_open(struct cap_disk *d, struct ix *ix, const struct ix_disk *m,
 	atomic_init(&d->n_flushes, 0);
 	atomic_init(&d->n_compressed, 0);
 	atomic_init(&d->n_uncompressed, 0);
+	atomic_init(&d->flush_marker_seq, 0);
 	pthread_mutex_init(&d->mu, NULL);
 	pthread_cond_init(&d->cv, NULL);
 
@@ -276,8 +280,67 @@ uint64_t cap_disk_head_watermark(struct cap_disk *d)
 
 /* ------------------------------------------------------------ I/O path */
 
+int cap_disk_open_ro(struct cap_disk *d, const struct cap_ro_export *ro)
+{
+	memset(d, 0, sizeof(*d));
+	d->ro = ro;
+	d->head_fd = -1;
+	snprintf(d->meta.name, sizeof(d->meta.name), "%s", ro->name);
+	d->meta.size = ro->size;
+	d->meta.block_size = ro->block_size;
+	atomic_init(&d->head_failed, 0);
+	atomic_init(&d->prealloc_ok, false);
+	atomic_init(&d->punch_ok, false);
+	atomic_init(&d->last_err, 0);
+	atomic_init(&d->n_reads, 0);
+	atomic_init(&d->n_writes, 0);
+	atomic_init(&d->n_zeroes, 0);
+	atomic_init(&d->n_trims, 0);
+	atomic_init(&d->n_flushes, 0);
+	atomic_init(&d->n_compressed, 0);
+	atomic_init(&d->n_uncompressed, 0);
+	pthread_mutex_init(&d->mu, NULL);
+	pthread_cond_init(&d->cv, NULL);
+	return 0;
+}
+
+int cap_disk_attach(struct cap_disk *d)
+{
+	int err = 0;
+
+	pthread_mutex_lock(&d->mu);
+	if (d->claimed)
+		err = rw_err_set(RW_EBUSY, "disk '%s' is being rolled back; "
+				 "try again when that is done", d->meta.name);
+	else
+		d->clients++;
+	pthread_mutex_unlock(&d->mu);
+	return err;
+}
+
+void cap_disk_detach(struct cap_disk *d)
+{
+	pthread_mutex_lock(&d->mu);
+	if (d->clients)
+		d->clients--;
+	pthread_mutex_unlock(&d->mu);
+}
+
+uint16_t cap_disk_eflags(const struct cap_disk *d, bool structured)
+{
+	if (!d->ro)
+		return cap_export_flags(structured);
+	/* Read-only: writes are refused with EPERM; flush is harmless. */
+	return NBD_FLAG_HAS_FLAGS | NBD_FLAG_READ_ONLY | NBD_FLAG_SEND_FLUSH |
+	       NBD_FLAG_CAN_MULTI_CONN | (structured ? NBD_FLAG_SEND_DF : 0);
+}
+
 int cap_disk_read(struct cap_disk *d, void *buf, uint64_t off, uint32_t len)
 {
+	if (d->ro) {
+		atomic_fetch_add(&d->n_reads, 1);
+		return d->ro->read(d->ro->arg, buf, off, len);
+	}
 	ssize_t n = rw_sys_pread_full(d->head_fd, buf, len, (off_t)off);
 
 	atomic_fetch_add(&d->n_reads, 1);
@@ -352,9 +415,26 @@ int cap_disk_write(struct cap_disk *d, uint8_t type, uint64_t off,
 	return 0;
 }
 
+/*
+ * A guest flush appends a FLUSH marker (journal/jr.h) that the same
+ * fdatasync makes durable, so the journal shows where the guest asked for
+ * durability: the points worth rewinding to.  No marker when nothing was
+ * appended since the last one, so an idle guest's flushes cost nothing.
+ */
 int cap_disk_flush(struct cap_disk *d)
 {
+	struct jr_writer_stats st;
+
 	atomic_fetch_add(&d->n_flushes, 1);
+	jr_writer_stats(d->w, &st);
+	if (st.last_seq && st.last_seq != atomic_load(&d->flush_marker_seq)) {
+		struct jr_append a = { JR_FLUSH, 0, 0, NULL };
+		struct jr_appended out;
+		int err = jr_writer_append(d->w, &a, NULL, &out);
+		if (err)
+			return err;
+		atomic_store(&d->flush_marker_seq, out.seq);
+	}
 	return jr_writer_flush(d->w);
 }
 

@@ -127,13 +127,22 @@ static int opt_info_go(struct cap_conn *c, uint32_t opt, const uint8_t *data,
 		return send_error(c, opt, NBD_REP_ERR_UNKNOWN, msg);
 	}
 
+	/*
+	 * GO takes the disk before anything is acknowledged, so a rollback
+	 * that claimed it is never raced by a client that slips in.
+	 */
+	if (opt == NBD_OPT_GO && cap_disk_attach(d)) {
+		char msg[200];
+		snprintf(msg, sizeof(msg), "%s", rw_err_msg());
+		return send_error(c, opt, NBD_REP_ERR_POLICY, msg);
+	}
 	bool want_name = false;
 	for (uint16_t i = 0; i < nreq; i++) {
 		uint16_t t = rw_get_be16(data + 6 + nlen + 2 * i);
 		if (t == NBD_INFO_NAME)
 			want_name = true;
 	}
-	c->eflags = cap_export_flags(c->structured);
+	c->eflags = cap_disk_eflags(d, c->structured);
 	err = send_info_export(c, opt, d);
 	if (!err)
 		err = send_info_block_size(c, opt);
@@ -141,8 +150,11 @@ static int opt_info_go(struct cap_conn *c, uint32_t opt, const uint8_t *data,
 		err = send_info_name(c, opt, d->meta.name);
 	if (!err)
 		err = send_reply(c, opt, NBD_REP_ACK, NULL, 0);
-	if (err)
+	if (err) {
+		if (opt == NBD_OPT_GO)
+			cap_disk_detach(d);
 		return err;
+	}
 	if (opt == NBD_OPT_GO) {
 		c->disk = d;
 		return 1;
@@ -157,6 +169,7 @@ static int opt_export_name(struct cap_conn *c, const uint8_t *data,
 {
 	char name[NBD_MAX_STRING + 1];
 	uint8_t pad[NBD_EXPORT_NAME_PAD] = { 0 };
+	int err;
 
 	if (len > NBD_MAX_STRING)
 		return rw_err_set(-EINVAL, "export name too long");
@@ -167,7 +180,9 @@ static int opt_export_name(struct cap_conn *c, const uint8_t *data,
 	struct cap_disk *d = lookup(c, name);
 	if (!d)
 		return rw_err_set(RW_ENOTFOUND, "no such disk '%.64s'", name);
-	c->eflags = cap_export_flags(c->structured);
+	if ((err = cap_disk_attach(d)))
+		return err;
+	c->eflags = cap_disk_eflags(d, c->structured);
 	struct nbd_export_name_reply r = {
 		.exportsize = htobe64(d->meta.size),
 		.eflags = htobe16(c->eflags),
@@ -176,9 +191,11 @@ static int opt_export_name(struct cap_conn *c, const uint8_t *data,
 		{ .iov_base = &r, .iov_len = sizeof(r) },
 		{ .iov_base = pad, .iov_len = sizeof(pad) },
 	};
-	int err = cap_send_iov(c->fd, v, c->no_zeroes ? 1 : 2);
-	if (err)
+	err = cap_send_iov(c->fd, v, c->no_zeroes ? 1 : 2);
+	if (err) {
+		cap_disk_detach(d);
 		return err;
+	}
 	c->disk = d;
 	return 1;
 }

@@ -78,6 +78,9 @@ struct cap_server {
 	struct cap_conn *conns;
 	unsigned nconns;
 
+	pthread_mutex_t idx_mu;        /* one hk_index() at a time */
+	bool ro;                       /* read-only exports only */
+
 	pthread_t hk;
 	bool hk_started;
 	pthread_mutex_t hk_mu;
@@ -356,7 +359,9 @@ static void *hk_main(void *arg)
 					 s->disks[i].meta.name, err);
 		}
 		rw_err_clear();
+		pthread_mutex_lock(&s->idx_mu);
 		int ierr = hk_index(s);
+		pthread_mutex_unlock(&s->idx_mu);
 		if (ierr)
 			hk_error(s, "indexing", NULL, ierr);
 		if (rw_mono_ns() - last_sync >= s->o.head_sync_interval_ns) {
@@ -386,6 +391,7 @@ static void free_server(struct cap_server *s)
 		close(s->stop_pipe[1]);
 	pthread_mutex_destroy(&s->mu);
 	pthread_mutex_destroy(&s->hk_mu);
+	pthread_mutex_destroy(&s->idx_mu);
 	pthread_cond_destroy(&s->hk_cv);
 	free(s->store_dir);
 	free(s->socket_path);
@@ -490,6 +496,7 @@ int cap_server_open(struct cap_server **out, const struct cap_server_opts *o)
 	atomic_init(&s->stopping, false);
 	pthread_mutex_init(&s->mu, NULL);
 	pthread_mutex_init(&s->hk_mu, NULL);
+	pthread_mutex_init(&s->idx_mu, NULL);
 	/* hk_main waits with CLOCK_MONOTONIC deadlines */
 	pthread_condattr_t ca;
 	pthread_condattr_init(&ca);
@@ -516,6 +523,20 @@ int cap_server_open(struct cap_server **out, const struct cap_server_opts *o)
 		return err;
 	}
 
+	if (o->ro_exports) {
+		/* Read-only exports: no store lock, no writers, no recovery. */
+		s->ro = true;
+		s->disks = calloc(o->n_ro_exports ? o->n_ro_exports : 1,
+				  sizeof(*s->disks));
+		if (!s->disks) {
+			free_server(s);
+			return -ENOMEM;
+		}
+		s->ndisks = o->n_ro_exports;
+		for (size_t i = 0; i < s->ndisks; i++, s->nopen++)
+			cap_disk_open_ro(&s->disks[i], &o->ro_exports[i]);
+		goto listen;
+	}
 	err = ix_open(&s->ix, s->store_dir, IX_LOCK);
 	if (err) {
 		s->ix = NULL;
@@ -531,7 +552,10 @@ int cap_server_open(struct cap_server **out, const struct cap_server_opts *o)
 		return err;
 	}
 
+listen:;
 	size_t an = 0;
+	if (o->no_listen && !s->ro)
+		goto started;
 	if (*s->socket_path) {
 		int fd = listen_unix(s->socket_path);
 		if (fd < 0) {
@@ -559,12 +583,16 @@ int cap_server_open(struct cap_server **out, const struct cap_server_opts *o)
 				  "or --listen)");
 	}
 
-	err = pthread_create(&s->hk, NULL, hk_main, s);
-	if (err) {
-		free_server(s);
-		return rw_err_set(-err, "cannot start the housekeeping thread");
+started:
+	if (!s->ro) {
+		err = pthread_create(&s->hk, NULL, hk_main, s);
+		if (err) {
+			free_server(s);
+			return rw_err_set(-err, "cannot start the housekeeping "
+					  "thread");
+		}
+		s->hk_started = true;
 	}
-	s->hk_started = true;
 	*out = s;
 	return 0;
 }
@@ -583,6 +611,7 @@ static void *conn_main(void *arg)
 		       c->disk->meta.name,
 		       c->structured ? " (structured replies)" : "");
 		cap_conn_serve(c);
+		cap_disk_detach(c->disk);
 	} else if (err < 0 && err != -ECONNRESET) {
 		const char *m = rw_err_msg();
 		rw_log(RW_LOG_WARN, "%s: handshake failed: %s", c->peer,
@@ -751,6 +780,12 @@ int cap_server_close(struct cap_server *s)
 		pthread_join(s->hk, NULL);
 	}
 	reap(s, true);
+	if (s->ro) {
+		if (s->socket_path && *s->socket_path)
+			unlink(s->socket_path);
+		free_server(s);
+		return 0;
+	}
 	for (size_t i = 0; i < s->nopen; i++) {
 		struct cap_disk *d = &s->disks[i];
 		rw_err_clear();
@@ -764,7 +799,9 @@ int cap_server_close(struct cap_server *s)
 		}
 	}
 	rw_err_clear();
+	pthread_mutex_lock(&s->idx_mu);
 	e = hk_index(s);
+	pthread_mutex_unlock(&s->idx_mu);
 	if (e < 0) {
 		rw_log(RW_LOG_ERROR, "final indexing failed: %s",
 		       *rw_err_msg() ? rw_err_msg() : rw_strerror(e));
@@ -811,4 +848,94 @@ int cap_server_close(struct cap_server *s)
 		unlink(s->socket_path);
 	free_server(s);
 	return err;
+}
+
+/* ------------------------------------------------- work beside clients */
+
+static struct cap_disk *writable_disk(struct cap_server *s, const char *name)
+{
+	struct cap_disk *d = s->ro ? NULL : cap_server_find_disk(s, name);
+
+	if (!d)
+		rw_err_set(RW_ENOTFOUND, "no disk '%s' in store '%s'", name,
+			   s->store_dir);
+	return d;
+}
+
+int cap_server_disk_claim(struct cap_server *s, const char *name)
+{
+	struct cap_disk *d = writable_disk(s, name);
+	int err = 0;
+
+	if (!d)
+		return RW_ENOTFOUND;
+	pthread_mutex_lock(&d->mu);
+	if (d->claimed)
+		err = rw_err_set(RW_EBUSY, "disk '%s' is already being rolled "
+				 "back", name);
+	else if (d->clients)
+		err = rw_err_set(RW_EBUSY, "disk '%s' has %u client%s connected;"
+				 " disconnect %s first (shut the VM down)", name,
+				 d->clients, d->clients == 1 ? "" : "s",
+				 d->clients == 1 ? "it" : "them");
+	else
+		d->claimed = true;
+	pthread_mutex_unlock(&d->mu);
+	return err;
+}
+
+void cap_server_disk_release(struct cap_server *s, const char *name)
+{
+	struct cap_disk *d = writable_disk(s, name);
+
+	if (!d)
+		return;
+	pthread_mutex_lock(&d->mu);
+	d->claimed = false;
+	pthread_mutex_unlock(&d->mu);
+}
+
+int cap_server_disk_write(struct cap_server *s, const char *name,
+			  uint8_t type, uint64_t off, uint32_t len,
+			  const void *data)
+{
+	struct cap_disk *d = writable_disk(s, name);
+
+	if (!d)
+		return RW_ENOTFOUND;
+	if ((type == JR_WRITE) != (data != NULL) ||
+	    (type != JR_WRITE && type != JR_ZERO) ||
+	    !rw_range_ok(off, len, d->meta.size) || !len ||
+	    (type == JR_WRITE && len > JR_MAX_WRITE))
+		return rw_err_set(-EINVAL, "bad write of [%llu, +%u) to disk '%s'",
+				  (unsigned long long)off, len, name);
+	return cap_disk_write(d, type, off, len, data, 0, NULL, NULL, NULL);
+}
+
+int cap_server_disk_flush(struct cap_server *s, const char *name)
+{
+	struct cap_disk *d = writable_disk(s, name);
+
+	return d ? cap_disk_flush(d) : RW_ENOTFOUND;
+}
+
+int cap_server_index_now(struct cap_server *s)
+{
+	int err = 0;
+
+	if (s->ro)
+		return 0;
+	for (size_t i = 0; !err && i < s->ndisks; i++)
+		err = jr_writer_write_out(s->disks[i].w);
+	if (err)
+		return err;
+	pthread_mutex_lock(&s->idx_mu);
+	err = hk_index(s);
+	pthread_mutex_unlock(&s->idx_mu);
+	return err;
+}
+
+struct ix *cap_server_ix(struct cap_server *s)
+{
+	return s->ix;
 }

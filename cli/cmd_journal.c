@@ -93,6 +93,7 @@ static int cmd_journal(int argc, char **argv)
 	}
 
 	uint64_t n = 0, logical = 0, stored = 0, writes = 0, zeroes = 0, trims = 0;
+	uint64_t flushes = 0;
 	uint64_t first_seq = 0, last_seq = 0, first_ts = 0, last_ts = 0;
 	if (json) {
 		printf("{\"journal\":");
@@ -121,6 +122,7 @@ static int cmd_journal(int argc, char **argv)
 		case JR_WRITE: writes++; logical += rec.length; break;
 		case JR_ZERO: zeroes++; break;
 		case JR_TRIM: trims++; break;
+		case JR_FLUSH: flushes++; break;
 		default: break;
 		}
 		if (summary)
@@ -152,17 +154,19 @@ static int cmd_journal(int argc, char **argv)
 	if (json) {
 		printf("%s\"summary\":{\"records\":%" PRIu64 ",\"writes\":%" PRIu64
 		       ",\"zeroes\":%" PRIu64 ",\"trims\":%" PRIu64
-		       ",\"write_bytes\":%" PRIu64 ",\"stored_bytes\":%" PRIu64
+		       ",\"flushes\":%" PRIu64 ",\"write_bytes\":%" PRIu64 ",\"stored_bytes\":%" PRIu64
 		       ",\"first_seq\":%" PRIu64 ",\"last_seq\":%" PRIu64
 		       ",\"first_ts_ns\":%" PRIu64 ",\"last_ts_ns\":%" PRIu64 "}}\n",
-		       summary ? "" : "],", n, writes, zeroes, trims, logical,
+		       summary ? "" : "],", n, writes, zeroes, trims, flushes, logical,
 		       stored, first_seq, last_seq, first_ts, last_ts);
 	} else {
 		char a[32], b[32];
 		printf("%s%" PRIu64 " records (%" PRIu64 " writes, %" PRIu64
-		       " zeroes, %" PRIu64 " trims), seq %" PRIu64 "..%" PRIu64
-		       ", %s written, %s in the journal (%.2fx)\n",
-		       summary ? "" : "\n", n, writes, zeroes, trims, first_seq,
+		       " zeroes, %" PRIu64 " trims, %" PRIu64 " flushes), seq %"
+		       PRIu64 "..%" PRIu64 ", %s written, %s in the journal "
+		       "(%.2fx)\n",
+		       summary ? "" : "\n", n, writes, zeroes, trims, flushes,
+		       first_seq,
 		       last_seq, rw_fmt_size(logical, a, sizeof(a)),
 		       rw_fmt_size(stored, b, sizeof(b)),
 		       stored ? (double)logical / (double)stored : 0.0);

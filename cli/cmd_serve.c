@@ -14,6 +14,7 @@
  */
 #include "capture/cap.h"
 #include "cli/cli.h"
+#include "cli/control.h"
 #include "common/rw.h"
 #include "journal/jr.h"
 
@@ -192,8 +193,15 @@ static int cmd_serve(int argc, char **argv)
 		rw_log(RW_LOG_INFO, "scheduled compaction: history older than %s, "
 		       "every %.0f s", retain, (double)every_ns / 1e9);
 
+	struct cli_control *ctl = NULL;
+	rw_err_clear();
+	if ((err = cli_control_start(&ctl, s, o.store_dir)))
+		rw_log(RW_LOG_WARN, "no control socket (rollback while serving "
+		       "is unavailable): %s", *rw_err_msg() ? rw_err_msg() :
+		       rw_strerror(err));
 	rw_err_clear();
 	err = cap_server_run(s);
+	cli_control_stop(ctl);
 	cli_compact_job_stop(job);
 	if (err)
 		cli_fail(err, "serving store '%s'", o.store_dir);

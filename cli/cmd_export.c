@@ -1,0 +1,207 @@
+/*
+ * cmd_export.c — `rewind export`: serve a disk as-of a moment, read-only,
+ * over NBD, with no copy ("instant restore").
+ *
+ * Every read is answered by an as-of view (restore/rs.h): index lookups,
+ * journal records and base, so the first byte is available as soon as the
+ * socket is.  One process serves one point in time under the disk's own
+ * export name; several points are several processes on several sockets —
+ * simpler to reason about (each stops on its own) than NAME@WHEN names,
+ * which would put user time syntax into export names.  The store is
+ * opened read-only: exports run beside `rewind serve` and compaction.
+ *
+ * Capture's worker threads call the read callback concurrently; views are
+ * single-threaded, so a small pool hands each read a free view (LMDB read
+ * transactions may move between threads: the index uses MDB_NOTLS).
+ */
+#include "cli/cli.h"
+#include "capture/cap.h"
+#include "common/rw.h"
+#include "index/ix.h"
+#include "restore/rs.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define POOL 8
+
+struct pool {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct rs_view *v[POOL];
+	bool busy[POOL];
+	struct ix *ix;
+	struct ix_disk d;
+	uint64_t seq;
+};
+
+static int pool_read(void *arg, void *buf, uint64_t off, uint32_t len)
+{
+	struct pool *p = arg;
+	int i, err = 0;
+
+	pthread_mutex_lock(&p->mu);
+	for (;;) {
+		for (i = 0; i < POOL && p->busy[i]; i++)
+			;
+		if (i < POOL)
+			break;
+		pthread_cond_wait(&p->cv, &p->mu);
+	}
+	p->busy[i] = true;
+	pthread_mutex_unlock(&p->mu);
+	if (!p->v[i])
+		err = rs_view_open(&p->v[i], p->ix, &p->d, p->seq);
+	if (!err)
+		err = rs_view_read(p->v[i], off, len, buf);
+	if (err)
+		rw_log(RW_LOG_ERROR, "export of disk '%s': read of [%" PRIu64
+		       ", +%u) failed: %s", p->d.name, off, len,
+		       *rw_err_msg() ? rw_err_msg() : rw_strerror(err));
+	pthread_mutex_lock(&p->mu);
+	p->busy[i] = false;
+	pthread_cond_signal(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+	return err;
+}
+
+static struct cap_server *volatile the_server;
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	cap_server_stop(the_server);
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: rewind export [--store DIR] NAME --at WHEN [--socket PATH | --listen HOST:PORT]\n\n"
+		"Serve disk NAME as it was at WHEN, read-only, over NBD, with no copy.\n"
+		"The export is named NAME; writes, trims and zeroes get EPERM.  Runs in\n"
+		"the foreground until SIGINT/SIGTERM.  To export several moments, run\n"
+		"one export per moment, each on its own socket.\n\n"
+		"  --at WHEN         ISO 8601, @EPOCH_SECONDS, '10m ago', now, seq:N or mark:LABEL\n"
+		"  --socket PATH     unix socket (default STORE/export-NAME-SEQ.sock)\n"
+		"  --listen H:P      TCP address instead (e.g. 127.0.0.1:10810)\n");
+}
+
+static int cmd_export(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "store", required_argument, NULL, 's' },
+		{ "at", required_argument, NULL, 'a' },
+		{ "socket", required_argument, NULL, 'S' },
+		{ "listen", required_argument, NULL, 'l' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0, 0, 0, 0 },
+	};
+	const char *store = NULL, *at = NULL, *sock = NULL, *listen = NULL;
+	int c, err, rc = 1;
+
+	while ((c = getopt_long(argc, argv, "s:a:S:l:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 's': store = optarg; break;
+		case 'a': at = optarg; break;
+		case 'S': sock = optarg; break;
+		case 'l': listen = optarg; break;
+		case 'h': usage(stdout); return 0;
+		default: return cli_usage_error("export", "unknown option");
+		}
+	}
+	if (optind + 1 != argc)
+		return cli_usage_error("export", "expected one disk NAME");
+	if (!at)
+		return cli_usage_error("export", "--at WHEN is required");
+	if (listen && !strchr(listen, ':'))
+		return cli_usage_error("export", "invalid --listen '%s' (use "
+				       "HOST:PORT)", listen);
+	const char *name = argv[optind];
+	struct rw_when w;
+	if ((err = rw_parse_when(at, rw_clock_ns(), &w)))
+		return cli_fail(err, "--at");
+
+	struct pool p = { 0 };
+	char sockbuf[4096];
+	uint64_t ts;
+	store = cli_store_dir(store);
+	pthread_mutex_init(&p.mu, NULL);
+	pthread_cond_init(&p.cv, NULL);
+	if ((err = ix_open(&p.ix, store, IX_RDONLY))) {
+		rc = cli_fail(err, "cannot open store '%s'", store);
+		goto out;
+	}
+	if ((err = ix_disk_get(p.ix, name, &p.d))) {
+		rc = cli_fail(err, "disk '%s'", name);
+		goto out;
+	}
+	if ((err = rs_resolve(p.ix, &p.d, &w, &p.seq, &ts))) {
+		rc = cli_fail(err, "cannot export '%s' as of '%s'", name, at);
+		goto out;
+	}
+	if (!sock && !listen) {
+		snprintf(sockbuf, sizeof(sockbuf), "%s/export-%s-%" PRIu64 ".sock",
+			 store, name, p.seq);
+		sock = sockbuf;
+	}
+	struct cap_ro_export ex = { p.d.name, p.d.size, p.d.block_size,
+				    pool_read, &p };
+	struct cap_server_opts o;
+	cap_server_opts_default(&o);
+	o.store_dir = store;
+	o.ro_exports = &ex;
+	o.n_ro_exports = 1;
+	o.socket_path = sock ? sock : "";
+	o.listen = listen;
+	rw_log_timestamps(true);
+
+	sigset_t set, old;
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &set, &old);
+	struct sigaction sa = { .sa_handler = on_signal };
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	struct cap_server *s = NULL;
+	rw_err_clear();
+	err = cap_server_open(&s, &o);
+	if (err) {
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+		rc = cli_fail(err, "cannot export disk '%s'", name);
+		goto out;
+	}
+	the_server = s;
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	char tb[40];
+	if (sock)
+		printf("exporting disk '%s' as of %s (seq %" PRIu64 "), read-only: "
+		       "nbd+unix:///%s?socket=%s\n", name, cli_fmt_time(ts, tb),
+		       p.seq, name, sock);
+	else
+		printf("exporting disk '%s' as of %s (seq %" PRIu64 "), read-only: "
+		       "nbd://%s/%s\n", name, cli_fmt_time(ts, tb), p.seq, listen,
+		       name);
+	fflush(stdout);
+	err = cap_server_run(s);
+	the_server = NULL;
+	int cerr = cap_server_close(s);
+	rc = err || cerr ? cli_fail(err ? err : cerr, "export of disk '%s'", name) : 0;
+out:
+	for (int i = 0; i < POOL; i++)
+		rs_view_close(p.v[i]);
+	ix_close(p.ix);
+	pthread_mutex_destroy(&p.mu);
+	pthread_cond_destroy(&p.cv);
+	return rc;
+}
+
+CLI_COMMAND(export, "export", "serve a disk as it was at a moment, read-only over NBD", cmd_export)

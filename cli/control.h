@@ -1,0 +1,56 @@
+/*
+ * control.h — the server's control socket (STORE/control.sock) and the
+ * rollback it runs.
+ *
+ * `rewind rollback` must journal its rewrites through the same write path
+ * as a guest, which only the process holding the store lock may use.  When
+ * `rewind serve` holds it, the CLI asks the server over this socket; when
+ * no server runs, the CLI opens the store itself (cap_server with
+ * no_listen) and runs the same cli_rollback_exec().
+ *
+ * Protocol: one request line per connection, "rollback DISK WHEN\n" where
+ * WHEN is an absolute form (@SECONDS.NANOS, seq:N or mark:LABEL); the
+ * server answers "ok BLOCKS DATA_BYTES ZERO_BYTES SEQ BEFORE_SEQ LAST_SEQ\n"
+ * or "error CODE MESSAGE\n".  The socket is mode 0600: only the store's
+ * owner may roll disks back.
+ */
+#ifndef RW_CLI_CONTROL_H
+#define RW_CLI_CONTROL_H
+
+#include "capture/cap.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct cli_rollback_result {
+	uint64_t seq;         /* the point rolled back to */
+	uint64_t before_seq;  /* newest record before the rollback: undo point */
+	uint64_t last_seq;    /* newest record after it */
+	uint64_t blocks, data_bytes, zero_bytes;
+};
+
+/*
+ * Rolls disk name of the open server s back to when (rw_parse_when form),
+ * through s's write path, refusing with RW_EBUSY while clients use it.
+ * Returns 0 and fills res, or error with rw_err_msg().
+ */
+int cli_rollback_exec(struct cap_server *s, const char *name, const char *when,
+		      struct cli_rollback_result *res);
+
+struct cli_control;
+
+/* Starts serving STORE/control.sock for s.  0 and *out, or error. */
+int cli_control_start(struct cli_control **out, struct cap_server *s,
+		      const char *store_dir);
+/* Stops and frees (NULL ok). */
+void cli_control_stop(struct cli_control *c);
+
+/*
+ * Sends one request to the server of store_dir and reads the answer line
+ * into resp.  Returns 0, -ECONNREFUSED/-ENOENT when no server listens, or
+ * error.
+ */
+int cli_control_call(const char *store_dir, const char *req, char *resp,
+		     size_t respsz);
+
+#endif
