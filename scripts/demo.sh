@@ -56,6 +56,15 @@ echo "restored image: $(du -h --apparent-size "$work/before.img" | cut -f1) appa
 step "and the live disk still holds the newer data"
 run qemu-io -f raw -r -c 'read -P 0xbb 2M 4M' -c 'read -P 0 7M 1M' "$uri"
 
+step "roll the live disk itself back to the mark (the server keeps running)"
+run "$REWIND" rollback vm1 --at mark:before-upgrade | tee "$work/rollback.out"
+run qemu-io -f raw -r -c 'read -P 0xaa 0 8M' "$uri"
+
+step "changed your mind? the rollback is history too: undo it"
+undo=$(sed -n 's/^undo with: //p' "$work/rollback.out")
+run "$REWIND" ${undo#rewind }
+run qemu-io -f raw -r -c 'read -P 0xbb 2M 4M' -c 'read -P 0 7M 1M' "$uri"
+
 step "timeline"
 run "$REWIND" timeline vm1 --width 60
 
