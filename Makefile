@@ -58,7 +58,7 @@ LIB := $(B)/librewind.a
 REWIND := $(B)/rewind
 
 .PHONY: all deps test test-long test-one demo clean install \
-        bench-journal bench-index bench-capture bench-restore
+        bench-journal bench-index bench-capture bench-restore bench-compact
 .DEFAULT_GOAL := all
 .SECONDARY:
 
@@ -122,6 +122,16 @@ bench-capture:
 	@scripts/deps.sh bench
 	@$(MAKE) --no-print-directory all OPT="-O2 -g -DNDEBUG"
 	@bench/capture.sh $(B)
+
+# Installs build/rewind and the scheduled-compaction systemd units
+# (PREFIX, DESTDIR, UNITDIR as in scripts/install.sh).
+install: $(REWIND)
+	@scripts/install.sh $(B)
+
+bench-compact:
+	@scripts/deps.sh bench
+	@$(MAKE) --no-print-directory all OPT="-O2 -g -DNDEBUG"
+	@bench/compact.sh $(B)
 
 bench-restore:
 	@scripts/deps.sh bench
