@@ -123,9 +123,256 @@ static void protect_usage(FILE *f)
 		"original XML is kept in STORE/vm/DOMAIN/ for `rewind vm unprotect`.\n\n"
 		"  --disk TARGET  protect only this disk (repeatable; default: all)\n"
 		"  --socket PATH  the socket QEMU connects to (default STORE/rewind.sock)\n"
-		"  --live         running domains (block copy + pivot): not implemented\n\n"
+		"  --live         protect a running domain: create empty disks of the\n"
+		"                 same sizes, start `rewind serve` for the store (it\n"
+		"                 must keep running), block-copy each disk onto its\n"
+		"                 export with synchronous writes, pivot, redefine the\n"
+		"                 persistent XML, and fold the initial copy into the\n"
+		"                 disks' base (`rewind compact --before`)\n"
+		"  --timeout DUR  --live: how long a copy may take to be ready (600s)\n\n"
 		"The store must not be served meanwhile; start `rewind serve` before\n"
-		"starting the domain.\n");
+		"starting the domain (--live starts it).\n");
+}
+
+/* Runs this binary (args[0] ignored) quietly or not; exit status or -errno. */
+static int run_self(const char *const *args, bool quiet);
+
+/*
+ * Starts `rewind serve` for the store, detached (own session, output to
+ * STORE/vm/serve.log, pid in STORE/vm/serve.pid), and waits up to 60 s
+ * for its socket.  Returns the pid or a negative error.
+ */
+static pid_t serve_detached(const char *store, const char *sock)
+{
+	char self[PATH_MAX], logp[PATH_MAX + 32], pidp[PATH_MAX + 32];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	posix_spawn_file_actions_t fa;
+	posix_spawnattr_t at;
+	pid_t pid;
+	int err;
+
+	if (n <= 0)
+		return -errno;
+	self[n] = '\0';
+	snprintf(logp, sizeof(logp), "%s/vm/serve.log", store);
+	snprintf(pidp, sizeof(pidp), "%s/vm/serve.pid", store);
+	const char *args[] = { self, "serve", "--store", store, "--socket", sock,
+			       NULL };
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+	posix_spawn_file_actions_addopen(&fa, 1, logp,
+					 O_WRONLY | O_CREAT | O_APPEND, 0644);
+	posix_spawn_file_actions_adddup2(&fa, 1, 2);
+	posix_spawnattr_init(&at);
+	posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSID);
+	unlink(sock);
+	err = posix_spawn(&pid, self, &fa, &at,
+			  (char *const *)(uintptr_t)args, environ);
+	posix_spawn_file_actions_destroy(&fa);
+	posix_spawnattr_destroy(&at);
+	if (err)
+		return rw_err_set(-err, "cannot start rewind serve: %s",
+				  strerror(err));
+	char text[32];
+	int len = snprintf(text, sizeof(text), "%d\n", (int)pid);
+	vm_file_write(pidp, text, (size_t)len);
+	for (int i = 0; i < 3000; i++) {
+		struct stat sb;
+		if (!stat(sock, &sb) && S_ISSOCK(sb.st_mode))
+			return pid;
+		if (waitpid(pid, NULL, WNOHANG) == pid)
+			return rw_err_set(RW_EFAILED, "rewind serve exited at "
+					  "start (see %s)", logp);
+		usleep(20000);
+	}
+	return rw_err_set(-ETIMEDOUT, "rewind serve did not create '%s' within "
+			  "60 s (see %s)", sock, logp);
+}
+
+/*
+ * vm protect --live.  The order keeps every refusal before the first
+ * change; after the first pivot a failure is reported with what was done
+ * (the domain keeps running either way: on its image or on rewind).
+ */
+static int protect_live(struct vm_conn *vc, const char *dom, const char *store,
+			const char *const *want, int nwant, const char *sock_opt,
+			uint64_t timeout_ms, bool json)
+{
+	struct vm_disks *ds = NULL;
+	struct ix *ix = NULL;
+	char *xml = NULL, *live = NULL, *pxml = NULL, *dir = NULL;
+	struct vm_pdisk pd[MAX_DISKS];
+	const char *targets[MAX_DISKS], *names[MAX_DISKS];
+	uint64_t sizes[MAX_DISKS];
+	int np = 0, pivoted = 0, err, rc = 1;
+	char sock[PATH_MAX];
+	pid_t spid = 0;
+
+	if ((err = vm_dom_xml(vc, dom, &xml)) ||
+	    (err = vm_dom_live_xml(vc, dom, &live)) ||
+	    (err = vm_xml_disks(live, &ds))) {
+		rc = cli_fail(err, "vm protect --live: domain '%s'", dom);
+		goto out;
+	}
+	for (int i = 0; i < (nwant ? nwant : ds->n); i++) {
+		const struct vm_disk *d = NULL;
+		if (nwant) {
+			for (int j = 0; j < ds->n; j++)
+				if (!strcmp(ds->v[j].target, want[i]))
+					d = &ds->v[j];
+			if (!d) {
+				rc = vm_fail("domain '%s' has no disk '%s'", dom, want[i]);
+				goto out;
+			}
+		} else {
+			d = &ds->v[i];
+		}
+		if ((err = vm_disk_check(d))) {
+			rc = cli_fail(err, "cannot protect domain '%s'%s", dom,
+				      nwant ? "" : " (choose disks with --disk)");
+			goto out;
+		}
+		memset(&pd[np], 0, sizeof(pd[np]));
+		snprintf(pd[np].target, sizeof(pd[np].target), "%s", d->target);
+		snprintf(pd[np].format, sizeof(pd[np].format), "%s",
+			 d->format[0] ? d->format : "raw");
+		snprintf(pd[np].path, sizeof(pd[np].path), "%s", d->source);
+		if ((err = vm_disk_name(dom, d->target, pd[np].disk,
+					sizeof(pd[np].disk))) ||
+		    (err = vm_dom_disk_size(vc, dom, d->target, &sizes[np]))) {
+			rc = cli_fail(err, "cannot protect domain '%s'", dom);
+			goto out;
+		}
+		targets[np] = pd[np].target;
+		names[np] = pd[np].disk;
+		np++;
+	}
+	if (!np) {
+		rc = vm_fail("domain '%s' has no disk to protect", dom);
+		goto out;
+	}
+	if (sock_opt)
+		snprintf(sock, sizeof(sock), "%s", sock_opt);
+	else if ((err = store_socket(store, sock, sizeof(sock)))) {
+		rc = cli_fail(err, "vm protect");
+		goto out;
+	}
+	/* the persistent definition, built from the inactive XML */
+	if ((err = vm_xml_protect(xml, targets, names, np, sock, &pxml))) {
+		rc = cli_fail(err, "vm protect --live: cannot build the protected "
+			      "XML (is every disk in the persistent definition?)");
+		goto out;
+	}
+	if (open_locked(store, &ix, "--live starts its own server for the "
+			"new disks; a running server cannot add disks yet"))
+		goto out;
+	for (int i = 0; i < np; i++) {
+		struct ix_disk d;
+		if (!ix_disk_get(ix, pd[i].disk, &d)) {
+			rc = vm_fail("store '%s' already has a disk '%s': nothing "
+				     "was changed", store, pd[i].disk);
+			goto out;
+		}
+		rw_err_clear();
+	}
+	uint64_t t_protect = rw_clock_ns();
+	if (!(dir = vm_state_dir(store, dom))) {
+		rc = cli_fail(-ENOMEM, "vm protect");
+		goto out;
+	}
+	for (int i = 0; i < np; i++) {
+		struct ix_disk d;
+		if ((err = ix_disk_create(ix, pd[i].disk, sizes[i],
+					  IX_BLOCK_SIZE_DEFAULT, NULL, &d))) {
+			rc = cli_fail(err, "cannot create disk '%s'", pd[i].disk);
+			goto out;
+		}
+	}
+	if ((err = vm_state_create(store, dom, xml, pd, np)) ||
+	    (err = vm_state_xml_put(dir, t_protect, pxml))) {
+		rc = cli_fail(err, "vm protect: cannot record the domain's state");
+		goto out;
+	}
+	ix_close(ix);
+	ix = NULL;
+	if ((spid = serve_detached(store, sock)) < 0) {
+		rc = cli_fail((int)spid, "vm protect --live");
+		goto out;
+	}
+	for (int i = 0; i < np; i++) {
+		char *dest = NULL;
+		if (asprintf(&dest, "<disk type='network' device='disk'>"
+			     "<driver name='qemu' type='raw'/>"
+			     "<source protocol='nbd' name='%s'>"
+			     "<host transport='unix' socket='%s'/></source>"
+			     "</disk>", pd[i].disk, sock) < 0) {
+			rc = cli_fail(-ENOMEM, "vm protect");
+			goto out;
+		}
+		err = vm_dom_block_copy_pivot(vc, dom, pd[i].target, dest,
+					      timeout_ms);
+		free(dest);
+		if (err) {
+			rc = cli_fail(err, "vm protect --live: %d of %d disks run "
+				      "on rewind", pivoted, np);
+			goto out;
+		}
+		pivoted++;
+	}
+	if ((err = vm_dom_define(vc, pxml))) {
+		rc = cli_fail(err, "vm protect --live: the domain runs on rewind "
+			      "but its persistent XML could not be redefined");
+		goto out;
+	}
+	/* the initial copy is not history: fold it into the disks' base */
+	char before[48];
+	uint64_t now = rw_clock_ns();
+	snprintf(before, sizeof(before), "@%" PRIu64 ".%09" PRIu64,
+		 now / UINT64_C(1000000000), now % UINT64_C(1000000000));
+	for (int i = 0; i < np; i++) {
+		const char *args[] = { "rewind", "compact", "--store", store,
+				       pd[i].disk, "--before", before, NULL };
+		if (run_self(args, true))
+			rw_log(RW_LOG_WARN, "could not fold the initial copy of "
+			       "'%s' into its base (run `rewind compact %s "
+			       "--before %s`)", pd[i].disk, pd[i].disk, before);
+	}
+	if (json) {
+		printf("{\"domain\":");
+		cli_json_str(stdout, dom);
+		printf(",\"live\":true,\"server_pid\":%d,\"socket\":", (int)spid);
+		cli_json_str(stdout, sock);
+		printf(",\"disks\":[");
+		for (int i = 0; i < np; i++) {
+			printf("%s{\"target\":", i ? "," : "");
+			cli_json_str(stdout, pd[i].target);
+			printf(",\"disk\":");
+			cli_json_str(stdout, pd[i].disk);
+			printf(",\"original\":");
+			cli_json_str(stdout, pd[i].path);
+			printf(",\"size\":%" PRIu64 "}", sizes[i]);
+		}
+		printf("]}\n");
+	} else {
+		char sz[32];
+		for (int i = 0; i < np; i++)
+			printf("disk %s: '%s' (%s) copied live -> store disk '%s'\n",
+			       pd[i].target, pd[i].path,
+			       rw_fmt_size(sizes[i], sz, sizeof(sz)), pd[i].disk);
+		printf("protected running domain '%s': it now runs on rewind.\n"
+		       "Started `rewind serve` (pid %d, log %s/vm/serve.log): "
+		       "keep it running while the domain runs.\n", dom,
+		       (int)spid, store);
+	}
+	rc = 0;
+out:
+	ix_close(ix);
+	free(dir);
+	free(pxml);
+	free(live);
+	free(xml);
+	vm_disks_free(ds);
+	return rc;
 }
 
 static int cmd_protect(int argc, char **argv)
@@ -136,16 +383,18 @@ static int cmd_protect(int argc, char **argv)
 		{ "disk", required_argument, NULL, 'd' },
 		{ "socket", required_argument, NULL, 'S' },
 		{ "live", no_argument, NULL, 'l' },
+		{ "timeout", required_argument, NULL, 't' },
 		{ "json", no_argument, NULL, 'j' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0, 0, 0, 0 },
 	};
 	const char *store = NULL, *uri = NULL, *sock_opt = NULL;
+	uint64_t timeout_ns = 600ull * 1000000000ull;
 	const char *want[MAX_DISKS];
 	int nwant = 0, c, err, rc = 1;
 	bool live = false, json = false;
 
-	while ((c = getopt_long(argc, argv, "s:c:d:S:ljh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "s:c:d:S:lt:jh", opts, NULL)) != -1) {
 		switch (c) {
 		case 's': store = optarg; break;
 		case 'c': uri = optarg; break;
@@ -156,6 +405,10 @@ static int cmd_protect(int argc, char **argv)
 			break;
 		case 'S': sock_opt = optarg; break;
 		case 'l': live = true; break;
+		case 't':
+			if (rw_parse_duration(optarg, &timeout_ns))
+				return cli_usage_error("vm protect", "%s", rw_err_msg());
+			break;
 		case 'j': json = true; break;
 		case 'h': protect_usage(stdout); return 0;
 		default: return cli_usage_error("vm protect", "unknown option");
@@ -197,8 +450,14 @@ static int cmd_protect(int argc, char **argv)
 		goto out;
 	}
 	if (live) {
-		rc = vm_fail("vm protect --live is not implemented in this version: "
-			     "shut domain '%s' down and protect it offline", dom);
+		if (st != VM_DOM_RUNNING) {
+			rc = vm_fail("domain '%s' is %s: --live protects running "
+				     "domains (protect it without --live)", dom,
+				     sdesc);
+			goto out;
+		}
+		rc = protect_live(vc, dom, store, want, nwant, sock_opt,
+				  timeout_ns / 1000000, json);
 		goto out;
 	}
 	if (st != VM_DOM_OFF) {

@@ -185,3 +185,102 @@ int vm_dom_shutdown_wait(struct vm_conn *c, const char *dom,
 		nanosleep(&ts, NULL);
 	}
 }
+
+int vm_dom_live_xml(struct vm_conn *c, const char *dom, char **xml)
+{
+	virDomainPtr d;
+	int err;
+
+	*xml = NULL;
+	if ((err = lookup(c, dom, &d)))
+		return err;
+	*xml = virDomainGetXMLDesc(d, VIR_DOMAIN_XML_SECURE);
+	if (!*xml)
+		err = virt_fail("cannot get the live XML of domain '%s'%s", dom, "");
+	virDomainFree(d);
+	return err;
+}
+
+int vm_dom_disk_size(struct vm_conn *c, const char *dom, const char *target,
+		     uint64_t *bytes)
+{
+	virDomainPtr d;
+	virDomainBlockInfo info;
+	int err;
+
+	if ((err = lookup(c, dom, &d)))
+		return err;
+	if (virDomainGetBlockInfo(d, target, &info, 0) < 0)
+		err = virt_fail("cannot get the size of disk '%s' of domain '%s'",
+				target, dom);
+	else
+		*bytes = info.capacity;
+	virDomainFree(d);
+	return err;
+}
+
+int vm_dom_block_copy_pivot(struct vm_conn *c, const char *dom,
+			    const char *target, const char *dest_xml,
+			    uint64_t timeout_ms)
+{
+	virDomainPtr d;
+	int err;
+	unsigned flags = VIR_DOMAIN_BLOCK_COPY_REUSE_EXT |
+			 VIR_DOMAIN_BLOCK_COPY_SYNCHRONOUS_WRITES |
+			 VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB;
+
+	if ((err = lookup(c, dom, &d)))
+		return err;
+	if (virDomainBlockCopy(d, target, dest_xml, NULL, 0, flags) < 0) {
+		err = virt_fail("cannot start the block copy of disk '%s' of "
+				"domain '%s'", target, dom);
+		goto out;
+	}
+	/*
+	 * Ready = the mirror has caught up and every new guest write goes to
+	 * both sides (synchronously, with SYNCHRONOUS_WRITES).  Polled: a
+	 * pivot before ready fails, so a failed pivot with a job still at
+	 * cur < end is simply retried.
+	 */
+	for (uint64_t waited = 0;; waited += 100) {
+		virDomainBlockJobInfo info;
+		int r = virDomainGetBlockJobInfo(d, target, &info, 0);
+		if (r < 0) {
+			err = virt_fail("block copy of disk '%s' of domain '%s' "
+					"failed", target, dom);
+			goto out;
+		}
+		if (r == 0) {
+			err = rw_err_set(RW_EFAILED, "block copy of disk '%s' of "
+					 "domain '%s' ended before the pivot",
+					 target, dom);
+			goto out;
+		}
+		if (info.end > 0 && info.cur == info.end &&
+		    virDomainBlockJobAbort(d, target,
+					   VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT) == 0)
+			break;
+		if (waited >= timeout_ms) {
+			virDomainBlockJobAbort(d, target, 0);
+			err = rw_err_set(-ETIMEDOUT, "block copy of disk '%s' of "
+					 "domain '%s' was not ready within %llu ms "
+					 "(cancelled; the domain still runs on its "
+					 "image)", target, dom,
+					 (unsigned long long)timeout_ms);
+			goto out;
+		}
+		struct timespec ts = { 0, 100 * 1000000L };
+		nanosleep(&ts, NULL);
+	}
+	/* the job is gone once the pivot completes */
+	for (int i = 0; i < 100; i++) {
+		virDomainBlockJobInfo info;
+		if (virDomainGetBlockJobInfo(d, target, &info, 0) == 0)
+			break;
+		struct timespec ts = { 0, 50 * 1000000L };
+		nanosleep(&ts, NULL);
+	}
+out:
+	virDomainFree(d);
+	return err;
+}

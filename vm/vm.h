@@ -214,4 +214,25 @@ int vm_dom_destroy(struct vm_conn *c, const char *dom);
 int vm_dom_shutdown_wait(struct vm_conn *c, const char *dom,
 			 uint64_t timeout_ms);
 
+/* The live XML of a running domain (secure info included); *xml malloc'ed. */
+int vm_dom_live_xml(struct vm_conn *c, const char *dom, char **xml);
+
+/* The guest-visible size of disk target of a running domain.  0 or error. */
+int vm_dom_disk_size(struct vm_conn *c, const char *dom, const char *target,
+		     uint64_t *bytes);
+
+/*
+ * Live protection of one disk: starts a block copy of disk target onto
+ * dest_xml (an existing destination of the same size: REUSE_EXT) with
+ * SYNCHRONOUS_WRITES (once ready, every guest write completes on both
+ * sides) as a TRANSIENT_JOB (allowed on persistent domains; the persistent
+ * configuration is not changed by libvirt), waits up to timeout_ms for it
+ * to be ready and pivots the domain onto the destination.  Returns 0 (the
+ * domain now runs on dest), -ETIMEDOUT (copy cancelled, domain unchanged),
+ * or RW_EFAILED with libvirt's message.
+ */
+int vm_dom_block_copy_pivot(struct vm_conn *c, const char *dom,
+			    const char *target, const char *dest_xml,
+			    uint64_t timeout_ms);
+
 #endif /* RW_VM_H */
