@@ -24,6 +24,7 @@ REWIND=$TMP/rewind
 FUSE_PID=
 ext4_cleanup() {
 	local rc=$?
+	set +e   # rw_cleanup's `wait` on a killed server is non-zero: keep going to rm -rf
 	umount "$TMP/mnt" 2>/dev/null || true
 	umount "$TMP/rmnt" 2>/dev/null || true
 	if mountpoint -q "$TMP/fuse" 2>/dev/null; then
