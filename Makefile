@@ -20,7 +20,7 @@ else
 endif
 
 CC ?= cc
-PKGS := liburing lmdb libzstd libvirt libxml-2.0
+PKGS := liburing lmdb libzstd libvirt libxml-2.0 libmicrohttpd
 TEST_PKGS := cunit
 
 OPT ?= -O2 -g

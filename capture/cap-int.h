@@ -69,6 +69,14 @@ struct cap_disk {
 	atomic_uint_fast64_t n_compressed, n_uncompressed;
 	atomic_uint_fast64_t flush_marker_seq; /* seq of the newest FLUSH
 	                                        * marker appended */
+	/* metrics.c reads these; zero from calloc */
+	atomic_uint_fast64_t write_bytes, zero_bytes, trim_bytes;
+	atomic_uint_fast64_t err_journal, err_head;  /* failed requests */
+	atomic_uint_fast64_t flush_ns, flush_hist[CAP_FLUSH_NBUCKETS + 1];
+	uint64_t pending_n;               /* records in the open batch */
+	atomic_uint_fast64_t n_indexed;   /* records indexed since open */
+	atomic_uint_fast64_t ix_current_ns; /* rw_clock_ns when the index last
+	                                     * held all that was written */
 };
 
 /* disk.c */
@@ -140,5 +148,12 @@ size_t cap_server_ndisks(struct cap_server *s);
 struct cap_disk *cap_server_disk(struct cap_server *s, size_t i);
 const struct cap_server_opts *cap_server_get_opts(struct cap_server *s);
 bool cap_server_stopping(struct cap_server *s);
+
+/* metrics.c: the HTTP endpoint and threshold watcher of a server. */
+struct cap_metrics;
+int cap_metrics_start(struct cap_metrics **out, struct cap_server *s);
+void cap_metrics_stop(struct cap_metrics *m);
+/* Counts one flush of d that took ns (histogram). */
+void cap_metrics_flush_observe(struct cap_disk *d, uint64_t ns);
 
 #endif /* RW_CAPTURE_INT_H */

@@ -79,6 +79,15 @@ struct cap_server_opts {
 	int zstd_level;                 /* 0 = no compression; default 1 */
 	uint64_t index_interval_ns;     /* index lag target; default 50 ms */
 	uint64_t head_sync_interval_ns; /* head.img fsync period; default 5 s */
+	const char *metrics_addr;       /* "HOST:PORT": serve GET /metrics and
+					 * /healthz there (capture/metrics.c);
+					 * NULL = no HTTP endpoint */
+	bool metrics_public;            /* allow a non-loopback metrics_addr */
+	uint64_t retain_ns;             /* configured retention (compaction
+					 * backlog, history threshold); 0 = none */
+	uint64_t lag_warn_ns, lag_crit_ns; /* capture lag thresholds; 0 = off */
+	unsigned history_warn_pct;      /* warn when compaction left less than
+					 * this % of retain_ns; 0 = off */
 };
 
 /* Fills o with the defaults above (store_dir NULL). */
@@ -169,5 +178,125 @@ uint16_t cap_export_flags(bool structured);
 
 /* Maps a negative rewind/errno code to an NBD error value. */
 uint32_t cap_nbd_errno(int err);
+
+/* ------------------------------------------------------------ metrics */
+
+/*
+ * Figures for `rewind stats` and GET /metrics (capture/metrics.c; every
+ * name and its meaning is in docs/metrics.md).  cap_metrics_collect()
+ * reads the store (segment files, images, the index, STORE/compact.stats)
+ * and, when s is a running server, its live counters; without a server
+ * the live-only figures are absent (live = false).  Thread-safe: the
+ * HTTP thread, the control socket and the CLI call it.
+ */
+#define CAP_FLUSH_NBUCKETS 14
+extern const double cap_flush_buckets[CAP_FLUSH_NBUCKETS]; /* seconds, le */
+
+enum cap_health { CAP_OK = 0, CAP_WARN = 1, CAP_CRIT = 2 };
+
+struct cap_disk_figures {
+	char name[72];
+	bool live;                    /* the fields marked (live) are set */
+	/* live: from the server's counters since it started */
+	double capture_lag_s;
+	uint64_t writes, write_bytes, flushes, zero_bytes, trim_bytes;
+	uint64_t zeroes, trims;
+	uint64_t errors_journal, errors_head;
+	uint64_t flush_buckets[CAP_FLUSH_NBUCKETS + 1]; /* per bucket, last
+						       * = above every bound */
+	uint64_t flush_count;
+	double flush_sum_s;
+	double compression_ratio;     /* logical / stored WRITE payload bytes */
+	bool accepting;               /* no sticky journal or head error */
+	/* store */
+	uint64_t index_lag_records;
+	double index_lag_s;
+	uint64_t journal_bytes, journal_records, journal_segments;
+	uint64_t base_bytes, head_bytes; /* allocated (st_blocks * 512) */
+	double history_s, oldest_ts, latest_ts;
+	bool have_retain;
+	uint64_t compaction_backlog_bytes;
+	double compaction_last_success_ts; /* 0 = never */
+	uint64_t compaction_ok, compaction_failed;
+	enum cap_health health;
+	char reason[256];             /* why health is not CAP_OK */
+};
+
+struct cap_store_figures {
+	bool live;
+	uint64_t disk_free_bytes;
+	size_t ndisks;
+	struct cap_disk_figures *disks;  /* owned; cap_store_figures_free() */
+	enum cap_health health;          /* the worst disk's */
+	uint64_t now_ns;
+};
+
+/* Thresholds and retention when no server gives them (rewind stats). */
+struct cap_metrics_cfg {
+	uint64_t retain_ns, lag_warn_ns, lag_crit_ns;
+	unsigned history_warn_pct;
+};
+
+struct ix;
+/*
+ * Collects the figures of every disk of the store ix is open on (only disk
+ * name when name != NULL: RW_ENOTFOUND if unknown).  s may be NULL (no
+ * server; thresholds from cfg, which may be NULL) or the server that
+ * owns ix (its options give the thresholds).  0 and *out filled (release
+ * with cap_store_figures_free), or error.
+ */
+int cap_metrics_collect(struct ix *ix, struct cap_server *s, const char *name,
+			const struct cap_metrics_cfg *cfg,
+			struct cap_store_figures *out);
+void cap_store_figures_free(struct cap_store_figures *f);
+/* Collects through the server's own index handle (all disks or name). */
+int cap_server_stats(struct cap_server *s, const char *name,
+		     struct cap_store_figures *out);
+
+/*
+ * The Prometheus text exposition format 0.0.4, into a growing buffer.
+ * Every call is a no-op after an allocation failure (err = -ENOMEM).
+ */
+struct cap_prom {
+	char *buf;
+	size_t len, cap;
+	int err;
+};
+/* "# HELP name help" (\\ and \n escaped) and "# TYPE name type". */
+void cap_prom_family(struct cap_prom *p, const char *name, const char *type,
+		     const char *help);
+/*
+ * One sample: name{k="v",...} value.  labels: NULL or key, value pairs
+ * ending with NULL; values escaped (\\, \", \n).  Integral values
+ * below 2^53 print exactly, NaN as NaN, infinities as +Inf / -Inf.
+ */
+void cap_prom_sample(struct cap_prom *p, const char *name,
+		     const char *const *labels, double v);
+void cap_prom_sample_u64(struct cap_prom *p, const char *name,
+			 const char *const *labels, uint64_t v);
+/*
+ * A histogram's samples: name_bucket{...,le="b"} cumulative for each bound
+ * and le="+Inf" (= count), then name_sum and name_count.  counts has
+ * nbounds + 1 per-bucket (not cumulative) entries.
+ */
+void cap_prom_histogram(struct cap_prom *p, const char *name,
+			const char *const *labels, const double *bounds,
+			const uint64_t *counts, size_t nbounds, double sum);
+/* Formats f as a whole exposition into p (metric families documented in
+ * docs/metrics.md). */
+void cap_prom_figures(struct cap_prom *p, const struct cap_store_figures *f);
+void cap_prom_free(struct cap_prom *p);
+
+/*
+ * Persists one compaction result of disk name (ok, and the time) in
+ * STORE/compact.stats (rewritten atomically under STORE/compact.stats.lock)
+ * so that every process sees runs by result and the last success.  0 or
+ * error (callers log it; compaction itself is not affected).
+ */
+int cap_compact_stats_record(const char *store_dir, const char *name, bool ok,
+			     uint64_t now_ns);
+
+/* Where the metrics endpoint listens ("" when none). */
+const char *cap_server_metrics_address(const struct cap_server *s);
 
 #endif /* RW_CAPTURE_H */

@@ -390,11 +390,13 @@ int cap_disk_write(struct cap_disk *d, uint8_t type, uint64_t off,
 		err = jr_writer_write_out(d->w);
 	if (err) {
 		range_unlock(d, &r);
+		atomic_fetch_add(&d->err_journal, 1);
 		return err;
 	}
 	err = head_apply(d, type, off, len, data,
 			 (flags & NBD_CMD_FLAG_NO_HOLE) != 0);
 	if (err) {
+		atomic_fetch_add(&d->err_head, 1);
 		atomic_store(&d->head_failed, err);
 		range_unlock(d, &r);
 		return err;
@@ -403,12 +405,15 @@ int cap_disk_write(struct cap_disk *d, uint8_t type, uint64_t off,
 
 	if (type == JR_WRITE) {
 		atomic_fetch_add(&d->n_writes, 1);
+		atomic_fetch_add(&d->write_bytes, len);
 		bool z = (out.flags & JR_F_ZSTD) != 0;
 		atomic_fetch_add(z ? &d->n_compressed : &d->n_uncompressed, 1);
 		if (compressed)
 			*compressed = z;
 	} else {
 		atomic_fetch_add(type == JR_ZERO ? &d->n_zeroes : &d->n_trims, 1);
+		atomic_fetch_add(type == JR_ZERO ? &d->zero_bytes :
+				 &d->trim_bytes, len);
 	}
 	if (flags & NBD_CMD_FLAG_FUA)
 		return jr_writer_flush(d->w);
@@ -425,17 +430,24 @@ int cap_disk_flush(struct cap_disk *d)
 {
 	struct jr_writer_stats st;
 
+	uint64_t t0 = rw_mono_ns();
+	int err = 0;
+
 	atomic_fetch_add(&d->n_flushes, 1);
 	jr_writer_stats(d->w, &st);
 	if (st.last_seq && st.last_seq != atomic_load(&d->flush_marker_seq)) {
 		struct jr_append a = { JR_FLUSH, 0, 0, NULL };
 		struct jr_appended out;
-		int err = jr_writer_append(d->w, &a, NULL, &out);
-		if (err)
-			return err;
-		atomic_store(&d->flush_marker_seq, out.seq);
+		err = jr_writer_append(d->w, &a, NULL, &out);
+		if (!err)
+			atomic_store(&d->flush_marker_seq, out.seq);
 	}
-	return jr_writer_flush(d->w);
+	if (!err)
+		err = jr_writer_flush(d->w);
+	if (err)
+		atomic_fetch_add(&d->err_journal, 1);
+	cap_metrics_flush_observe(d, rw_mono_ns() - t0);
+	return err;
 }
 
 int cap_disk_sync_head(struct cap_disk *d, struct ix *ix)

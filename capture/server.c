@@ -87,6 +87,8 @@ struct cap_server {
 	pthread_cond_t hk_cv;
 	bool hk_stop;
 	int hk_last_err;
+
+	struct cap_metrics *metrics;   /* metrics.c: HTTP + thresholds */
 };
 
 void cap_server_opts_default(struct cap_server_opts *o)
@@ -293,6 +295,7 @@ static int hk_index(struct cap_server *s)
 			if (err)
 				break;
 			d->pending_seq = rec.seq;
+			d->pending_n++;
 			added++;
 			if (rec.seq >= upto)
 				break;
@@ -318,7 +321,11 @@ static int hk_index(struct cap_server *s)
 			d->pending_seq = d->indexed_seq;
 		} else {
 			d->indexed_seq = d->pending_seq;
+			atomic_fetch_add(&d->n_indexed, d->pending_n);
+			if (d->indexed_seq >= d->hk_snap)
+				atomic_store(&d->ix_current_ns, rw_clock_ns());
 		}
+		d->pending_n = 0;
 	}
 	return err;
 }
@@ -378,6 +385,7 @@ static void *hk_main(void *arg)
 
 static void free_server(struct cap_server *s)
 {
+	cap_metrics_stop(s->metrics);
 	for (size_t i = 0; i < s->nopen; i++)
 		cap_disk_close(&s->disks[i]);
 	free(s->disks);
@@ -476,6 +484,7 @@ static int recover(struct cap_server *s)
 		jr_writer_stats(s->disks[i].w, &st);
 		s->disks[i].indexed_seq = st.written_seq;
 		s->disks[i].pending_seq = st.written_seq;
+		atomic_store(&s->disks[i].ix_current_ns, rw_clock_ns());
 	}
 	return 0;
 }
@@ -547,6 +556,8 @@ int cap_server_open(struct cap_server **out, const struct cap_server_opts *o)
 		return err;
 	}
 	err = recover(s);
+	if (!err) /* HTTP endpoint and threshold watcher (metrics.c) */
+		err = cap_metrics_start(&s->metrics, s);
 	if (err) {
 		free_server(s);
 		return err;
@@ -772,6 +783,8 @@ int cap_server_close(struct cap_server *s)
 
 	if (!s)
 		return 0;
+	cap_metrics_stop(s->metrics);
+	s->metrics = NULL;
 	if (s->hk_started) {
 		pthread_mutex_lock(&s->hk_mu);
 		s->hk_stop = true;
@@ -938,4 +951,18 @@ int cap_server_index_now(struct cap_server *s)
 struct ix *cap_server_ix(struct cap_server *s)
 {
 	return s->ix;
+}
+
+const char *cap_server_metrics_address(const struct cap_server *s)
+{
+	return s->o.metrics_addr && !s->ro ? s->o.metrics_addr : "";
+}
+
+int cap_server_stats(struct cap_server *s, const char *name,
+		     struct cap_store_figures *out)
+{
+	if (s->ro)
+		return rw_err_set(-EINVAL, "a read-only export server has no "
+				  "store figures");
+	return cap_metrics_collect(s->ix, s, name, NULL, out);
 }

@@ -11,6 +11,7 @@
  * Exit status: 0 done (also "nothing to do"), 1 failure, 2 usage, 3 the
  * journal is over --max-journal and --over-budget refuse kept the history.
  */
+#include "capture/cap.h"
 #include "cli/cli.h"
 #include "common/rw.h"
 #include "index/ix.h"
@@ -225,6 +226,11 @@ static int cmd_compact(int argc, char **argv)
 		struct rs_compact_stats s;
 		char a[32], b[32];
 		err = rs_compact_run(ix, names[i], &o, &s);
+		/* results by disk for rewind stats / metrics (every process) */
+		if (!o.dry_run && cap_compact_stats_record(store, names[i], !err,
+							   rw_clock_ns()))
+			rw_log(RW_LOG_WARN, "compact: cannot record the result in "
+			       "'%s/compact.stats'", store);
 		if (err) {
 			rc = cli_fail(err, "cannot compact disk '%s'", names[i]);
 			continue;

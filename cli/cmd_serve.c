@@ -59,6 +59,14 @@ static void usage(FILE *f)
 		"  --retain DURATION   with --compact-every: compact history older\n"
 		"                      than DURATION on a schedule (rewind compact)\n"
 		"  --compact-every DURATION   how often (e.g. 10m)\n"
+		"  --metrics HOST:PORT serve GET /metrics (Prometheus) and /healthz\n"
+		"                      over HTTP, e.g. 127.0.0.1:9464 (loopback only\n"
+		"                      unless --metrics-public)\n"
+		"  --metrics-public    allow a non-loopback --metrics address\n"
+		"  --lag-warn DURATION, --lag-crit DURATION   capture lag thresholds\n"
+		"                      (logged; crit makes /healthz answer 503)\n"
+		"  --history-warn PCT%% warn when compaction left less history than\n"
+		"                      PCT%% of --retain\n"
 		"  --verbose           log every connection\n\n"
 		"Clients: nbd+unix:///DISK?socket=STORE/rewind.sock, "
 		"nbd://127.0.0.1:10809/DISK\n", JR_ZSTD_LEVEL_DEFAULT);
@@ -89,6 +97,11 @@ static int cmd_serve(int argc, char **argv)
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "retain", required_argument, NULL, 'R' },
 		{ "compact-every", required_argument, NULL, 'E' },
+		{ "metrics", required_argument, NULL, 'M' },
+		{ "metrics-public", no_argument, NULL, 'P' },
+		{ "lag-warn", required_argument, NULL, 'W' },
+		{ "lag-crit", required_argument, NULL, 'C' },
+		{ "history-warn", required_argument, NULL, 'H' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -150,6 +163,24 @@ static int cmd_serve(int argc, char **argv)
 			if (rw_parse_duration(optarg, &every_ns) || !every_ns)
 				return cli_usage_error("serve", "invalid --compact-every '%s'", optarg);
 			break;
+		case 'M': o.metrics_addr = optarg; break;
+		case 'P': o.metrics_public = true; break;
+		case 'W':
+			if (rw_parse_duration(optarg, &o.lag_warn_ns) || !o.lag_warn_ns)
+				return cli_usage_error("serve", "invalid --lag-warn '%s'", optarg);
+			break;
+		case 'C':
+			if (rw_parse_duration(optarg, &o.lag_crit_ns) || !o.lag_crit_ns)
+				return cli_usage_error("serve", "invalid --lag-crit '%s'", optarg);
+			break;
+		case 'H': {
+			char *end;
+			unsigned long pct = strtoul(optarg, &end, 10);
+			if (end == optarg || (*end && strcmp(end, "%")) || !pct || pct > 100)
+				return cli_usage_error("serve", "invalid --history-warn '%s' (1%%..100%%)", optarg);
+			o.history_warn_pct = (unsigned)pct;
+			break;
+		}
 		case 'h': usage(stdout); return 0;
 		default: return cli_usage_error("serve", "unknown option");
 		}
@@ -159,6 +190,11 @@ static int cmd_serve(int argc, char **argv)
 				       argv[optind]);
 	if (!retain != !every_ns)
 		return cli_usage_error("serve", "--retain and --compact-every go together");
+	o.retain_ns = retain_ns;
+	if (o.history_warn_pct && !retain)
+		return cli_usage_error("serve", "--history-warn needs --retain");
+	if (o.lag_warn_ns && o.lag_crit_ns && o.lag_warn_ns > o.lag_crit_ns)
+		return cli_usage_error("serve", "--lag-warn is above --lag-crit");
 	if (o.listen && !strchr(o.listen, ':'))
 		return cli_usage_error("serve", "invalid --listen '%s' (use "
 				       "HOST:PORT, e.g. 127.0.0.1:10809)", o.listen);
@@ -199,6 +235,9 @@ static int cmd_serve(int argc, char **argv)
 		rw_log(RW_LOG_WARN, "no control socket (rollback while serving "
 		       "is unavailable): %s", *rw_err_msg() ? rw_err_msg() :
 		       rw_strerror(err));
+	if (*cap_server_metrics_address(s))
+		rw_log(RW_LOG_INFO, "metrics on http://%s/metrics and /healthz",
+		       cap_server_metrics_address(s));
 	rw_err_clear();
 	err = cap_server_run(s);
 	cli_control_stop(ctl);

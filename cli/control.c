@@ -93,10 +93,51 @@ out:
 struct cli_control {
 	struct cap_server *s;
 	char path[4096];
+	char store[4096];
 	int fd;
 	int stop_pipe[2];
 	pthread_t thread;
 };
+
+static void write_all(int fd, const char *p, size_t len)
+{
+	size_t off = 0;
+
+	while (off < len) {
+		ssize_t k = write(fd, p + off, len - off);
+		if (k <= 0)
+			break;
+		off += (size_t)k;
+	}
+}
+
+static void stats_reply(struct cli_control *cc, int fd, bool json,
+			const char *disk)
+{
+	struct cap_store_figures fig;
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f;
+
+	rw_err_clear();
+	int err = cap_server_stats(cc->s, disk, &fig);
+	if (err) {
+		char resp[1200];
+		const char *m = rw_err_msg();
+		snprintf(resp, sizeof(resp), "error %d %s\n", err,
+			 m && *m ? m : rw_strerror(err));
+		write_all(fd, resp, strlen(resp));
+		return;
+	}
+	if ((f = open_memstream(&buf, &len))) {
+		fputs("ok\n", f);
+		cli_stats_print(f, &fig, cc->store, json);
+		fclose(f);
+		write_all(fd, buf, len);
+	}
+	free(buf);
+	cap_store_figures_free(&fig);
+}
 
 static void handle(struct cli_control *cc, int fd)
 {
@@ -125,6 +166,11 @@ static void handle(struct cli_control *cc, int fd)
 	char *save = NULL, *verb = strtok_r(req, " ", &save);
 	char *name = strtok_r(NULL, " ", &save);
 	char *when = strtok_r(NULL, "", &save);
+	if (verb && !strcmp(verb, "stats")) {
+		/* "stats json|text [DISK]": the report itself, then EOF */
+		stats_reply(cc, fd, name && !strcmp(name, "json"), when);
+		return;
+	}
 	if (!verb || strcmp(verb, "rollback") || !name || !when) {
 		snprintf(resp, sizeof(resp), "error %d unknown request\n", -EINVAL);
 		goto reply;
@@ -206,6 +252,7 @@ int cli_control_start(struct cli_control **out, struct cap_server *s,
 	if (!cc)
 		return -ENOMEM;
 	cc->s = s;
+	snprintf(cc->store, sizeof(cc->store), "%s", store_dir);
 	cc->fd = cc->stop_pipe[0] = cc->stop_pipe[1] = -1;
 	if ((err = control_path(store_dir, cc->path, sizeof(cc->path))))
 		goto fail;
@@ -301,5 +348,58 @@ int cli_control_call(const char *store_dir, const char *req, char *resp,
 	if (!n)
 		return rw_err_set(-EIO, "the server closed the control socket "
 				  "'%s' without an answer", path);
+	return 0;
+}
+
+int cli_control_fetch(const char *store_dir, const char *req, char **out)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	char path[4096];
+	char *buf = NULL;
+	size_t n = 0, cap = 0;
+	int err, fd;
+
+	*out = NULL;
+	if ((err = control_path(store_dir, path, sizeof(path))))
+		return err;
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa))) {
+		err = -errno;
+		close(fd);
+		return err;
+	}
+	write_all(fd, req, strlen(req));
+	for (;;) {
+		if (cap - n < 4096) {
+			char *b = realloc(buf, cap ? cap * 2 : 16384);
+			if (!b) {
+				err = -ENOMEM;
+				break;
+			}
+			buf = b;
+			cap = cap ? cap * 2 : 16384;
+		}
+		ssize_t k = read(fd, buf + n, cap - n - 1);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0)
+			err = -errno;
+		if (k <= 0)
+			break;
+		n += (size_t)k;
+	}
+	close(fd);
+	if (!err && !n)
+		err = rw_err_set(-EIO, "the server closed the control socket "
+				 "'%s' without an answer", path);
+	if (err) {
+		free(buf);
+		return err;
+	}
+	buf[n] = '\0';
+	*out = buf;
 	return 0;
 }

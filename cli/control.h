@@ -19,8 +19,10 @@
 
 #include "capture/cap.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 struct cli_rollback_result {
 	uint64_t seq;         /* the point rolled back to */
@@ -52,5 +54,19 @@ void cli_control_stop(struct cli_control *c);
  */
 int cli_control_call(const char *store_dir, const char *req, char *resp,
 		     size_t respsz);
+
+/*
+ * Like cli_control_call() for answers of any length: reads until the
+ * server closes the connection; *out is malloc'ed (NUL-terminated, caller
+ * frees).  Used by "stats json|text [DISK]\n", answered by "ok\n" and the
+ * report as `rewind stats` prints it (cli_stats_print), or "error CODE
+ * MESSAGE\n".
+ */
+int cli_control_fetch(const char *store_dir, const char *req, char **out);
+
+/* cmd_stats.c: prints figures as `rewind stats` does (text or JSON). */
+struct cap_store_figures;
+void cli_stats_print(FILE *f, const struct cap_store_figures *fig,
+		     const char *store, bool json);
 
 #endif
