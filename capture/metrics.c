@@ -210,9 +210,12 @@ void cap_prom_histogram(struct cap_prom *p, const char *name,
 		/* %.17g spells 0.0005 as 0.00050000000000000001: prefer the
 		 * shortest form that reads back as the same double */
 		for (int prec = 1; i < nbounds && prec <= 17; prec++) {
-			snprintf(le, sizeof(le), "%.*g", prec, bounds[i]);
-			if (strtod(le, NULL) == bounds[i])
+			char t[64];
+			snprintf(t, sizeof(t), "%.*g", prec, bounds[i]);
+			if (strtod(t, NULL) == bounds[i] && !strchr(t, 'e')) {
+				memcpy(le, t, sizeof(le));
 				break;
+			}
 		}
 		pb_printf(p, "%s_bucket", name);
 		pb_labels(p, labels, "le", le);
