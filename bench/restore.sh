@@ -230,49 +230,56 @@ fi
 # ------------------------------------------------------------------ (c), (d)
 if has_cmd export; then
 	command -v qemu-nbd >/dev/null || die "needs qemu-nbd (qemu-utils)"
+	# one Python process spawns the export, so its own start-up is not
+	# counted: first byte = spawn to the first 512 bytes read (connecting
+	# as soon as the socket exists); then nbdcopy reads it all
 	run_export() {
-		local at sock="$work/exp.sock" t0 t1 t2 p
+		local at
 		at=$(point "$1")
-		rm -f "$sock"
-		t0=$(now)
-		"$REWIND" export vm1 --at "$at" --socket "$sock" >"$work/exp.log" 2>&1 &
-		p=$!
-		pids+=("$p")
-		# first byte: connect as soon as the socket exists, read 512 bytes
-		"$PY" - "$sock" <<'EOF' || { cat "$work/exp.log"; die "export: no first byte"; }
-import nbd, os, sys, time
-sock = sys.argv[1]
-deadline = time.time() + 60
-while True:
-    try:
-        h = nbd.NBD()
-        h.connect_unix(sock)
-        break
-    except nbd.Error:
-        if time.time() > deadline:
-            raise
-        time.sleep(0.0005)
-h.pread(512, 0)
-h.shutdown()
-EOF
-		t1=$(now)
-		timeout -s KILL 600 nbdcopy "nbd+unix:///vm1?socket=$sock" null: || die "nbdcopy from rewind export"
-		t2=$(now)
-		kill -TERM "$p"; wait "$p" 2>/dev/null || true
-		echo "d rewind $1 $(secs "$t0" "$t1")" >>"$runs"
-		echo "c rewind $1 $(secs "$t1" "$t2")" >>"$runs"
+		rm -f "$work/exp.sock"
+		"$PY" - "$REWIND" "$at" "$work/exp.sock" "$work/exp.log" "$1" >>"$runs" <<'PYX' || { cat "$work/exp.log"; die "rewind export"; }
+import nbd, os, subprocess, sys, time
+rw, at, sock, logp, rep = sys.argv[1:6]
+log = open(logp, "w")
+t0 = time.monotonic()
+p = subprocess.Popen([rw, "export", "vm1", "--at", at, "--socket", sock], stdout=log, stderr=log)
+try:
+    while True:
+        if p.poll() is not None:
+            sys.exit("export exited %d" % p.returncode)
+        try:
+            h = nbd.NBD()
+            h.connect_unix(sock)
+            break
+        except nbd.Error:
+            if time.monotonic() - t0 > 60:
+                raise
+            time.sleep(0.0005)
+    h.pread(512, 0)
+    t1 = time.monotonic()
+    h.shutdown()
+    subprocess.run(["timeout", "-s", "KILL", "600", "nbdcopy",
+                    "nbd+unix:///vm1?socket=" + sock, "null:"], check=True)
+    t2 = time.monotonic()
+finally:
+    if p.poll() is None:
+        p.terminate()
+    p.wait()
+print("d rewind %s %.6f" % (rep, t1 - t0))
+print("c rewind %s %.6f" % (rep, t2 - t1))
+PYX
 	}
 	run_qemunbd() {
 		local sock="$work/qn.sock" t0 t1 p
 		rm -f "$sock"
-		qemu-nbd -r -f raw -x vm1 -k "$sock" "$work/head.raw" &
+		qemu-nbd -t -r -f raw -x vm1 -k "$sock" "$work/head.raw" &
 		p=$!
 		pids+=("$p")
 		wait_sock "$sock" "$p" || die "qemu-nbd did not start"
 		t0=$(now)
 		timeout -s KILL 600 nbdcopy "nbd+unix:///vm1?socket=$sock" null: || die "nbdcopy from qemu-nbd"
 		t1=$(now)
-		kill -TERM "$p"; wait "$p" 2>/dev/null || true
+		kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true
 		echo "c qemu $1 $(secs "$t0" "$t1")" >>"$runs"
 	}
 	for rep in $(seq 1 "$REPS"); do
