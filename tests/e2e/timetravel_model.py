@@ -740,6 +740,65 @@ def verify(a):
               "; %d points before the horizon refused" % len(refuse) if a.horizon else "", dt))
 
 
+# ---------------------------------------------------------------- export
+
+def exportcheck(a):
+    """`rewind export NAME --at WHEN --socket PATH` at N points spread over
+    the plan; nbdcopy reads the whole export; the image must equal the
+    model.  Each export is stopped by its PID (SIGTERM) and must exit 0."""
+    with open(a.plan) as f:
+        pl = json.load(f)
+    os.makedirs(a.workdir, exist_ok=True)
+    pts = sorted(pl["points"], key=lambda p: (p["state"], p["when"]))
+    n = min(a.rounds, len(pts))
+    pick = [pts[i * (len(pts) - 1) // max(1, n - 1)] for i in range(n)]
+    bad = []
+    t0 = time.time()
+    for i, p in enumerate(pick):
+        sock = os.path.join(a.sockdir, "x%d.sock" % i)
+        out = os.path.join(a.workdir, "x%d.img" % i)
+        log = open(os.path.join(a.workdir, "x%d.log" % i), "w")
+        proc = subprocess.Popen([a.rewind, "export", "--store", a.store, pl["disk"], "--at",
+                                 p["when"], "--socket", sock], stdout=log, stderr=log)
+        try:
+            for _ in range(3000):
+                if os.path.exists(sock) or proc.poll() is not None:
+                    break
+                time.sleep(0.01)
+            if not os.path.exists(sock):
+                bad.append("%s: export did not come up (exit %s)" % (p["when"], proc.poll()))
+                continue
+            r = subprocess.run(["timeout", "-s", "KILL", "120", "nbdcopy",
+                                "nbd+unix:///%s?socket=%s" % (pl["disk"], sock), out],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                bad.append("%s: nbdcopy: %s" % (p["when"], r.stderr.strip()))
+                continue
+            d = file_digest(out, pl["size"])
+            if d != p["digest"]:
+                bad.append("%s (%s): export differs from the model (state after %d requests): %s"
+                           % (p["when"], p["kind"], p["state"], explain(pl, p, out, os.path.dirname(os.path.abspath(a.plan)))))
+            os.unlink(out)
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+            try:
+                rc = proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                rc = proc.wait()
+            log.close()
+        if rc != 0:
+            with open(os.path.join(a.workdir, "x%d.log" % i)) as f:
+                bad.append("%s: export exited %d after SIGTERM: %s" % (p["when"], rc, f.read()[-500:]))
+    for b in bad[:10]:
+        print("  BAD " + b)
+    if bad:
+        die("export: %d of %d points wrong" % (len(bad), n))
+    print("export: %d exports as-of points spread over the history, read whole with nbdcopy, "
+          "equal the model bit for bit (%.1fs)" % (n, time.time() - t0))
+
+
 # ---------------------------------------------------------------- lag probe
 
 def lagprobe(a):
@@ -793,7 +852,7 @@ def mkbase(a):
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("mkbase", "workload", "plan", "verify", "lagprobe"):
+    for name in ("mkbase", "workload", "plan", "verify", "lagprobe", "exportcheck"):
         p = sub.add_parser(name)
         p.add_argument("--rewind", required=True)
         p.add_argument("--store", required=True)
@@ -815,10 +874,11 @@ def main():
         p.add_argument("--offset", type=int, default=0)
         p.add_argument("--base", help="base image (a file next to STATE), imported as the disk")
         p.add_argument("--out")
+        p.add_argument("--sockdir")
         p.add_argument("--horizon", help="ns: the store was compacted --before this time")
     a = ap.parse_args()
     {"mkbase": mkbase, "workload": workload, "plan": plan, "verify": verify,
-     "lagprobe": lagprobe}[a.cmd](a)
+     "lagprobe": lagprobe, "exportcheck": exportcheck}[a.cmd](a)
 
 
 if __name__ == "__main__":
