@@ -1162,30 +1162,18 @@ static void rollback_usage(FILE *f)
 		"domain is to start.\n");
 }
 
-/*
- * Runs this binary with args (args[0] is ignored); returns its exit status
- * or -errno.  Test hook: when $REWIND_VM_ROLLBACK names a program and
- * args[1] is "rollback", that program runs instead, with args[2..] (the
- * e2e test uses it to stand in for `rewind rollback` in builds that do not
- * have it yet).
- */
+/* Runs this binary with args (args[0] is ignored); exit status or -errno. */
 static int run_self(const char *const *args, bool quiet)
 {
 	char self[PATH_MAX];
-	const char *hook = getenv("REWIND_VM_ROLLBACK");
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
 	posix_spawn_file_actions_t fa;
 	pid_t pid;
 	int status, err;
 
-	if (hook && *hook && !strcmp(args[1], "rollback")) {
-		snprintf(self, sizeof(self), "%s", hook);
-		args++;
-	} else {
-		ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-		if (n <= 0)
-			return -errno;
-		self[n] = '\0';
-	}
+	if (n <= 0)
+		return -errno;
+	self[n] = '\0';
 	posix_spawn_file_actions_init(&fa);
 	if (quiet) {
 		posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);

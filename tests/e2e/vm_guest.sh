@@ -19,8 +19,7 @@
 # Needs root (libvirtd, QEMU as root so it can open rewind's socket).
 # Installs the 'vm' package profile; skips (77) only when the packages or
 # the kernel cannot be fetched.  The kernel and initramfs are cached in
-# $REWIND_BUILD/vm-guest.  The per-disk `rewind rollback` is used when the
-# build has it, else tests/e2e/vm/rollback-shim.sh stands in (loudly).
+# $REWIND_BUILD/vm-guest.
 . "$(dirname "$0")/functions.sh"
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)

@@ -80,15 +80,8 @@ rw_setup
 trap vm_cleanup EXIT
 check "libvirtd up (${LIBVIRTD_PID:+started by the test, pid $LIBVIRTD_PID}${LIBVIRTD_PID:-already running})"
 
-if "$REWIND" rollback --help >/dev/null 2>&1; then
-	check "per-disk rollback: rewind rollback"
-else
-	echo "######################################################################"
-	echo "### NOTE: this build has no 'rewind rollback'; vm rollback runs"
-	echo "### tests/e2e/vm/rollback-shim.sh per disk instead"
-	echo "######################################################################"
-	export REWIND_VM_ROLLBACK=$here/vm/rollback-shim.sh
-fi
+# vm rollback runs the per-disk `rewind rollback` in a child process
+"$REWIND" rollback --help >/dev/null 2>&1 || fail "this build has no 'rewind rollback'"
 
 blkoff=(0 1 700 2047)      # the guest's blocks (4 KiB block numbers), see init
 
