@@ -227,9 +227,18 @@ static int protect_live(struct vm_conn *vc, const char *dom, const char *store,
 		} else {
 			d = &ds->v[i];
 		}
+		for (int j = 0; j < np; j++)
+			if (!strcmp(pd[j].target, d->target)) {
+				rc = vm_fail("disk '%s' given twice", d->target);
+				goto out;
+			}
 		if ((err = vm_disk_check(d))) {
 			rc = cli_fail(err, "cannot protect domain '%s'%s", dom,
 				      nwant ? "" : " (choose disks with --disk)");
+			goto out;
+		}
+		if (strlen(d->source) >= sizeof(pd[np].path)) {
+			rc = vm_fail("disk '%s': path too long", d->target);
 			goto out;
 		}
 		memset(&pd[np], 0, sizeof(pd[np]));
@@ -462,7 +471,8 @@ static int cmd_protect(int argc, char **argv)
 	}
 	if (st != VM_DOM_OFF) {
 		rc = vm_fail("domain '%s' is %s: vm protect works on shut-off "
-			     "domains (shut it down first)", dom, sdesc);
+			     "domains (shut it down first, or use --live)", dom,
+			     sdesc);
 		goto out;
 	}
 	if ((err = vm_dom_xml(vc, dom, &xml)) || (err = vm_xml_disks(xml, &ds))) {
