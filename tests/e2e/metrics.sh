@@ -243,5 +243,24 @@ expect_eq "healthz after the flush" "$(code "$(M /healthz)")" 200
 grep -q "disk 'vm1': back to normal" "$TMP/server.log" || fail "recovery not logged"
 fl=$(get "$TMP/m.json" 'rewind_flush_duration_seconds_bucket{disk="vm1",le="2.5"}')
 expect_eq "the slow flush is above the 2.5 s bucket" "$fl" 0
-kill9_server   # a clean stop would wait for more delayed fsyncs
+kill9_server || true   # a clean stop would wait for more delayed fsyncs
+
+# --- history cut below --history-warn of the retention is an event
+start_metrics_server -- --retain 1h --compact-every 1h --history-warn 80%
+expect_eq "healthz with full history" "$(code "$(M /healthz)")" 200
+run_nbdsh -u "$U" -c 'h.pwrite(b"\x06" * 4096, 0); h.flush()' || fail "write"
+sleep 0.3
+"$REWIND" compact --before now vm1 >/dev/null || fail "compact --before now"
+for i in $(seq 1 50); do
+	grep -q "warning: disk 'vm1': history" "$TMP/server.log" && break
+	sleep 0.1
+done
+grep -q "warning: disk 'vm1': history" "$TMP/server.log" || fail "history cut not logged"
+"$REWIND" stats vm1 | grep -q "warning: disk 'vm1': history" || fail "stats does not show it"
+expect_eq "healthz on a warning (not critical)" "$(code "$(M /healthz)")" 200
+curl -s "$(M /healthz)" | grep -q "warning: disk 'vm1': history" || fail "healthz does not list the warning"
+prom "$(M /metrics)" >"$TMP/h.json"
+expect_eq "rewind_health of vm1" "$(get "$TMP/h.json" 'rewind_health{disk="vm1"}')" 1
+check "history below 80% of the retention: logged, in stats, /healthz, rewind_health"
+stop_server
 check "done"
