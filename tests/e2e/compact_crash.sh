@@ -56,11 +56,11 @@ SEGS=($(ls "$J"))
 [ ${#SEGS[@]} -ge 3 ] || fail "want >= 3 segments, have ${#SEGS[@]}"
 check "history: $LATEST records in ${#SEGS[@]} segments"
 
-# Sample points: 9 spread over history plus the newest, hashed up front.
+# Sample points: 7 spread over history (the last is the newest), hashed up front.
 declare -A SHA
 POINTS=()
-for i in $(seq 0 8); do
-	p=$(( (LATEST * i) / 8 )); [ $p -lt 1 ] && p=1
+for i in $(seq 0 6); do
+	p=$(( (LATEST * i) / 6 )); [ $p -lt 1 ] && p=1
 	POINTS+=($p)
 done
 for p in "${POINTS[@]}"; do
@@ -98,7 +98,7 @@ for i in $(seq 1 $ROUNDS); do
 	REWIND_FAULTS=$FAULTS "$REWIND" compact --store "$STORE" d --before seq:$T \
 		>"$TMP/c.log" 2>&1 &
 	cpid=$!
-	sleep "0.$(printf '%03d' $((RANDOM % 400)))"
+	sleep "0.$(printf '%03d' $((RANDOM % 300)))"
 	if kill -9 $cpid 2>/dev/null; then kills=$((kills + 1)); else done_before=$((done_before + 1)); fi
 	wait $cpid 2>/dev/null
 	# Invariants after the kill.
