@@ -33,7 +33,10 @@
  * cap_server_stop() from anywhere, including a signal handler.  Inside,
  * one accept loop, one thread per connection that reads requests plus a
  * few workers per connection (replies may go out of order; one mutex
- * serialises a connection's reply writes), and one housekeeping thread.
+ * serialises a connection's reply writes), and one housekeeping thread;
+ * with metrics_addr, libmicrohttpd's thread serving /metrics and /healthz,
+ * and with thresholds a watcher thread logging their crossings (both
+ * capture/metrics.c, stopped first by cap_server_close).
  *
  * Error model: 0 or a negative code (-errno / RW_E*) with rw_err_msg()
  * naming the store, disk or address.  The server loop logs through
