@@ -15,6 +15,7 @@
  * transactions may move between threads: the index uses MDB_NOTLS).
  */
 #include "cli/cli.h"
+#include "cli/control.h"
 #include "capture/cap.h"
 #include "common/rw.h"
 #include "index/ix.h"
@@ -133,6 +134,11 @@ static int cmd_export(int argc, char **argv)
 	store = cli_store_dir(store);
 	pthread_mutex_init(&p.mu, NULL);
 	pthread_cond_init(&p.cv, NULL);
+	/* With a server running, make its index current first (as restore). */
+	if ((err = cli_control_index(store)) < 0) {
+		rc = cli_fail(err, "cannot export '%s'", name);
+		goto out;
+	}
 	if ((err = ix_open(&p.ix, store, IX_RDONLY))) {
 		rc = cli_fail(err, "cannot open store '%s'", store);
 		goto out;

@@ -171,6 +171,18 @@ static void handle(struct cli_control *cc, int fd)
 		stats_reply(cc, fd, name && !strcmp(name, "json"), when);
 		return;
 	}
+	if (verb && !strcmp(verb, "index") && !name) {
+		/* A reader in another process wants every acknowledged write
+		 * indexed before it resolves a point in time. */
+		rw_err_clear();
+		int ierr = cap_server_index_now(cc->s);
+		if (ierr)
+			snprintf(resp, sizeof(resp), "error %d %s\n", ierr,
+				 *rw_err_msg() ? rw_err_msg() : rw_strerror(ierr));
+		else
+			snprintf(resp, sizeof(resp), "ok\n");
+		goto reply;
+	}
 	if (!verb || strcmp(verb, "rollback") || !name || !when) {
 		snprintf(resp, sizeof(resp), "error %d unknown request\n", -EINVAL);
 		goto reply;
@@ -402,4 +414,22 @@ int cli_control_fetch(const char *store_dir, const char *req, char **out)
 	buf[n] = '\0';
 	*out = buf;
 	return 0;
+}
+
+int cli_control_index(const char *store_dir)
+{
+	char resp[1200];
+	int err = cli_control_call(store_dir, "index\n", resp, sizeof(resp));
+
+	if (err == -ENOENT || err == -ECONNREFUSED)
+		return 1;
+	if (err)
+		return err;
+	if (!strncmp(resp, "ok", 2))
+		return 0;
+	char *nl = strchr(resp, '\n');
+	if (nl)
+		*nl = '\0';
+	return rw_err_set(-EIO, "the server could not bring its index up to "
+			  "date: %s", resp);
 }

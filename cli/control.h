@@ -69,4 +69,12 @@ struct cap_store_figures;
 void cli_stats_print(FILE *f, const struct cap_store_figures *fig,
 		     const char *store, bool json);
 
+/*
+ * Asks the server of store_dir (if one runs) to index every record it has
+ * written, so that a reader in this process sees every write acknowledged
+ * before the call.  Returns 0 when done, 1 when no server answers (the
+ * caller must then hold the store lock and catch up itself), or error.
+ */
+int cli_control_index(const char *store_dir);
+
 #endif
