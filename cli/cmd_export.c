@@ -42,6 +42,28 @@ struct pool {
 	uint64_t seq;
 };
 
+/*
+ * A concurrent compaction may move the horizon past this export's point.
+ * It makes the new horizon durable in the index before it touches base,
+ * so a read that sees the horizon at or below the point both before and
+ * after it did not overlap a fold: checking twice makes every answer
+ * either exact or an error, never silently wrong.
+ */
+static int horizon_ok(struct pool *p)
+{
+	struct ix_disk d;
+	int err = ix_disk_get(p->ix, p->d.name, &d);
+
+	if (err)
+		return err;
+	if (d.horizon_seq > p->seq)
+		return rw_err_set(RW_ERANGE, "disk '%s' was compacted past seq %"
+				  PRIu64 " (now restorable from seq %" PRIu64
+				  "); this export can no longer be served",
+				  p->d.name, p->seq, d.horizon_seq);
+	return 0;
+}
+
 static int pool_read(void *arg, void *buf, uint64_t off, uint32_t len)
 {
 	struct pool *p = arg;
@@ -57,10 +79,13 @@ static int pool_read(void *arg, void *buf, uint64_t off, uint32_t len)
 	}
 	p->busy[i] = true;
 	pthread_mutex_unlock(&p->mu);
-	if (!p->v[i])
+	err = horizon_ok(p);
+	if (!err && !p->v[i])
 		err = rs_view_open(&p->v[i], p->ix, &p->d, p->seq);
 	if (!err)
 		err = rs_view_read(p->v[i], off, len, buf);
+	if (!err)
+		err = horizon_ok(p);
 	if (err)
 		rw_log(RW_LOG_ERROR, "export of disk '%s': read of [%" PRIu64
 		       ", +%u) failed: %s", p->d.name, off, len,
