@@ -9,7 +9,7 @@
  * divided by the versions.  A second part compares the two candidate
  * layouts of the versions table in bare LMDB (one key per version vs
  * MDB_DUPSORT), on random blocks and on a hot set, which is how the
- * layout in FORMAT-index.md was chosen.
+ * layout in FORMAT.md was chosen.
  *
  * Options: -n VERSIONS (default 5000000), -l LOOKUPS (2000000),
  * -c VERSIONS for the layout comparison (1000000, 0 = skip), -d DIR,

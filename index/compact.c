@@ -3,7 +3,7 @@
  * (horizon and base_seq, durable outside LMDB), and dropping the index
  * entries and segment files that compaction folded into base.img.
  *
- * How: disks/NAME/horizon (44 bytes, FORMAT-index.md) holds horizon_seq,
+ * How: disks/NAME/horizon (44 bytes, FORMAT.md) holds horizon_seq,
  * horizon_ts and base_seq; it is replaced atomically (tmp + fsync + rename
  * + directory fsync) and mirrored into the disk's LMDB entry afterwards, so
  * the file is never behind the index.  ix_open (and ix_horizon_sync) copies

@@ -284,7 +284,7 @@ int ix_mark_list(struct ix_read *rd, uint32_t disk, struct ix_mark **out);
 
 /*
  * (Added, index/compact.c.)  Each disk's horizon and base_seq live in
- * disks/NAME/horizon (FORMAT-index.md), written atomically BEFORE they are
+ * disks/NAME/horizon (FORMAT.md), written atomically BEFORE they are
  * mirrored into the disk's LMDB entry, so the index can always be rebuilt
  * from files: ix_open (read-write) and ix_horizon_sync copy a file that is
  * ahead of LMDB into it.  Both numbers only move forward, and

@@ -2,7 +2,7 @@
  * ix_int.h — private to index/ (and to tests/test_index.c, which pokes at
  * the LMDB environment directly to corrupt it on purpose).
  *
- * Key and value layouts are documented byte by byte in FORMAT-index.md;
+ * Key and value layouts are documented byte by byte in FORMAT.md;
  * the encoders below are the only code that builds them.
  */
 #ifndef RW_INDEX_INT_H

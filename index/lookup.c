@@ -15,7 +15,7 @@
  * Rejected: MDB_DUPSORT with (disk, block) keys and seq-prefixed
  * duplicates.  It saves the repeated 12-byte key prefix for blocks with
  * many versions, but measured no better for the random-block workload
- * (most blocks hold one version; see FORMAT-index.md) and makes the
+ * (most blocks hold one version; see FORMAT.md) and makes the
  * as-of walk two-level (MDB_GET_BOTH_RANGE then MDB_PREV_DUP).
  *
  * ix_seq_to_time binary-searches the time map by timestamp (timestamps

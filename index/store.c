@@ -737,7 +737,7 @@ size_t ix_diskval_encode(uint8_t *v, size_t cap, const struct ix_disk *d)
 		return IX_DISKVAL_MIN + nl;
 	if (cap < IX_DISKVAL_MIN + nl + 8)
 		return 0;
-	/* Compacted disks only: base_seq after the name (FORMAT-index.md). */
+	/* Compacted disks only: base_seq after the name (FORMAT.md). */
 	rw_put_le64(v + 53 + nl, d->base_seq);
 	return IX_DISKVAL_MIN + nl + 8;
 }
