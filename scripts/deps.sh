@@ -5,8 +5,8 @@
 set -euo pipefail
 
 build_pkgs=(gcc make pkg-config liburing-dev liblmdb-dev libzstd-dev libcunit1-dev libvirt-dev libxml2-dev libmicrohttpd-dev)
-test_pkgs=(qemu-utils libnbd-bin nbdkit fio e2fsprogs lmdb-utils zstd python3 curl python3-prometheus-client)
-bench_pkgs=(fio e2fsprogs qemu-utils nbdkit)
+test_pkgs=(qemu-utils libnbd-bin python3-libnbd nbdkit fio e2fsprogs lmdb-utils zstd python3 curl python3-prometheus-client bc util-linux tzdata)
+bench_pkgs=(fio e2fsprogs qemu-utils nbdkit libnbd-bin python3-libnbd)
 # vm: a real guest under libvirt + QEMU (TCG) for tests/e2e/vm_guest.sh
 vm_pkgs=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils busybox-static cpio)
 
