@@ -186,7 +186,7 @@ uint32_t cap_nbd_errno(int err);
 
 /*
  * Figures for `rewind stats` and GET /metrics (capture/metrics.c; every
- * name and its meaning is in docs/metrics.md).  cap_metrics_collect()
+ * name and its meaning is in README.md (Metrics)).  cap_metrics_collect()
  * reads the store (segment files, images, the index, STORE/compact.stats)
  * and, when s is a running server, its live counters; without a server
  * the live-only figures are absent (live = false).  Thread-safe: the
@@ -286,7 +286,7 @@ void cap_prom_histogram(struct cap_prom *p, const char *name,
 			const char *const *labels, const double *bounds,
 			const uint64_t *counts, size_t nbounds, double sum);
 /* Formats f as a whole exposition into p (metric families documented in
- * docs/metrics.md). */
+ * README.md (Metrics)). */
 void cap_prom_figures(struct cap_prom *p, const struct cap_store_figures *f);
 void cap_prom_free(struct cap_prom *p);
 

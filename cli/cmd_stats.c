@@ -1,6 +1,6 @@
 /*
  * cmd_stats.c — `rewind stats [NAME] [--json]`: the figures of
- * docs/metrics.md (the same ones GET /metrics exposes), for a person or a
+ * README.md (Metrics) (the same ones GET /metrics exposes), for a person or a
  * script, whether or not a server runs.
  *
  * How: when `rewind serve` runs, ask it over STORE/control.sock
@@ -197,7 +197,7 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: rewind stats [--store DIR] [NAME] [--json] [--retain DURATION]\n\n"
 		"Journal, index, capture and compaction figures of every disk (or NAME),\n"
-		"the same as 'rewind serve --metrics' exposes (docs/metrics.md).  While a\n"
+		"the same as 'rewind serve --metrics' exposes (README.md (Metrics)).  While a\n"
 		"server runs they come from it (STORE/control.sock), live counters\n"
 		"included; otherwise from the store, and the figures only a server\n"
 		"knows read 'n/a (no server)' (null in JSON).\n\n"
