@@ -42,6 +42,7 @@
  * index) — optional, left for later.
  */
 #include "restore/rs.h"
+#include "restore/rs_int.h"
 
 #include "common/rw.h"
 #include "index/ix.h"
@@ -64,27 +65,6 @@ static int step(const struct rs_compact_opts *o, enum rs_compact_step s)
 }
 
 /* ------------------------------------------------------------- plan */
-
-struct bm {
-	uint64_t nbits, set, versions;
-	uint64_t *w;
-};
-
-static int bm_set_fn(void *arg, uint64_t block, const struct ix_version *v)
-{
-	struct bm *b = arg;
-
-	(void)v;
-	b->versions++;
-	if (block >= b->nbits)
-		return rw_err_set(RW_ECORRUPT, "index names block %" PRIu64
-				  " past the disk's end", block);
-	if (!(b->w[block / 64] & (1ull << (block % 64)))) {
-		b->w[block / 64] |= 1ull << (block % 64);
-		b->set++;
-	}
-	return 0;
-}
 
 static uint64_t journal_bytes(struct ix *ix, const struct ix_disk *d,
 			      uint64_t *nseg)
@@ -223,15 +203,12 @@ int rs_compact_plan(struct ix *ix, const char *name,
 	/* What folding will touch (a real run counts while it folds: one
 	 * scan of the versions saved). */
 	if (o->dry_run && p->horizon_seq > d.base_seq) {
-		struct bm b = { .nbits = (d.size + d.block_size - 1) / d.block_size };
-		b.w = calloc((b.nbits + 63) / 64, sizeof(uint64_t));
-		if (!b.w) {
-			err = -ENOMEM;
+		struct rs_blockset b;
+		if ((err = rs_blockset_init(&b, d.size, d.block_size)))
 			goto out;
-		}
 		err = ix_versions_range(rd, d.id, d.base_seq, p->horizon_seq,
-					bm_set_fn, &b);
-		free(b.w);
+					rs_blockset_add, &b);
+		rs_blockset_free(&b);
 		if (err)
 			goto out;
 		p->blocks = b.set;
@@ -272,21 +249,6 @@ struct fold {
 	struct rs_compact_stats *st;
 };
 
-static bool all_zero(const uint8_t *p, size_t n)
-{
-	size_t i = 0;
-
-	for (; i + 8 <= n; i += 8) {
-		uint64_t w;
-		memcpy(&w, p + i, 8);
-		if (w)
-			return false;
-	}
-	for (; i < n; i++)
-		if (p[i])
-			return false;
-	return true;
-}
 
 static int fold_flush(struct fold *f)
 {
@@ -318,7 +280,7 @@ static int fold_block(struct fold *f, uint64_t block, const uint8_t *blk)
 {
 	uint64_t off = block * f->bs;
 	size_t part = f->size - off < f->bs ? (size_t)(f->size - off) : f->bs;
-	bool zero = all_zero(blk, part);
+	bool zero = rs_all_zero(blk, part);
 	int err;
 
 	if (f->run_len && (f->run_off + f->run_len != off ||
@@ -338,7 +300,7 @@ static int fold_block(struct fold *f, uint64_t block, const uint8_t *blk)
 static int fold(struct ix *ix, const struct ix_disk *d, uint64_t h,
 		const struct rs_compact_opts *o, struct rs_compact_stats *st)
 {
-	struct bm b = { .nbits = (d->size + d->block_size - 1) / d->block_size };
+	struct rs_blockset b = { 0 };
 	struct fold f = { .fd = -1, .bs = d->block_size, .size = d->size, .st = st };
 	struct ix_read *rd = NULL;
 	struct rs_view *v = NULL;
@@ -349,15 +311,15 @@ static int fold(struct ix *ix, const struct ix_disk *d, uint64_t h,
 	if ((err = ix_disk_path(ix, d->name, "base.img", path, sizeof(path))))
 		return err;
 	f.path = path;
-	b.w = calloc((b.nbits + 63) / 64, sizeof(uint64_t));
+	err = rs_blockset_init(&b, d->size, d->block_size);
 	f.buf = malloc(FOLD_RUN + d->block_size);
-	if (!b.w || !f.buf) {
+	if (err || !f.buf) {
 		err = -ENOMEM;
 		goto out;
 	}
 	if ((err = ix_read_begin(ix, &rd)))
 		goto out;
-	err = ix_versions_range(rd, d->id, d->base_seq, h, bm_set_fn, &b);
+	err = ix_versions_range(rd, d->id, d->base_seq, h, rs_blockset_add, &b);
 	st->plan.versions += b.versions;
 	ix_read_end(rd);
 	rd = NULL;
@@ -400,7 +362,7 @@ out:
 	if (f.fd >= 0)
 		close(f.fd);
 	free(f.buf);
-	free(b.w);
+	rs_blockset_free(&b);
 	return err;
 }
 

@@ -18,6 +18,7 @@
  * error never leaves a plausible-looking but wrong image under NAME.
  */
 #include "restore/rs.h"
+#include "restore/rs_int.h"
 
 #include "common/rw.h"
 #include "index/ix.h"
@@ -33,42 +34,6 @@
 #include <unistd.h>
 
 #define COPY_CHUNK (1u << 20)
-
-struct bitmap {
-	uint64_t nbits;
-	uint64_t *w;
-	uint64_t set;
-};
-
-static int bm_set(void *arg, uint64_t block, const struct ix_version *v)
-{
-	struct bitmap *bm = arg;
-
-	(void)v;
-	if (block >= bm->nbits)
-		return rw_err_set(RW_ECORRUPT, "index holds block %" PRIu64
-				  " beyond the disk's %" PRIu64 " blocks",
-				  block, bm->nbits);
-	uint64_t bit = 1ull << (block % 64);
-	if (!(bm->w[block / 64] & bit)) {
-		bm->w[block / 64] |= bit;
-		bm->set++;
-	}
-	return 0;
-}
-
-static bool all_zero(const uint8_t *p, size_t n)
-{
-	static const uint8_t z[512];
-
-	while (n >= sizeof(z)) {
-		if (memcmp(p, z, sizeof(z)))
-			return false;
-		p += sizeof(z);
-		n -= sizeof(z);
-	}
-	return !n || !memcmp(p, z, n);
-}
 
 /* Bytes allocated to an image (st_blocks), the cost of copying it. */
 static uint64_t allocated(const char *path)
@@ -123,7 +88,7 @@ static int copy_sparse(const char *src_path, int out, uint64_t size,
 				break;
 			for (size_t o = 0; o < (size_t)got; o += bs) {
 				size_t part = (size_t)got - o < bs ? (size_t)got - o : bs;
-				if (all_zero(buf + o, part))
+				if (rs_all_zero(buf + o, part))
 					continue;
 				err = rw_sys_pwrite_full(out, buf + o, part,
 							 data + (off_t)o);
@@ -152,7 +117,7 @@ int rs_restore_file(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 		    struct rs_restore_stats *st)
 {
 	struct rs_restore_stats s = { 0 };
-	struct bitmap bm = { 0 };
+	struct rs_blockset bm = { 0 };
 	struct ix_read *rd = NULL;
 	struct rs_view *v = NULL;
 	uint8_t *buf = NULL;
@@ -172,10 +137,9 @@ int rs_restore_file(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 		return err;
 
 	uint32_t bs = d->block_size;
-	bm.nbits = (d->size + bs - 1) / bs;
-	bm.w = calloc((bm.nbits + 63) / 64, sizeof(uint64_t));
+	err = rs_blockset_init(&bm, d->size, bs);
 	buf = malloc(COPY_CHUNK);
-	if (!bm.w || !buf) {
+	if (err || !buf) {
 		err = -ENOMEM;
 		goto out;
 	}
@@ -183,7 +147,7 @@ int rs_restore_file(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 	/* Choose the direction: count blocks to rebuild each way. */
 	if ((err = ix_read_begin(ix, &rd)))
 		goto out;
-	if ((err = ix_versions_range(rd, d->id, d->base_seq, seq, bm_set, &bm)))
+	if ((err = ix_versions_range(rd, d->id, d->base_seq, seq, rs_blockset_add, &bm)))
 		goto out;
 	uint64_t fwd_blocks = bm.set;
 	uint64_t back_blocks = 0;
@@ -192,21 +156,20 @@ int rs_restore_file(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 	if (d->head_synced_seq < d->last_indexed_seq)
 		flags &= ~(unsigned)RS_ALLOW_BACKWARD;
 	if ((flags & RS_ALLOW_BACKWARD) && seq < r.latest_seq) {
-		struct bitmap b2 = { bm.nbits, calloc((bm.nbits + 63) / 64, 8), 0 };
-		if (!b2.w) {
-			err = -ENOMEM;
+		struct rs_blockset b2;
+		if ((err = rs_blockset_init(&b2, d->size, bs)))
 			goto out;
-		}
-		err = ix_versions_range(rd, d->id, seq, r.latest_seq, bm_set, &b2);
+		err = ix_versions_range(rd, d->id, seq, r.latest_seq,
+					rs_blockset_add, &b2);
 		back_blocks = b2.set;
 		uint64_t fwd_cost = allocated(base) + fwd_blocks * bs;
 		uint64_t back_cost = allocated(head) + back_blocks * bs;
 		if (!err && back_cost < fwd_cost) {
 			backward = true;
-			free(bm.w);
+			rs_blockset_free(&bm);
 			bm = b2;
 		} else {
-			free(b2.w);
+			rs_blockset_free(&b2);
 		}
 		if (err)
 			goto out;
@@ -250,7 +213,7 @@ int rs_restore_file(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 				goto out;
 			uint64_t off = block * bs;
 			size_t part = d->size - off < bs ? (size_t)(d->size - off) : bs;
-			if (all_zero(blk, part)) {
+			if (rs_all_zero(blk, part)) {
 				/* Whatever the copy put there must go. */
 				if (fallocate(out, FALLOC_FL_PUNCH_HOLE |
 					      FALLOC_FL_KEEP_SIZE, (off_t)off,
@@ -308,7 +271,7 @@ out:
 	}
 	rs_view_close(v);
 	ix_read_end(rd);
-	free(bm.w);
+	rs_blockset_free(&bm);
 	free(buf);
 	return err;
 }

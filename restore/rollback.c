@@ -13,6 +13,7 @@
  * restore rules, while ordinary records already have both.
  */
 #include "restore/rs.h"
+#include "restore/rs_int.h"
 
 #include "common/rw.h"
 #include "index/ix.h"
@@ -24,44 +25,13 @@
 
 #define RUN_MAX (1u << 20)
 
-struct changed {
-	uint64_t nbits;
-	uint64_t *w;
-	uint64_t set;
-};
-
-static int mark_changed(void *arg, uint64_t block, const struct ix_version *v)
-{
-	struct changed *c = arg;
-
-	(void)v;
-	if (block >= c->nbits)
-		return rw_err_set(RW_ECORRUPT, "index holds block %" PRIu64
-				  " beyond the disk's %" PRIu64 " blocks",
-				  block, c->nbits);
-	uint64_t bit = 1ull << (block % 64);
-	if (!(c->w[block / 64] & bit)) {
-		c->w[block / 64] |= bit;
-		c->set++;
-	}
-	return 0;
-}
-
-static bool is_zero(const uint8_t *p, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		if (p[i])
-			return false;
-	return true;
-}
-
 int rs_rollback(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 		uint64_t upto, rs_sink_fn sink, void *arg,
 		rs_progress_fn progress, void *parg,
 		struct rs_rollback_stats *st)
 {
 	struct rs_rollback_stats s = { 0 };
-	struct changed c = { 0 };
+	struct rs_blockset c = { 0 };
 	struct ix_read *rd = NULL;
 	struct rs_view *v = NULL;
 	uint8_t *run = NULL;
@@ -72,16 +42,15 @@ int rs_rollback(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 				  "before its horizon (seq %" PRIu64 ")", seq,
 				  d->name, d->horizon_seq);
 	uint32_t bs = d->block_size;
-	c.nbits = (d->size + bs - 1) / bs;
-	c.w = calloc((c.nbits + 63) / 64, sizeof(uint64_t));
+	err = rs_blockset_init(&c, d->size, bs);
 	run = malloc(RUN_MAX);
-	if (!c.w || !run) {
+	if (err || !run) {
 		err = -ENOMEM;
 		goto out;
 	}
 	if ((err = ix_read_begin(ix, &rd)))
 		goto out;
-	err = ix_versions_range(rd, d->id, seq, upto, mark_changed, &c);
+	err = ix_versions_range(rd, d->id, seq, upto, rs_blockset_add, &c);
 	ix_read_end(rd);
 	rd = NULL;
 	if (err)
@@ -95,7 +64,7 @@ int rs_rollback(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 	bool run_zero = false;
 	uint64_t done = 0;
 	for (uint64_t block = 0; block < c.nbits; block++) {
-		bool changed = c.w[block / 64] & (1ull << (block % 64));
+		bool changed = rs_blockset_has(&c, block);
 		const uint8_t *blk;
 		uint64_t off = block * bs;
 		uint32_t part = d->size - off < bs ? (uint32_t)(d->size - off) : bs;
@@ -103,7 +72,7 @@ int rs_rollback(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 			if ((err = rs_view_block(v, block, &blk)))
 				goto out;
 		}
-		bool z = changed && is_zero(blk, part);
+		bool z = changed && rs_all_zero(blk, part);
 		if (run_len && (!changed || z != run_zero ||
 				run_off + run_len != off || run_len + part > RUN_MAX)) {
 			if ((err = sink(arg, run_off, run_len, run_zero ? NULL : run)))
@@ -136,7 +105,7 @@ int rs_rollback(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 out:
 	rs_view_close(v);
 	ix_read_end(rd);
-	free(c.w);
+	rs_blockset_free(&c);
 	free(run);
 	return err;
 }
