@@ -39,6 +39,8 @@ struct cap_disk {
 	const struct cap_ro_export *ro;   /* read-only export: reads go here,
 	                                   * no writer, no head */
 	unsigned clients;                 /* connections using it (mu) */
+	bool skip_unchanged;              /* see cap_server_opts */
+	atomic_uint_fast64_t n_unchanged; /* writes skipped as unchanged */
 	bool claimed;                     /* exclusive work running (mu) */
 	char head_path[4096];
 	char journal_dir[4096];

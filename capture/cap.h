@@ -69,6 +69,11 @@ struct cap_server_opts {
 					 * serve these and never open the
 					 * store for writing */
 	size_t n_ro_exports;
+	bool skip_unchanged;            /* a WRITE whose bytes equal what the
+					 * disk already holds is acknowledged
+					 * without a journal record (it
+					 * changes no restorable point); costs
+					 * a read of head per write */
 	bool no_listen;                 /* open and recover the store but
 					 * listen nowhere (offline work such
 					 * as a rollback through the write

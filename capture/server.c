@@ -427,6 +427,7 @@ static int recover(struct cap_server *s)
 		err = cap_disk_open(&s->disks[i], s->ix, &list[i], s->clock, &rep);
 		if (err)
 			break;
+		s->disks[i].skip_unchanged = s->o.skip_unchanged;
 		s->nopen++;
 		if (rep.truncated_bytes)
 			rw_log(RW_LOG_WARN, "disk '%s': dropped a torn tail of "

@@ -55,6 +55,10 @@ static void usage(FILE *f)
 		"  --handshake-timeout DURATION   (default 10s)\n"
 		"  --workers N         request workers per connection (default 4)\n"
 		"  --zstd-level N      0 disables compression (default %d)\n"
+		"  --skip-unchanged    acknowledge a write of bytes the disk already\n"
+		"                      holds without journaling it (a block copy onto\n"
+		"                      the disk then adds no history; costs a read\n"
+		"                      per write)\n"
 		"  --head-sync DURATION   head.img fsync period (default 5s)\n"
 		"  --retain DURATION   with --compact-every: compact history older\n"
 		"                      than DURATION on a schedule (rewind compact)\n"
@@ -93,6 +97,7 @@ static int cmd_serve(int argc, char **argv)
 		{ "handshake-timeout", required_argument, NULL, 't' },
 		{ "workers", required_argument, NULL, 'w' },
 		{ "zstd-level", required_argument, NULL, 'z' },
+		{ "skip-unchanged", no_argument, NULL, 'K' },
 		{ "head-sync", required_argument, NULL, 'y' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "retain", required_argument, NULL, 'R' },
@@ -139,6 +144,9 @@ static int cmd_serve(int argc, char **argv)
 						       "--workers '%s' (1..64)",
 						       optarg);
 			o.workers = v;
+			break;
+		case 'K':
+			o.skip_unchanged = true;
 			break;
 		case 'z':
 			if (parse_uint(optarg, 19, &v))

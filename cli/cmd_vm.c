@@ -156,8 +156,10 @@ static pid_t serve_detached(const char *store, const char *sock)
 	self[n] = '\0';
 	snprintf(logp, sizeof(logp), "%s/vm/serve.log", store);
 	snprintf(pidp, sizeof(pidp), "%s/vm/serve.pid", store);
+	/* --skip-unchanged: the block copy's rewrites of identical data
+	 * must not grow the journal. */
 	const char *args[] = { self, "serve", "--store", store, "--socket", sock,
-			       NULL };
+			       "--skip-unchanged", NULL };
 	posix_spawn_file_actions_init(&fa);
 	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
 	posix_spawn_file_actions_addopen(&fa, 1, logp,
