@@ -13,6 +13,7 @@
  */
 #include "capture/cap.h"
 #include "cli/cli.h"
+#include "cli/control.h"
 #include "common/rw.h"
 #include "index/ix.h"
 #include "restore/rs.h"
@@ -196,6 +197,18 @@ static int cmd_compact(int argc, char **argv)
 			return cli_fail(n, "cannot catch up the index of store '%s'", store);
 	} else if (err != RW_EBUSY) {
 		return cli_fail(err, "cannot open store '%s'", store);
+	} else {
+		/*
+		 * A server holds the store: its index trails its journal by a
+		 * housekeeping interval.  Have it index everything written, so
+		 * --before now (or a retention edge) sees every write made
+		 * before this command started.
+		 */
+		rw_err_clear();
+		err = cli_control_index(store);
+		if (err < 0)
+			return cli_fail(err, "cannot bring the index of store '%s' "
+					"up to date", store);
 	}
 	rw_err_clear();
 	if ((err = ix_open(&ix, store, 0)))
