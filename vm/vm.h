@@ -20,7 +20,7 @@
  *   every other element are kept byte-for-byte as libxml2 reserialises
  *   them.
  * - Per-domain state lives in STORE/vm/DOMAIN/ (see vm/state.c and
- *   FORMAT notes in vm/README-section.md): original.xml (the inactive XML
+ *   FORMAT.md, "VM state"): original.xml (the inactive XML
  *   before protect), disks (one line per protected disk: target, store
  *   disk, format, original path), xml/NNNNNNNNNNNNNNNNNNNN.xml (the domain
  *   XML in force from that time on, ns since the epoch), undo (the moment
