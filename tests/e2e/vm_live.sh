@@ -53,6 +53,9 @@ assert d["journal"]["last_seq"] >= 1, d
 assert p["oldest_seq"] == d["journal"]["last_seq"], (d, p)
 PY
 check "the initial copy was folded into base"
+sleep 0.1
+"$REWIND" vm mark --store "$STORE" "$DOM" after-protect >/dev/null || fail "vm mark"
+check "marked the domain right after live protection"
 
 # a restart runs on rewind: the guest reads its blocks through the export
 V destroy "$DOM" >/dev/null
@@ -63,4 +66,28 @@ expect_eq "its new writes are in the store" "$(img_block "$TMP/now2.raw" 3)" "re
 cmp -s "$TMP/now2.raw" "$IMG" && fail "the original image was written after the pivot"
 check "the original image is no longer written"
 V destroy "$DOM" >/dev/null
+
+# later writes are in the journal, in order, after the mark
+"$REWIND" journal --store "$STORE" "$DOM-vda" --json >"$TMP/journal.json" || fail "rewind journal"
+"$REWIND" marks --store "$STORE" "$DOM-vda" --json >"$TMP/marks.json" || fail "rewind marks"
+"$PYTHON" - "$TMP/journal.json" "$TMP/marks.json" <<'PY' || fail "journal order after live protection"
+import json, sys
+recs = json.load(open(sys.argv[1]))["records"]
+mark = [m for m in json.load(open(sys.argv[2]))["marks"] if m["label"] == "after-protect"][0]
+seqs = [r["seq"] for r in recs]
+assert seqs == sorted(set(seqs)), "seqs not strictly increasing"
+ts = [r["ts_ns"] for r in recs]
+assert ts == sorted(ts), "timestamps go backwards"
+after = [r for r in recs if r["seq"] > mark["seq"] and r["type"] == "write"]
+assert after, "no write journaled after the mark"
+print("writes journaled after the mark:", len(after))
+PY
+check "the guest's writes after protection are journaled in order"
+
+# a rollback to a point after protection is exact
+"$REWIND" vm rollback --store "$STORE" --connect "$URI" "$DOM" --at mark:after-protect --no-start >/dev/null \
+	|| fail "vm rollback after live protection"
+at_now vda "$TMP/rb.raw"
+cmp "$TMP/expect.raw" "$TMP/rb.raw" || fail "rollback to a point after live protection is not exact"
+check "rollback to the mark taken after live protection is exact"
 echo "vm_live: all checks passed in $SECONDS s"
