@@ -113,6 +113,15 @@ int cap_disk_sync_head(struct cap_disk *d, struct ix *ix);
 /* Closes writer and head (journal flushed first).  Returns first error. */
 int cap_disk_close(struct cap_disk *d);
 
+/*
+ * Splits "HOST:PORT" or "[V6]:PORT" into host (NUL-terminated, at most
+ * hostsz - 1 bytes) and *port (pointing into spec).  opt names the option
+ * in messages ("--listen"); an empty host is accepted only with empty_ok.
+ * Returns 0 or RW_EPARSE with a message.
+ */
+int cap_split_hostport(const char *spec, const char *opt, bool empty_ok,
+		       char *host, size_t hostsz, const char **port);
+
 /* wire.c — socket I/O.  deadline_ns is a rw_mono_ns() time, 0 = none.
  * recv_full returns 0, -ECONNRESET at EOF (even mid-message), -ETIMEDOUT
  * or -errno. */

@@ -47,6 +47,8 @@
 
 static const uint8_t zero_buf[1 << 20];
 
+static void disk_init_common(struct cap_disk *d, bool writable);
+
 int cap_disk_open(struct cap_disk *d, struct ix *ix, const struct ix_disk *m,
 		  struct jr_clock *clock, struct jr_recovery *rep)
 {
@@ -56,7 +58,6 @@ int cap_disk_open(struct cap_disk *d, struct ix *ix, const struct ix_disk *m,
 	d->meta = *m;
 	d->ro = NULL;
 	d->skip_unchanged = false;
-	atomic_init(&d->n_unchanged, 0);
 	d->clients = 0;
 	d->claimed = false;
 	d->head_fd = -1;
@@ -68,24 +69,11 @@ int cap_disk_open(struct cap_disk *d, struct ix *ix, const struct ix_disk *m,
 	d->indexed_seq = 0;
 	d->pending_seq = 0;
 	d->synced_ops = 0;
-	atomic_init(&d->head_failed, 0);
-	atomic_init(&d->prealloc_ok, true);
+	disk_init_common(d, true);
 	d->nreserved = (size_t)(((m->size >> CAP_CHUNK_SHIFT) + 64) / 64);
 	d->reserved = calloc(d->nreserved, sizeof(*d->reserved));
 	if (!d->reserved)
 		d->nreserved = 0; /* reserve on every write instead */
-	atomic_init(&d->punch_ok, true);
-	atomic_init(&d->last_err, 0);
-	atomic_init(&d->n_reads, 0);
-	atomic_init(&d->n_writes, 0);
-	atomic_init(&d->n_zeroes, 0);
-	atomic_init(&d->n_trims, 0);
-	atomic_init(&d->n_flushes, 0);
-	atomic_init(&d->n_compressed, 0);
-	atomic_init(&d->n_uncompressed, 0);
-	atomic_init(&d->flush_marker_seq, 0);
-	pthread_mutex_init(&d->mu, NULL);
-	pthread_cond_init(&d->cv, NULL);
 
 	err = ix_disk_path(ix, m->name, "head.img", d->head_path,
 			   sizeof(d->head_path));
@@ -282,17 +270,12 @@ uint64_t cap_disk_head_watermark(struct cap_disk *d)
 
 /* ------------------------------------------------------------ I/O path */
 
-int cap_disk_open_ro(struct cap_disk *d, const struct cap_ro_export *ro)
+/* The state every disk starts with: counters, flags, lock. */
+static void disk_init_common(struct cap_disk *d, bool writable)
 {
-	memset(d, 0, sizeof(*d));
-	d->ro = ro;
-	d->head_fd = -1;
-	snprintf(d->meta.name, sizeof(d->meta.name), "%s", ro->name);
-	d->meta.size = ro->size;
-	d->meta.block_size = ro->block_size;
 	atomic_init(&d->head_failed, 0);
-	atomic_init(&d->prealloc_ok, false);
-	atomic_init(&d->punch_ok, false);
+	atomic_init(&d->prealloc_ok, writable);
+	atomic_init(&d->punch_ok, writable);
 	atomic_init(&d->last_err, 0);
 	atomic_init(&d->n_reads, 0);
 	atomic_init(&d->n_writes, 0);
@@ -301,8 +284,21 @@ int cap_disk_open_ro(struct cap_disk *d, const struct cap_ro_export *ro)
 	atomic_init(&d->n_flushes, 0);
 	atomic_init(&d->n_compressed, 0);
 	atomic_init(&d->n_uncompressed, 0);
+	atomic_init(&d->n_unchanged, 0);
+	atomic_init(&d->flush_marker_seq, 0);
 	pthread_mutex_init(&d->mu, NULL);
 	pthread_cond_init(&d->cv, NULL);
+}
+
+int cap_disk_open_ro(struct cap_disk *d, const struct cap_ro_export *ro)
+{
+	memset(d, 0, sizeof(*d));
+	d->ro = ro;
+	d->head_fd = -1;
+	snprintf(d->meta.name, sizeof(d->meta.name), "%s", ro->name);
+	d->meta.size = ro->size;
+	d->meta.block_size = ro->block_size;
+	disk_init_common(d, false);
 	return 0;
 }
 

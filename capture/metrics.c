@@ -781,34 +781,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c,
 static int bind_addr(const char *spec, bool public_ok)
 {
 	char host[256];
-	const char *port, *h = spec;
-	size_t hl;
+	const char *port;
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM,
 				  .ai_flags = AI_NUMERICSERV };
 	struct addrinfo *res = NULL;
 	int fd = -1, err = 0;
 
-	if (*h == '[') {
-		const char *end = strchr(h, ']');
-		if (!end || end[1] != ':')
-			return rw_err_set(RW_EPARSE, "invalid --metrics '%s' "
-					  "(use HOST:PORT or [V6]:PORT)", spec);
-		h++;
-		hl = (size_t)(end - h);
-		port = end + 2;
-	} else {
-		const char *colon = strrchr(h, ':');
-		if (!colon)
-			return rw_err_set(RW_EPARSE, "invalid --metrics '%s' "
-					  "(use HOST:PORT)", spec);
-		hl = (size_t)(colon - h);
-		port = colon + 1;
-	}
-	if (!hl || hl >= sizeof(host) || !*port)
-		return rw_err_set(RW_EPARSE, "invalid --metrics '%s' (use "
-				  "HOST:PORT, e.g. 127.0.0.1:9464)", spec);
-	memcpy(host, h, hl);
-	host[hl] = '\0';
+	int serr = cap_split_hostport(spec, "--metrics", false, host,
+				      sizeof(host), &port);
+	if (serr)
+		return serr;
 	int gai = getaddrinfo(host, port, &hints, &res);
 	if (gai)
 		return rw_err_set(RW_EPARSE, "cannot resolve --metrics '%s': %s",

@@ -181,33 +181,18 @@ static int listen_unix(const char *path)
 static int listen_tcp(const char *spec)
 {
 	char host[256];
-	const char *port, *h = spec;
+	const char *port;
 	size_t hl;
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM,
 				  .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
 	struct addrinfo *res = NULL;
 	int fd = -1, err = 0;
 
-	if (*h == '[') {
-		const char *end = strchr(h, ']');
-		if (!end || end[1] != ':')
-			return rw_err_set(RW_EPARSE, "invalid --listen '%s' "
-					  "(use HOST:PORT or [V6]:PORT)", spec);
-		h++;
-		hl = (size_t)(end - h);
-		port = end + 2;
-	} else {
-		const char *colon = strrchr(h, ':');
-		if (!colon)
-			return rw_err_set(RW_EPARSE, "invalid --listen '%s' "
-					  "(use HOST:PORT)", spec);
-		hl = (size_t)(colon - h);
-		port = colon + 1;
-	}
-	if (hl >= sizeof(host) || !*port)
-		return rw_err_set(RW_EPARSE, "invalid --listen '%s'", spec);
-	memcpy(host, h, hl);
-	host[hl] = '\0';
+	int serr = cap_split_hostport(spec, "--listen", true, host,
+				      sizeof(host), &port);
+	if (serr)
+		return serr;
+	hl = strlen(host);
 	int gai = getaddrinfo(hl ? host : NULL, port, &hints, &res);
 	if (gai)
 		return rw_err_set(RW_EPARSE, "cannot resolve --listen '%s': %s",

@@ -104,3 +104,33 @@ int cap_send_full(int fd, const void *buf, size_t len)
 	struct iovec v = { .iov_base = (void *)buf, .iov_len = len };
 	return cap_send_iov(fd, &v, 1);
 }
+
+int cap_split_hostport(const char *spec, const char *opt, bool empty_ok,
+		       char *host, size_t hostsz, const char **port)
+{
+	const char *h = spec;
+	size_t hl;
+
+	if (*h == '[') {
+		const char *end = strchr(h, ']');
+		if (!end || end[1] != ':')
+			return rw_err_set(RW_EPARSE, "invalid %s '%s' (use "
+					  "HOST:PORT or [V6]:PORT)", opt, spec);
+		h++;
+		hl = (size_t)(end - h);
+		*port = end + 2;
+	} else {
+		const char *colon = strrchr(h, ':');
+		if (!colon)
+			return rw_err_set(RW_EPARSE, "invalid %s '%s' (use "
+					  "HOST:PORT)", opt, spec);
+		hl = (size_t)(colon - h);
+		*port = colon + 1;
+	}
+	if ((!hl && !empty_ok) || hl >= hostsz || !**port)
+		return rw_err_set(RW_EPARSE, "invalid %s '%s' (use HOST:PORT, "
+				  "e.g. 127.0.0.1:10809)", opt, spec);
+	memcpy(host, h, hl);
+	host[hl] = '\0';
+	return 0;
+}
