@@ -11,6 +11,7 @@ set -u
 : "${REWIND:?set REWIND to the rewind binary}"
 CLIENT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/capture_client.py"
 SERVER_PID=
+EXTRA_PIDS=   # other processes a script started (exports ...): killed on exit
 TMP=
 # The system python starts in milliseconds; a version-manager shim on PATH
 # can take most of a second, which matters in the kill -9 loop.
@@ -47,7 +48,10 @@ check() {
 }
 
 rw_cleanup() {
-	local rc=$?
+	local rc=$? p
+	for p in $EXTRA_PIDS; do
+		kill -9 "$p" 2>/dev/null && wait "$p" 2>/dev/null || true
+	done
 	if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
 		kill -9 "$SERVER_PID" 2>/dev/null
 		wait "$SERVER_PID" 2>/dev/null || true

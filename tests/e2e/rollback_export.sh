@@ -70,6 +70,7 @@ check "undo (rollback to seq:$undo) restored the image of before the rollback"
 ES=$TMP/export.sock
 "$REWIND" export vm1 --at "seq:$P1" --socket "$ES" >"$TMP/export.out" 2>>"$TMP/server.log" &
 EPID=$!
+EXTRA_PIDS="$EXTRA_PIDS $EPID"
 for _ in $(seq 1 1500); do [ -S "$ES" ] && break; sleep 0.02; done
 [ -S "$ES" ] || fail "export did not come up"
 EU="nbd+unix:///vm1?socket=$ES"
@@ -114,6 +115,7 @@ stop_server
 #    its reads, never serve bytes folded from later history.
 "$REWIND" export vm1 --at "seq:$P1" --socket "$ES" >/dev/null 2>>"$TMP/server.log" &
 EPID=$!
+EXTRA_PIDS="$EXTRA_PIDS $EPID"
 for _ in $(seq 1 1500); do [ -S "$ES" ] && break; sleep 0.02; done
 [ -S "$ES" ] || fail "export did not come up"
 qemu-io -f raw -r -c 'read -P 0xaa 0 4K' "$EU" | grep -q 'read 4096' || fail "export read before compaction"
