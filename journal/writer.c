@@ -339,7 +339,11 @@ out:
 	return err;
 }
 
-int jr_writer_write_out(struct jr_writer *w)
+/*
+ * Waits until everything appended before the call is written out (sync:
+ * durable), leading the I/O when nobody else is; one loop serves both.
+ */
+static int drain(struct jr_writer *w, bool sync)
 {
 	int err = 0;
 
@@ -350,37 +354,25 @@ int jr_writer_write_out(struct jr_writer *w)
 			err = sticky(w);
 			break;
 		}
-		if (w->written_seq >= target)
+		if ((sync ? w->durable_seq : w->written_seq) >= target)
 			break;
 		if (w->io_busy)
 			pthread_cond_wait(&w->cv, &w->mu);
 		else
-			leader_io(w, false);
+			leader_io(w, sync);
 	}
 	pthread_mutex_unlock(&w->mu);
 	return err;
 }
 
+int jr_writer_write_out(struct jr_writer *w)
+{
+	return drain(w, false);
+}
+
 int jr_writer_flush(struct jr_writer *w)
 {
-	int err = 0;
-
-	pthread_mutex_lock(&w->mu);
-	uint64_t target = w->last_seq;
-	for (;;) {
-		if (w->err) {
-			err = sticky(w);
-			break;
-		}
-		if (w->durable_seq >= target)
-			break;
-		if (w->io_busy)
-			pthread_cond_wait(&w->cv, &w->mu);
-		else
-			leader_io(w, true);
-	}
-	pthread_mutex_unlock(&w->mu);
-	return err;
+	return drain(w, true);
 }
 
 int jr_writer_tick(struct jr_writer *w)
