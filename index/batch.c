@@ -5,10 +5,10 @@
  * array.  ix_batch_commit runs one LMDB write transaction (ix_write): it
  * loads each disk's state, drops records at or below last_indexed_seq
  * (idempotent replay), expands every record into one block version per
- * touched block, sorts them by key (so the B-tree is walked in order and
- * leaf pages are touched once per batch instead of once per version),
- * puts them, puts the time map entries (MDB_APPEND when they extend the
- * map, which packs its pages full), folds the records into their segment
+ * touched block, sorts them by (disk, group, seq, block) — chunk order,
+ * so each group's newest chunk is read and rewritten once per batch — and
+ * appends them to the chunks (chunk.c), puts the time map entries
+ * (MDB_APPEND when they extend the map, which packs its pages full), folds the records into their segment
  * summaries, seals earlier segments, and stores last_indexed_seq — all in
  * that one transaction.  MDB_MAP_FULL anywhere re-runs the whole function
  * from the buffered records after the map grew.
@@ -151,13 +151,15 @@ static int vent_cmp(const void *a, const void *b)
 {
 	const struct vent *x = a, *y = b;
 
+	uint64_t gx = x->block / IX_GROUP_BLOCKS, gy = y->block / IX_GROUP_BLOCKS;
+
 	if (x->disk != y->disk)
 		return x->disk < y->disk ? -1 : 1;
-	if (x->block != y->block)
-		return x->block < y->block ? -1 : 1;
+	if (gx != gy)
+		return gx < gy ? -1 : 1;
 	if (x->seq != y->seq)
 		return x->seq < y->seq ? -1 : 1;
-	return 0;
+	return x->block < y->block ? -1 : x->block > y->block;
 }
 
 static int brec_ts_cmp(const void *a, const void *b)
@@ -292,6 +294,7 @@ static int commit_fn(struct ix *ix, MDB_txn *txn, void *arg)
 	MDB_cursor *c = NULL;
 	bool *keep = NULL;
 	struct brec **tm = NULL;
+	struct ix_ventry *ents = NULL;
 	size_t ntm = 0;
 	int rc = 0;
 
@@ -353,16 +356,24 @@ static int commit_fn(struct ix *ix, MDB_txn *txn, void *arg)
 	rc = mdb_cursor_open(txn, ix->db_versions, &c);
 	if (rc)
 		goto out;
-	for (size_t i = 0; i < b->nv; i++) {
-		const struct vent *e = &b->v[i];
-		const struct brec *r = &b->recs[e->rec];
-		struct ix_version ver = { r->seq, r->loc, r->type, e->partial };
-		uint8_t kb[IX_VKEY], vb[IX_VVAL_MAX];
-		MDB_val k = { IX_VKEY, kb }, v = { 0, vb };
-
-		ix_vkey(kb, e->disk, e->block, e->seq);
-		v.mv_size = ix_vval_encode(vb, e->seq, &ver);
-		rc = mdb_cursor_put(c, &k, &v, 0);
+	if (b->nv && !(ents = malloc(b->nv * sizeof(*ents)))) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < b->nv;) {
+		uint32_t disk = b->v[i].disk;
+		size_t n = 0;
+		for (; i < b->nv && b->v[i].disk == disk; i++) {
+			const struct vent *e = &b->v[i];
+			const struct brec *r = &b->recs[e->rec];
+			ents[n].block = e->block;
+			ents[n].v.seq = r->seq;
+			ents[n].v.loc = r->loc;
+			ents[n].v.type = r->type;
+			ents[n].v.partial = e->partial;
+			n++;
+		}
+		rc = ix_vers_append(c, disk, ents, n);
 		if (rc)
 			goto out;
 		ix_step("put");
@@ -408,6 +419,7 @@ out:
 		mdb_cursor_close(c);
 	free(keep);
 	free(tm);
+	free(ents);
 	return rc;
 }
 

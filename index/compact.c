@@ -250,12 +250,22 @@ struct drop_ctx {
 	struct ix_drop_stats *st;
 };
 
+/*
+ * Drops the versions <= base_seq of dc->id from dc->from on: a chunk
+ * wholly at or below base_seq is deleted; a chunk straddling it is
+ * rewritten with the newer entries, keyed by the first of them; at the
+ * first chunk starting above base_seq the rest of its group is skipped.
+ * Stops after IX_DROP_SLICE dropped versions with the resume key in
+ * dc->next.
+ */
 static int drop_versions_fn(struct ix *ix, MDB_txn *txn, void *arg)
 {
 	struct drop_ctx *dc = arg;
 	MDB_cursor *c = NULL;
-	MDB_val k = { IX_VKEY, dc->from }, v;
 	uint8_t kb[IX_VKEY];
+	MDB_val k = { IX_VKEY, kb }, v;
+	struct ix_ventry *keep = NULL;
+	uint8_t *buf = NULL;
 	uint64_t n = 0;
 	int rc = mdb_cursor_open(txn, ix->db_versions, &c);
 
@@ -263,10 +273,14 @@ static int drop_versions_fn(struct ix *ix, MDB_txn *txn, void *arg)
 		return rc;
 	dc->done = false;
 	memcpy(kb, dc->from, IX_VKEY);
-	k.mv_data = kb;
 	rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
 	while (rc == 0) {
 		const uint8_t *kp = k.mv_data;
+		struct ix_cdec d;
+		size_t nk = 0, len = 0;
+		uint64_t dropped = 0;
+		int e;
+
 		if (k.mv_size != IX_VKEY || rw_get_be32(kp) != dc->id) {
 			rc = MDB_NOTFOUND;
 			break;
@@ -275,30 +289,71 @@ static int drop_versions_fn(struct ix *ix, MDB_txn *txn, void *arg)
 			memcpy(dc->next, kp, IX_VKEY);
 			break;
 		}
-		if (rw_get_be64(kp + 12) <= dc->base_seq) {
-			rc = mdb_cursor_del(c, 0);
-			if (rc)
-				break;
-			n++;
-			rc = mdb_cursor_get(c, &k, &v, MDB_GET_CURRENT);
-			if (rc == EINVAL)
-				rc = MDB_NOTFOUND; /* deleted the last entry */
-			continue;
-		}
-		/* Newer versions of this block stay: skip to the next block. */
-		uint8_t nk[IX_VKEY];
-		uint64_t blk = rw_get_be64(kp + 4);
-		if (blk == UINT64_MAX) {
-			rc = MDB_NOTFOUND;
+		if (ix_cdec_init(&d, &k, &v)) {
+			rc = RW_ECORRUPT;
 			break;
 		}
-		ix_vkey(nk, dc->id, blk + 1, 0);
-		memcpy(kb, nk, IX_VKEY);
+		if (d.first_seq > dc->base_seq) {
+			/* Newer chunks of this group stay: go to the next group. */
+			if (d.group >= UINT64_MAX / IX_GROUP_BLOCKS) {
+				rc = MDB_NOTFOUND;
+				break;
+			}
+			ix_vkey(kb, dc->id, d.group + 1, 0);
+			k.mv_size = IX_VKEY;
+			k.mv_data = kb;
+			rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+			continue;
+		}
+		if (!keep && !(keep = malloc(IX_CHUNK_HARD * sizeof(*keep)))) {
+			rc = -ENOMEM;
+			break;
+		}
+		while ((e = ix_cdec_next(&d)) > 0) {
+			if (d.cur.seq <= dc->base_seq) {
+				dropped++;
+				continue;
+			}
+			keep[nk].block = d.block;
+			keep[nk].v = d.cur;
+			nk++;
+		}
+		if (e < 0) {
+			rc = RW_ECORRUPT;
+			break;
+		}
+		rc = mdb_cursor_del(c, 0);
+		if (rc)
+			break;
+		n += dropped;
+		if (nk) {
+			/* The newer tail, re-encoded as a chunk of its own. */
+			if (!buf && !(buf = malloc(IX_CMAP + (size_t)IX_CHUNK_HARD * IX_CENT_MAX))) {
+				rc = -ENOMEM;
+				break;
+			}
+			len = ix_chunk_encode(buf, keep, nk);
+			ix_vkey(kb, dc->id, d.group, keep[0].v.seq);
+			MDB_val nv = { len, buf };
+			k.mv_size = IX_VKEY;
+			k.mv_data = kb;
+			rc = mdb_put(txn, ix->db_versions, &k, &nv, 0);
+			if (rc)
+				break;
+		}
+		/* On to the next chunk (the rewritten one starts above
+		 * base_seq and sends the walk to the next group). */
+		ix_vkey(kb, dc->id, d.group, d.first_seq + 1);
 		k.mv_size = IX_VKEY;
 		k.mv_data = kb;
 		rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
 	}
 	mdb_cursor_close(c);
+	free(keep);
+	free(buf);
+	if (rc == RW_ECORRUPT)
+		return rw_err_set(RW_ECORRUPT, "store '%s': corrupt version chunk of disk id %u",
+				  ix->dir, dc->id);
 	dc->count = n;
 	if (rc == MDB_NOTFOUND) {
 		dc->done = true;

@@ -14,7 +14,8 @@
 #include <lmdb.h>
 #include <pthread.h>
 
-#define IX_FORMAT_VERSION 1u
+#define IX_FORMAT_VERSION 1u   /* rewind.store and disk.meta files */
+#define IX_INDEX_FORMAT 2u     /* the LMDB index (2: chunked versions) */
 #define IX_STORE_MAGIC "RWSTORE1"  /* 8 bytes, no NUL */
 #define IX_DISK_MAGIC "RWDISK01"   /* 8 bytes, no NUL */
 #define IX_STORE_FILE_SIZE 44u
@@ -28,9 +29,14 @@
 extern uint64_t ix_grow_wait_ns;
 
 /* Key sizes. */
-#define IX_VKEY 20u   /* disk u32 | block u64 | seq u64 */
+#define IX_VKEY 20u   /* disk u32 | group u64 | first seq u64 (a chunk) */
 #define IX_SKEY 12u   /* disk u32 | first_seq u64 */
-#define IX_VVAL_MAX 21u
+/* Versions chunks (chunk.c, FORMAT.md "versions"). */
+#define IX_GROUP_BLOCKS 256u    /* blocks per group (a byte in an entry) */
+#define IX_CHUNK_BYTES 512u     /* appends start a new chunk past this */
+#define IX_CHUNK_HARD 65536u    /* a longer value is corrupt */
+#define IX_CENT_MAX 32u         /* longest entry: 2 bytes + 3 varints */
+#define IX_CMAP (IX_GROUP_BLOCKS / 8u) /* a chunk's map of its blocks */
 #define IX_SEGVAL 49u
 #define IX_DISKVAL_MIN 53u
 #define IX_MARKVAL 24u
@@ -106,11 +112,93 @@ static inline void ix_skey(uint8_t k[IX_SKEY], uint32_t disk, uint64_t seq)
 	rw_put_be64(k + 4, seq);
 }
 
-/* Block-version value: type/partial byte, varint(seq - segment), varint(offset). */
-size_t ix_vval_encode(uint8_t v[IX_VVAL_MAX], uint64_t seq,
-		      const struct ix_version *ver);
-int ix_vval_decode(const uint8_t *v, size_t n, uint64_t seq,
-		   struct ix_version *ver);
+/* Unsigned LEB128.  put returns bytes written (<= 10); get returns 0 or
+ * RW_ECORRUPT and advances *pos. */
+static inline size_t ix_put_varint(uint8_t *p, uint64_t v)
+{
+	size_t n = 0;
+
+	while (v >= 0x80) {
+		p[n++] = (uint8_t)(v | 0x80);
+		v >>= 7;
+	}
+	p[n++] = (uint8_t)v;
+	return n;
+}
+
+static inline int ix_get_varint(const uint8_t *p, size_t len, size_t *pos,
+				uint64_t *out)
+{
+	uint64_t v = 0;
+
+	for (unsigned shift = 0; shift < 64; shift += 7) {
+		if (*pos >= len)
+			return RW_ECORRUPT;
+		uint8_t b = p[(*pos)++];
+		v |= (uint64_t)(b & 0x7f) << shift;
+		if (!(b & 0x80)) {
+			*out = v;
+			return 0;
+		}
+	}
+	return RW_ECORRUPT;
+}
+
+/* One block version as chunks hold it. */
+struct ix_ventry {
+	uint64_t block;
+	struct ix_version v;
+};
+
+/*
+ * Chunk decoder: ix_cdec_init on a versions key/value (0 or RW_ECORRUPT),
+ * then ix_cdec_next until it returns 0 (end) or RW_ECORRUPT; after a 1,
+ * block and cur hold the entry.  Points into the value: valid only while
+ * the transaction is.
+ */
+struct ix_cdec {
+	const uint8_t *map, *p, *end;
+	uint32_t disk;
+	uint64_t group, first_seq;
+	size_t n;                /* entries decoded so far */
+	uint64_t block;
+	struct ix_version cur;
+};
+int ix_cdec_init(struct ix_cdec *d, const MDB_val *k, const MDB_val *v);
+int ix_cdec_next(struct ix_cdec *d);
+
+/* Encodes n entries (one group, sorted by (seq, block)) as one chunk value
+ * — block map, then entries — into out (room for IX_CMAP + n *
+ * IX_CENT_MAX).  Returns its length. */
+size_t ix_chunk_encode(uint8_t *out, const struct ix_ventry *e, size_t n);
+/* Whether the chunk value v holds an entry for block (its map's bit). */
+bool ix_chunk_has(const MDB_val *v, uint64_t block);
+/*
+ * Appends versions of one disk, sorted by (group, seq, block), each newer
+ * than everything its group holds, through cursor c on the versions
+ * table.  0, an LMDB code, or a rewind code (RW_ECORRUPT when a version is
+ * not newer, -ENOMEM).
+ */
+int ix_vers_append(MDB_cursor *c, uint32_t disk, const struct ix_ventry *e,
+		   size_t n);
+/*
+ * Positions c on the newest chunk of (disk, group) whose first seq is
+ * <= seq (UINT64_MAX: the newest chunk).  Returns an mdb_cursor_get code;
+ * on 0 the caller must still check ix_chunk_is(k, disk, group).
+ */
+int ix_vers_seek_chunk(MDB_cursor *c, uint32_t disk, uint64_t group,
+		       uint64_t seq, MDB_val *k, MDB_val *v);
+bool ix_chunk_is(const MDB_val *k, uint32_t disk, uint64_t group);
+/* The version (block, seq) exactly: 0 and *out, MDB_NOTFOUND, or error. */
+int ix_vers_find(MDB_cursor *c, uint32_t disk, uint64_t block, uint64_t seq,
+		 struct ix_version *out);
+/*
+ * Tests only: puts version ver of block into the group's chunks, replacing
+ * an entry with the same (block, seq), rewriting the group as one chunk.
+ * 0 or an LMDB/rewind code.
+ */
+int ix_vers_test_put(MDB_txn *txn, MDB_dbi dbi, uint32_t disk,
+		     uint64_t block, const struct ix_version *ver);
 
 /* Per-disk state value. */
 size_t ix_diskval_encode(uint8_t *v, size_t cap, const struct ix_disk *d);

@@ -5,18 +5,15 @@
  * How: an ix_read is one LMDB read transaction with its cursors kept open
  * (a cursor seek is the unit of cost; opening a cursor per lookup would
  * double it).  "Newest version of block B with seq <= S" is one
- * MDB_SET_RANGE on (disk, B, S) — an exact hit is the answer, otherwise
- * the entry before it — followed by MDB_PREV steps only while the
- * versions found are partial.  The disk's base_seq is cached in the ix_read
- * (it cannot change inside one snapshot): versions at or below it are
- * folded into base.img and never returned — filtering by base_seq, not by
- * the horizon, keeps views exact while compaction folds (restore/compact.c).
- *
- * Rejected: MDB_DUPSORT with (disk, block) keys and seq-prefixed
- * duplicates.  It saves the repeated 12-byte key prefix for blocks with
- * many versions, but measured no better for the random-block workload
- * (most blocks hold one version; see FORMAT.md) and makes the
- * as-of walk two-level (MDB_GET_BOTH_RANGE then MDB_PREV_DUP).
+ * MDB_SET_RANGE to the newest chunk of B's group that starts at or below S
+ * (chunk.c), a scan of its entries for B, and MDB_PREV to older chunks only
+ * while B was not found or its versions found are partial.  The disk's
+ * base_seq is cached in the ix_read (it cannot change inside one
+ * snapshot): versions at or below it are folded into base.img and never
+ * returned — filtering by base_seq, not by the horizon, keeps views exact
+ * while compaction folds (restore/compact.c).  ix_versions_range decodes
+ * the disk's chunks in key order and sorts each group's versions by
+ * (block, seq) before handing them out.
  *
  * ix_seq_to_time binary-searches the time map by timestamp (timestamps
  * increase with seq): about 64 seeks, fine for resolving one user input;
@@ -135,48 +132,93 @@ static int vcursor(struct ix_read *rd)
 	return rc ? ix_fail(rd->ix, rc, "opening a cursor") : 0;
 }
 
+static int corrupt_chunk(struct ix_read *rd, uint32_t disk, const MDB_val *k)
+{
+	return rw_err_set(RW_ECORRUPT, "store '%s': corrupt version chunk disk id %u blocks %llu.. seq %llu",
+			  rd->ix->dir, disk,
+			  (unsigned long long)(rw_get_be64((uint8_t *)k->mv_data + 4) *
+					       IX_GROUP_BLOCKS),
+			  (unsigned long long)rw_get_be64((uint8_t *)k->mv_data + 12));
+}
+
+/* Matches of one block inside one chunk, oldest first (a ring: only the
+ * newest ASOF_RING can be returned from one chunk). */
+#define ASOF_RING 256
+
 int ix_block_asof(struct ix_read *rd, uint32_t disk, uint64_t block,
 		  uint64_t seq, struct ix_version *out, int cap)
 {
-	uint8_t kb[IX_VKEY];
-	MDB_val k = { IX_VKEY, kb }, v;
+	struct ix_version ring[ASOF_RING];
+	uint64_t g = block / IX_GROUP_BLOCKS;
 	uint64_t hz = 0;
+	MDB_val k, v;
 	int n = 0, rc;
 
 	if ((rc = horizon(rd, disk, &hz)) || (rc = vcursor(rd)))
 		return rc;
-	ix_vkey(kb, disk, block, seq);
-	rc = mdb_cursor_get(rd->cv, &k, &v, MDB_SET_RANGE);
-	if (rc == MDB_NOTFOUND)
-		rc = mdb_cursor_get(rd->cv, &k, &v, MDB_LAST);
-	else if (rc == 0 && (k.mv_size != IX_VKEY || memcmp(k.mv_data, kb, IX_VKEY) != 0))
-		rc = mdb_cursor_get(rd->cv, &k, &v, MDB_PREV);
-	while (rc == 0) {
-		const uint8_t *kp = k.mv_data;
-		struct ix_version ver;
-		uint64_t s;
+	rc = ix_vers_seek_chunk(rd->cv, disk, g, seq, &k, &v);
+	while (rc == 0 && ix_chunk_is(&k, disk, g)) {
+		struct ix_cdec d;
+		size_t m = 0;
 
-		if (k.mv_size != IX_VKEY || memcmp(kp, kb, 12) != 0)
-			break; /* another block: history of this one ended */
-		s = rw_get_be64(kp + 12);
-		if (s <= hz)
-			break; /* folded into base.img */
-		if (ix_vval_decode(v.mv_data, v.mv_size, s, &ver))
-			return rw_err_set(RW_ECORRUPT, "store '%s': corrupt version entry disk id %u block %llu seq %llu",
-					  rd->ix->dir, disk, (unsigned long long)block,
-					  (unsigned long long)s);
-		if (n >= cap)
-			return rw_err_set(-ENOBUFS, "disk id %u block %llu as-of seq %llu needs more than %d versions",
-					  disk, (unsigned long long)block,
-					  (unsigned long long)seq, cap);
-		out[n++] = ver;
-		if (!ver.partial)
-			return n;
+		if (ix_cdec_init(&d, &k, &v))
+			return corrupt_chunk(rd, disk, &k);
+		/* The block map skips the chunks without the block. */
+		while (ix_chunk_has(&v, block) && (rc = ix_cdec_next(&d)) > 0) {
+			if (d.cur.seq > seq)
+				break;
+			if (d.block == block && d.cur.seq > hz)
+				ring[m++ % ASOF_RING] = d.cur;
+		}
+		if (rc < 0)
+			return corrupt_chunk(rd, disk, &k);
+		/* Newest first, while the versions found are partial. */
+		for (size_t j = m; j > 0; j--) {
+			if (m - j >= ASOF_RING || n >= cap)
+				return rw_err_set(-ENOBUFS, "disk id %u block %llu as-of seq %llu needs more than %d versions",
+						  disk, (unsigned long long)block,
+						  (unsigned long long)seq,
+						  n < cap ? ASOF_RING : cap);
+			out[n++] = ring[(j - 1) % ASOF_RING];
+			if (!out[n - 1].partial)
+				return n;
+		}
+		if (d.first_seq <= hz)
+			return n; /* older chunks hold only folded versions */
 		rc = mdb_cursor_get(rd->cv, &k, &v, MDB_PREV);
 	}
 	if (rc && rc != MDB_NOTFOUND)
 		return ix_fail(rd->ix, rc, "looking up a block");
 	return n;
+}
+
+struct range_ent {
+	uint64_t block;
+	struct ix_version v;
+};
+
+static int range_cmp(const void *a, const void *b)
+{
+	const struct range_ent *x = a, *y = b;
+
+	if (x->block != y->block)
+		return x->block < y->block ? -1 : 1;
+	return x->v.seq < y->v.seq ? -1 : x->v.seq > y->v.seq;
+}
+
+/* Emits the buffered versions of one group in (block, seq) order. */
+static int range_flush(struct range_ent *e, size_t n,
+		       int (*fn)(void *arg, uint64_t block,
+				 const struct ix_version *v),
+		       void *arg)
+{
+	int rc = 0;
+
+	if (n > 1)
+		qsort(e, n, sizeof(*e), range_cmp);
+	for (size_t i = 0; i < n && rc == 0; i++)
+		rc = fn(arg, e[i].block, &e[i].v);
+	return rc;
 }
 
 int ix_versions_range(struct ix_read *rd, uint32_t disk, uint64_t after,
@@ -187,6 +229,9 @@ int ix_versions_range(struct ix_read *rd, uint32_t disk, uint64_t after,
 {
 	uint8_t kb[IX_VKEY];
 	MDB_val k = { IX_VKEY, kb }, v;
+	struct range_ent *buf = NULL;
+	size_t n = 0, cap = 0;
+	uint64_t group = 0;
 	int rc;
 
 	if ((rc = vcursor(rd)))
@@ -194,27 +239,53 @@ int ix_versions_range(struct ix_read *rd, uint32_t disk, uint64_t after,
 	ix_vkey(kb, disk, 0, 0);
 	for (rc = mdb_cursor_get(rd->cv, &k, &v, MDB_SET_RANGE); rc == 0;
 	     rc = mdb_cursor_get(rd->cv, &k, &v, MDB_NEXT)) {
-		const uint8_t *kp = k.mv_data;
-		struct ix_version ver;
-		uint64_t s, blk;
+		struct ix_cdec d;
+		int e;
 
-		if (k.mv_size != IX_VKEY || rw_get_be32(kp) != disk)
+		if (k.mv_size != IX_VKEY || rw_get_be32(k.mv_data) != disk)
 			break;
-		s = rw_get_be64(kp + 12);
-		if (s <= after || s > upto)
-			continue;
-		blk = rw_get_be64(kp + 4);
-		if (ix_vval_decode(v.mv_data, v.mv_size, s, &ver))
-			return rw_err_set(RW_ECORRUPT, "store '%s': corrupt version entry disk id %u block %llu seq %llu",
-					  rd->ix->dir, disk, (unsigned long long)blk,
-					  (unsigned long long)s);
-		rc = fn(arg, blk, &ver);
-		if (rc)
-			return rc;
+		if (ix_cdec_init(&d, &k, &v)) {
+			rc = corrupt_chunk(rd, disk, &k);
+			goto out;
+		}
+		if (d.group != group) {
+			if ((rc = range_flush(buf, n, fn, arg)))
+				goto out;
+			n = 0;
+			group = d.group;
+		}
+		while ((e = ix_cdec_next(&d)) > 0) {
+			if (d.cur.seq <= after)
+				continue;
+			if (d.cur.seq > upto)
+				break;
+			if (n == cap) {
+				size_t nc = cap ? cap * 2 : 256;
+				struct range_ent *nb = realloc(buf, nc * sizeof(*nb));
+				if (!nb) {
+					rc = -ENOMEM;
+					goto out;
+				}
+				buf = nb;
+				cap = nc;
+			}
+			buf[n].block = d.block;
+			buf[n].v = d.cur;
+			n++;
+		}
+		if (e < 0) {
+			rc = corrupt_chunk(rd, disk, &k);
+			goto out;
+		}
 	}
-	if (rc && rc != MDB_NOTFOUND)
-		return ix_fail(rd->ix, rc, "scanning versions");
-	return 0;
+	if (rc && rc != MDB_NOTFOUND) {
+		rc = ix_fail(rd->ix, rc, "scanning versions");
+		goto out;
+	}
+	rc = range_flush(buf, n, fn, arg);
+out:
+	free(buf);
+	return rc;
 }
 
 /* ------------------------------------------------------------ time map */

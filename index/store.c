@@ -499,7 +499,7 @@ static int open_dbs(struct ix *ix, MDB_txn *txn, void *arg)
 		uint8_t fv[4];
 		MDB_val fk = { 6, (void *)"format" }, fd = { 4, fv };
 
-		rw_put_le32(fv, IX_FORMAT_VERSION);
+		rw_put_le32(fv, IX_INDEX_FORMAT);
 		d.mv_size = 16;
 		d.mv_data = (void *)oc->id;
 		if ((rc = mdb_put(txn, ix->db_state, &k, &d, 0)) ||
@@ -518,8 +518,10 @@ static int open_dbs(struct ix *ix, MDB_txn *txn, void *arg)
 	k.mv_size = 6;
 	k.mv_data = (void *)"format";
 	rc = mdb_get(txn, ix->db_state, &k, &d);
-	if (rc == 0 && (d.mv_size != 4 || rw_get_le32(d.mv_data) != IX_FORMAT_VERSION))
-		return rw_err_set(RW_EVERSION, "store '%s': unsupported index format", ix->dir);
+	if (rc == 0 && (d.mv_size != 4 || rw_get_le32(d.mv_data) != IX_INDEX_FORMAT))
+		return rw_err_set(RW_EVERSION, "store '%s': index format %u, this rewind reads %u; remove '%s/index' and run 'rewind reindex' to rebuild it from the journals",
+				  ix->dir, d.mv_size == 4 ? rw_get_le32(d.mv_data) : 0,
+				  IX_INDEX_FORMAT, ix->dir);
 	return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
@@ -658,65 +660,6 @@ const char *ix_store_dir(const struct ix *ix)
 }
 
 /* ------------------------------------------------------------ codecs */
-
-static size_t put_varint(uint8_t *p, uint64_t v)
-{
-	size_t n = 0;
-
-	while (v >= 0x80) {
-		p[n++] = (uint8_t)(v | 0x80);
-		v >>= 7;
-	}
-	p[n++] = (uint8_t)v;
-	return n;
-}
-
-static int get_varint(const uint8_t *p, size_t len, size_t *pos, uint64_t *out)
-{
-	uint64_t v = 0;
-
-	for (unsigned shift = 0; shift < 64; shift += 7) {
-		if (*pos >= len)
-			return RW_ECORRUPT;
-		uint8_t b = p[(*pos)++];
-		v |= (uint64_t)(b & 0x7f) << shift;
-		if (!(b & 0x80)) {
-			*out = v;
-			return 0;
-		}
-	}
-	return RW_ECORRUPT;
-}
-
-size_t ix_vval_encode(uint8_t v[IX_VVAL_MAX], uint64_t seq,
-		      const struct ix_version *ver)
-{
-	size_t n = 0;
-
-	v[n++] = (uint8_t)((ver->type & 0x0f) | (ver->partial ? 0x10 : 0));
-	n += put_varint(v + n, seq - ver->loc.segment);
-	n += put_varint(v + n, ver->loc.offset);
-	return n;
-}
-
-int ix_vval_decode(const uint8_t *v, size_t n, uint64_t seq,
-		   struct ix_version *ver)
-{
-	size_t pos = 1;
-	uint64_t delta, off;
-
-	if (n < 3 || (v[0] & 0xe0))
-		return RW_ECORRUPT;
-	if (get_varint(v, n, &pos, &delta) || get_varint(v, n, &pos, &off) ||
-	    pos != n || delta > seq)
-		return RW_ECORRUPT;
-	ver->seq = seq;
-	ver->type = v[0] & 0x0f;
-	ver->partial = (v[0] & 0x10) != 0;
-	ver->loc.segment = seq - delta;
-	ver->loc.offset = off;
-	return 0;
-}
 
 size_t ix_diskval_encode(uint8_t *v, size_t cap, const struct ix_disk *d)
 {

@@ -46,6 +46,7 @@ struct vctx {
 	const struct ix_disk *d;
 	struct vrec *recs;
 	size_t n, cap;
+	MDB_cursor *vcur;      /* versions cursor of the disk's transaction */
 	uint64_t *allseq;      /* every record seq of every disk (time map check) */
 	size_t nall, capall;
 };
@@ -95,8 +96,8 @@ static int check_record(struct vctx *vc, MDB_txn *txn, const struct jr_rec *rec,
 {
 	const struct ix_disk *d = vc->d;
 	struct vrec r = { rec->seq, rec->ts_ns, *loc, rec->offset, rec->length, rec->type };
-	uint8_t kb[IX_VKEY], tb[8];
-	MDB_val k = { IX_VKEY, kb }, v, tk = { 8, tb };
+	uint8_t tb[8];
+	MDB_val v, tk = { 8, tb };
 	int rc;
 
 	if (rec->disk_id != d->id) {
@@ -139,21 +140,22 @@ static int check_record(struct vctx *vc, MDB_txn *txn, const struct jr_rec *rec,
 		bool partial = false;
 
 		touches(&r, blk, d->block_size, &partial);
-		ix_vkey(kb, d->id, blk, rec->seq);
-		k.mv_size = IX_VKEY;
-		k.mv_data = kb;
-		rc = mdb_get(txn, vc->ix->db_versions, &k, &v);
+		if (!vc->vcur &&
+		    (rc = mdb_cursor_open(txn, vc->ix->db_versions, &vc->vcur)))
+			return ix_fail(vc->ix, rc, "verifying");
+		rc = ix_vers_find(vc->vcur, d->id, blk, rec->seq, &ver);
 		if (rc == MDB_NOTFOUND) {
 			problem(vc, blk, rec->seq, loc, "record is not indexed for block %llu",
 				(unsigned long long)blk);
 			continue;
 		}
-		if (rc)
-			return ix_fail(vc->ix, rc, "verifying");
-		if (ix_vval_decode(v.mv_data, v.mv_size, rec->seq, &ver)) {
-			problem(vc, blk, rec->seq, loc, "version entry is undecodable");
+		if (rc == RW_ECORRUPT) {
+			problem(vc, blk, rec->seq, loc, "version chunk of block %llu is undecodable",
+				(unsigned long long)blk);
 			continue;
 		}
+		if (rc)
+			return ix_fail(vc->ix, rc, "verifying");
 		if (ver.loc.segment != loc->segment || ver.loc.offset != loc->offset)
 			problem(vc, blk, rec->seq, loc,
 				"version entry points at segment %llu offset %llu, record is at segment %llu offset %llu",
@@ -258,6 +260,64 @@ static const struct vrec *find_rec(struct vctx *vc, uint64_t seq)
 	return bsearch(&key, vc->recs, vc->n, sizeof(key), vrec_cmp);
 }
 
+/* Pass 2 for one version entry. */
+static int check_entry(struct vctx *vc, const char *jdir, struct jr_reader **rp,
+		       uint8_t **bufp, uint64_t blk, const struct ix_version *ver)
+{
+	const struct ix_disk *d = vc->d;
+	const struct vrec *vr;
+	uint64_t seq = ver->seq;
+	bool partial = false;
+	struct jr_rec rec;
+	int rc;
+
+	vc->rep->versions++;
+	vr = find_rec(vc, seq);
+	if (vr && vr->loc.segment == ver->loc.segment &&
+	    vr->loc.offset == ver->loc.offset) {
+		if (!touches(vr, blk, d->block_size, &partial))
+			problem(vc, blk, seq, &ver->loc, "version entry for block %llu, but record %llu+%u does not touch it",
+				(unsigned long long)blk, (unsigned long long)vr->offset, vr->length);
+		return 0; /* type/partial mismatches were reported in pass 1 */
+	}
+	/* Not what pass 1 saw: read what is really at that location. */
+	if (!*rp && (rc = jr_reader_open(rp, jdir, 0)))
+		return rc;
+	if (!*bufp && !(*bufp = malloc(JR_MAX_WRITE)))
+		return -ENOMEM;
+	rw_err_clear();
+	int e = jr_reader_read_at(*rp, &ver->loc, &rec, *bufp, JR_MAX_WRITE);
+	if (e < 0) {
+		problem(vc, blk, seq, &ver->loc, "version entry points at a missing or unreadable record: %s",
+			*rw_err_msg() ? rw_err_msg() : rw_strerror(e));
+		return 0;
+	}
+	struct vrec got = { rec.seq, rec.ts_ns, ver->loc, rec.offset, rec.length, rec.type };
+	if (rec.seq == seq && rec.disk_id == d->id && !vr) {
+		/* A good record pass 1 could not reach (it skipped past
+		 * damage): it exists, so the time map may name it. */
+		if (vc->nall == vc->capall) {
+			size_t nc = vc->capall ? vc->capall * 2 : 4096;
+			uint64_t *na = realloc(vc->allseq, nc * sizeof(*na));
+			if (!na)
+				return -ENOMEM;
+			vc->allseq = na;
+			vc->capall = nc;
+		}
+		vc->allseq[vc->nall++] = seq;
+	}
+	if (rec.seq != seq || rec.disk_id != d->id)
+		problem(vc, blk, seq, &ver->loc, "version entry points at the wrong record (disk id %u seq %llu)",
+			rec.disk_id, (unsigned long long)rec.seq);
+	else if (!touches(&got, blk, d->block_size, &partial))
+		problem(vc, blk, seq, &ver->loc, "record %llu+%u does not touch block %llu",
+			(unsigned long long)rec.offset, rec.length, (unsigned long long)blk);
+	else if (vr)
+		problem(vc, blk, seq, &ver->loc, "version entry location differs from the journal's (segment %llu offset %llu)",
+			(unsigned long long)vr->loc.segment, (unsigned long long)vr->loc.offset);
+	return 0;
+}
+
 static int index_pass(struct vctx *vc, MDB_txn *txn, const char *jdir)
 {
 	const struct ix_disk *d = vc->d;
@@ -276,72 +336,25 @@ static int index_pass(struct vctx *vc, MDB_txn *txn, const char *jdir)
 	ix_vkey(kb, d->id, 0, 0);
 	for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); rc == 0;
 	     rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-		const uint8_t *kp = k.mv_data;
-		struct ix_version ver;
-		const struct vrec *vr;
-		uint64_t blk, seq;
-		bool partial = false;
+		struct ix_cdec dec;
+		int e;
 
-		if (k.mv_size != IX_VKEY || rw_get_be32(kp) != d->id)
+		if (k.mv_size != IX_VKEY || rw_get_be32(k.mv_data) != d->id)
 			break;
-		blk = rw_get_be64(kp + 4);
-		seq = rw_get_be64(kp + 12);
-		vc->rep->versions++;
-		if (ix_vval_decode(v.mv_data, v.mv_size, seq, &ver)) {
-			problem(vc, blk, seq, NULL, "version entry is undecodable");
+		if (ix_cdec_init(&dec, &k, &v)) {
+			problem(vc, rw_get_be64((uint8_t *)k.mv_data + 4) * IX_GROUP_BLOCKS,
+				rw_get_be64((uint8_t *)k.mv_data + 12), NULL,
+				"version chunk is undecodable");
 			continue;
 		}
-		vr = find_rec(vc, seq);
-		if (vr && vr->loc.segment == ver.loc.segment &&
-		    vr->loc.offset == ver.loc.offset) {
-			if (!touches(vr, blk, d->block_size, &partial))
-				problem(vc, blk, seq, &ver.loc, "version entry for block %llu, but record %llu+%u does not touch it",
-					(unsigned long long)blk, (unsigned long long)vr->offset, vr->length);
-			continue; /* type/partial mismatches were reported in pass 1 */
-		}
-		/* Not what pass 1 saw: read what is really at that location. */
-		if (!r) {
-			rc = jr_reader_open(&r, jdir, 0);
-			if (rc)
+		while ((e = ix_cdec_next(&dec)) > 0)
+			if ((rc = check_entry(vc, jdir, &r, &buf, dec.block, &dec.cur)))
 				break;
-		}
-		if (!buf && !(buf = malloc(JR_MAX_WRITE))) {
-			rc = -ENOMEM;
+		if (rc)
 			break;
-		}
-		struct jr_rec rec;
-		rw_err_clear();
-		int e = jr_reader_read_at(r, &ver.loc, &rec, buf, JR_MAX_WRITE);
-		if (e < 0) {
-			problem(vc, blk, seq, &ver.loc, "version entry points at a missing or unreadable record: %s",
-				*rw_err_msg() ? rw_err_msg() : rw_strerror(e));
-			continue;
-		}
-		struct vrec got = { rec.seq, rec.ts_ns, ver.loc, rec.offset, rec.length, rec.type };
-		if (rec.seq == seq && rec.disk_id == d->id && !vr) {
-			/* A good record pass 1 could not reach (it skipped
-			 * past damage): it exists, so the time map may name it. */
-			if (vc->nall == vc->capall) {
-				size_t nc = vc->capall ? vc->capall * 2 : 4096;
-				uint64_t *na = realloc(vc->allseq, nc * sizeof(*na));
-				if (!na) {
-					rc = -ENOMEM;
-					break;
-				}
-				vc->allseq = na;
-				vc->capall = nc;
-			}
-			vc->allseq[vc->nall++] = seq;
-		}
-		if (rec.seq != seq || rec.disk_id != d->id)
-			problem(vc, blk, seq, &ver.loc, "version entry points at the wrong record (disk id %u seq %llu)",
-				rec.disk_id, (unsigned long long)rec.seq);
-		else if (!touches(&got, blk, d->block_size, &partial))
-			problem(vc, blk, seq, &ver.loc, "record %llu+%u does not touch block %llu",
-				(unsigned long long)rec.offset, rec.length, (unsigned long long)blk);
-		else if (vr)
-			problem(vc, blk, seq, &ver.loc, "version entry location differs from the journal's (segment %llu offset %llu)",
-				(unsigned long long)vr->loc.segment, (unsigned long long)vr->loc.offset);
+		if (e < 0)
+			problem(vc, dec.block, dec.cur.seq, NULL,
+				"version chunk is undecodable after %zu entries", dec.n);
 	}
 	if (rc == MDB_NOTFOUND)
 		rc = 0;
@@ -491,6 +504,9 @@ int ix_verify(struct ix *ix, const char *const *names, int nnames,
 			rc = index_pass(&vc, txn, jdir);
 		if (rc == 0)
 			rc = segment_pass(&vc, txn, segs, nsegs);
+		if (vc.vcur)
+			mdb_cursor_close(vc.vcur);
+		vc.vcur = NULL;
 		ix_txn_abort(ix, txn);
 		free(segs);
 	}

@@ -824,18 +824,14 @@ static void test_verify_detects(void)
 	}
 	{
 		MDB_txn *txn;
-		uint8_t kb[IX_VKEY], vb[IX_VVAL_MAX];
 		struct ix_version ver = { r1->seq, r2->loc, r1->type, false };
 		uint64_t blk = r1->offset / BS;
-		MDB_val k = { IX_VKEY, kb }, v = { 0, vb };
 		ver.loc.segment = r2->loc.segment <= r1->seq ? r2->loc.segment : r1->loc.segment;
 		ver.loc.offset = r2->loc.offset;
 		if (ver.loc.segment == r1->loc.segment && ver.loc.offset == r1->loc.offset)
 			ver.loc.offset += 1;
-		ix_vkey(kb, w.disks[0].id, blk, r1->seq);
-		v.mv_size = ix_vval_encode(vb, r1->seq, &ver);
 		CU_ASSERT_EQUAL_FATAL(mdb_txn_begin(ix->env, NULL, 0, &txn), 0);
-		CU_ASSERT_EQUAL(mdb_put(txn, ix->db_versions, &k, &v, 0), 0);
+		CU_ASSERT_EQUAL(ix_vers_test_put(txn, ix->db_versions, w.disks[0].id, blk, &ver), 0);
 		CU_ASSERT_EQUAL(mdb_txn_commit(txn), 0);
 		memset(&seen, 0, sizeof(seen));
 		seen.block = blk;
@@ -851,14 +847,10 @@ static void test_verify_detects(void)
 	CU_ASSERT_EQUAL(rep.problems, 0);
 	{
 		MDB_txn *txn;
-		uint8_t kb[IX_VKEY], vb[IX_VVAL_MAX];
 		struct ix_version ver = { r1->seq, r1->loc, r1->type, false };
 		uint64_t blk = (r1->offset / BS + 20) % 64;
-		MDB_val k = { IX_VKEY, kb }, v = { 0, vb };
-		ix_vkey(kb, w.disks[0].id, blk, r1->seq);
-		v.mv_size = ix_vval_encode(vb, r1->seq, &ver);
 		CU_ASSERT_EQUAL_FATAL(mdb_txn_begin(ix->env, NULL, 0, &txn), 0);
-		CU_ASSERT_EQUAL(mdb_put(txn, ix->db_versions, &k, &v, 0), 0);
+		CU_ASSERT_EQUAL(ix_vers_test_put(txn, ix->db_versions, w.disks[0].id, blk, &ver), 0);
 		CU_ASSERT_EQUAL(mdb_txn_commit(txn), 0);
 		memset(&seen, 0, sizeof(seen));
 		seen.block = blk;

@@ -1,0 +1,426 @@
+/*
+ * chunk.c — the versions table: block versions packed into chunks.
+ *
+ * A chunk holds, for one disk and one group of IX_GROUP_BLOCKS adjacent
+ * blocks, a run of versions in seq order (FORMAT.md, "versions").  Its key
+ * is (disk, group, seq of its first entry); its value is the entries,
+ * delta-coded: a head byte (type, partial) and the block within the
+ * group, the seq delta, the seq's distance to its segment and the
+ * record's offset in that segment as varints — or, for a later block of
+ * the same record as the entry before, one byte.  A 4 KiB random write
+ * costs about eleven bytes; each further block of a multi-block record
+ * costs one.
+ *
+ * Appends go to the group's newest chunk until it would pass
+ * IX_CHUNK_BYTES, then a new chunk starts at the entry that did not fit.
+ * The decision is taken per entry, so the chunks of a group are the same
+ * however the records were batched: an index caught up after a crash is
+ * byte for byte a rebuilt one.
+ *
+ * Why chunks and not one LMDB key per version: each LMDB node costs its
+ * 8-byte header, the 20-byte key and a 2-byte slot, which with the fill
+ * of random inserts came to 56 bytes per version; a chunk spreads that
+ * over every version of the group, and the smaller tree is shallower and
+ * mostly cache-resident, so an as-of lookup is one seek plus a scan of a
+ * few hundred bytes.  Measured in FORMAT.md.  The cost: a lookup of a
+ * block whose group is hot but which itself is not walks the group's
+ * chunks backwards until it finds the block (bounded by the history that
+ * compaction keeps).
+ */
+#include "index/ix_int.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ----------------------------------------------------------- codec */
+
+int ix_cdec_init(struct ix_cdec *d, const MDB_val *k, const MDB_val *v)
+{
+	if (k->mv_size != IX_VKEY || v->mv_size <= IX_CMAP ||
+	    v->mv_size > IX_CHUNK_HARD)
+		return RW_ECORRUPT;
+	d->map = v->mv_data;
+	d->p = d->map + IX_CMAP;
+	d->end = d->map + v->mv_size;
+	d->disk = rw_get_be32(k->mv_data);
+	d->group = rw_get_be64((const uint8_t *)k->mv_data + 4);
+	d->first_seq = rw_get_be64((const uint8_t *)k->mv_data + 12);
+	d->n = 0;
+	d->cur.seq = d->first_seq;
+	d->cur.loc.segment = 0;
+	d->cur.loc.offset = 0;
+	d->cur.type = 0;
+	d->cur.partial = false;
+	d->block = 0;
+	return 0;
+}
+
+int ix_cdec_next(struct ix_cdec *d)
+{
+	uint8_t h;
+	unsigned type;
+	uint64_t blk;
+
+	if (d->p == d->end)
+		return 0;
+	h = *d->p++;
+	type = h & 3u;
+	if (h & 0xf8u & (type ? 0xffu : 0u))
+		return RW_ECORRUPT; /* reserved bits of a full entry */
+	if (type == 0) {
+		/* A later block of the entry before's record. */
+		if (d->n == 0)
+			return RW_ECORRUPT;
+		blk = d->block + 1 + (h >> 3);
+		if (blk / IX_GROUP_BLOCKS != d->group)
+			return RW_ECORRUPT;
+	} else {
+		uint64_t delta, segd, off;
+		size_t pos = 1, len = (size_t)(d->end - d->p);
+		if (len < 1 || ix_get_varint(d->p, len, &pos, &delta) ||
+		    ix_get_varint(d->p, len, &pos, &segd) ||
+		    ix_get_varint(d->p, len, &pos, &off))
+			return RW_ECORRUPT;
+		blk = d->group * IX_GROUP_BLOCKS + d->p[0];
+		d->p += pos;
+		if (d->n == 0 ? delta != 0 : delta == 0 && blk <= d->block)
+			return RW_ECORRUPT;
+		if (delta > UINT64_MAX - d->cur.seq)
+			return RW_ECORRUPT;
+		d->cur.seq += delta;
+		if (segd > d->cur.seq)
+			return RW_ECORRUPT;
+		d->cur.loc.segment = d->cur.seq - segd;
+		d->cur.loc.offset = off;
+		d->cur.type = (uint8_t)type;
+	}
+	if (!(d->map[(blk % IX_GROUP_BLOCKS) / 8] & (1u << (blk % 8))))
+		return RW_ECORRUPT; /* the map must name every block */
+	d->cur.partial = (h & 4u) != 0;
+	d->block = blk;
+	d->n++;
+	return 1;
+}
+
+/* Encodes e after prev (NULL for a chunk's first entry).  Returns bytes. */
+static size_t enc_entry(uint8_t out[IX_CENT_MAX], const struct ix_ventry *e,
+			const struct ix_ventry *prev)
+{
+	uint8_t partial = e->v.partial ? 4u : 0u;
+	size_t n = 2;
+
+	if (prev && prev->v.seq == e->v.seq && prev->v.type == e->v.type &&
+	    prev->v.loc.segment == e->v.loc.segment &&
+	    prev->v.loc.offset == e->v.loc.offset &&
+	    e->block > prev->block && e->block - prev->block <= 32) {
+		out[0] = (uint8_t)(((e->block - prev->block - 1) << 3) | partial);
+		return 1;
+	}
+	out[0] = (uint8_t)((e->v.type & 3u) | partial);
+	out[1] = (uint8_t)(e->block % IX_GROUP_BLOCKS);
+	n += ix_put_varint(out + n, prev ? e->v.seq - prev->v.seq : 0);
+	n += ix_put_varint(out + n, e->v.seq - e->v.loc.segment);
+	n += ix_put_varint(out + n, e->v.loc.offset);
+	return n;
+}
+
+static void map_set(uint8_t *map, uint64_t block)
+{
+	unsigned i = (unsigned)(block % IX_GROUP_BLOCKS);
+
+	map[i / 8] |= (uint8_t)(1u << (i % 8));
+}
+
+size_t ix_chunk_encode(uint8_t *out, const struct ix_ventry *e, size_t n)
+{
+	size_t len = IX_CMAP;
+
+	memset(out, 0, IX_CMAP);
+	for (size_t i = 0; i < n; i++) {
+		map_set(out, e[i].block);
+		len += enc_entry(out + len, &e[i], i ? &e[i - 1] : NULL);
+	}
+	return len;
+}
+
+bool ix_chunk_has(const MDB_val *v, uint64_t block)
+{
+	unsigned i = (unsigned)(block % IX_GROUP_BLOCKS);
+
+	return v->mv_size > IX_CMAP &&
+	       (((const uint8_t *)v->mv_data)[i / 8] & (1u << (i % 8)));
+}
+
+/* ------------------------------------------------------ chunk builder */
+
+/*
+ * The chunk being extended: its key, its bytes, and its last entry.
+ * Puts go through the caller's cursor.
+ */
+struct cbuild {
+	uint8_t key[IX_VKEY];
+	uint8_t buf[IX_CMAP + IX_CHUNK_BYTES + IX_CENT_MAX];
+	size_t len;
+	bool have;          /* a chunk is open */
+	struct ix_ventry last;
+};
+
+static int cb_put(MDB_cursor *c, struct cbuild *cb)
+{
+	MDB_val k = { IX_VKEY, cb->key }, v = { cb->len, cb->buf };
+
+	if (!cb->have || cb->len == 0)
+		return 0;
+	return mdb_cursor_put(c, &k, &v, 0);
+}
+
+static int cb_add(MDB_cursor *c, struct cbuild *cb, uint32_t disk,
+		  const struct ix_ventry *e)
+{
+	uint8_t tmp[IX_CENT_MAX];
+	size_t n;
+	int rc;
+
+	if (cb->have) {
+		if (e->v.seq < cb->last.v.seq ||
+		    (e->v.seq == cb->last.v.seq && e->block <= cb->last.block))
+			return rw_err_set(RW_ECORRUPT, "disk id %u block %llu: version seq %llu is not newer than the indexed seq %llu",
+					  disk, (unsigned long long)e->block,
+					  (unsigned long long)e->v.seq,
+					  (unsigned long long)cb->last.v.seq);
+		n = enc_entry(tmp, e, &cb->last);
+		if (cb->len + n <= IX_CMAP + IX_CHUNK_BYTES) {
+			memcpy(cb->buf + cb->len, tmp, n);
+			cb->len += n;
+			map_set(cb->buf, e->block);
+			cb->last = *e;
+			return 0;
+		}
+		if ((rc = cb_put(c, cb)))
+			return rc;
+	}
+	ix_vkey(cb->key, disk, e->block / IX_GROUP_BLOCKS, e->v.seq);
+	cb->len = ix_chunk_encode(cb->buf, e, 1);
+	cb->last = *e;
+	cb->have = true;
+	return 0;
+}
+
+/*
+ * Opens the newest chunk of (disk, group) for appending.  0 (cb->have
+ * tells whether one exists), or an LMDB/rewind code.
+ */
+static int cb_open(MDB_cursor *c, struct cbuild *cb, uint32_t disk,
+		   uint64_t group)
+{
+	uint8_t kb[IX_VKEY];
+	MDB_val k = { IX_VKEY, kb }, v;
+	struct ix_cdec d;
+	int rc;
+
+	cb->have = false;
+	cb->len = 0;
+	if (group == UINT64_MAX / IX_GROUP_BLOCKS) {
+		rc = mdb_cursor_get(c, &k, &v, MDB_LAST);
+	} else {
+		ix_vkey(kb, disk, group + 1, 0);
+		rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+		if (rc == 0)
+			rc = mdb_cursor_get(c, &k, &v, MDB_PREV);
+		else if (rc == MDB_NOTFOUND)
+			rc = mdb_cursor_get(c, &k, &v, MDB_LAST);
+	}
+	if (rc == MDB_NOTFOUND)
+		return 0;
+	if (rc)
+		return rc;
+	if (k.mv_size != IX_VKEY || rw_get_be32(k.mv_data) != disk ||
+	    rw_get_be64((uint8_t *)k.mv_data + 4) != group)
+		return 0;
+	if (ix_cdec_init(&d, &k, &v))
+		goto corrupt;
+	while ((rc = ix_cdec_next(&d)) > 0) {
+		cb->last.block = d.block;
+		cb->last.v = d.cur;
+	}
+	if (rc < 0 || d.n == 0)
+		goto corrupt;
+	if (v.mv_size > IX_CMAP + IX_CHUNK_BYTES)
+		return 0; /* over-full (a test put it there): start a new one */
+	memcpy(cb->key, k.mv_data, IX_VKEY);
+	memcpy(cb->buf, v.mv_data, v.mv_size);
+	cb->len = v.mv_size;
+	cb->have = true;
+	return 0;
+corrupt:
+	return rw_err_set(RW_ECORRUPT, "disk id %u: corrupt version chunk of blocks %llu.. (seq %llu)",
+			  disk, (unsigned long long)(group * IX_GROUP_BLOCKS),
+			  (unsigned long long)rw_get_be64((uint8_t *)k.mv_data + 12));
+}
+
+int ix_vers_append(MDB_cursor *c, uint32_t disk, const struct ix_ventry *e,
+		   size_t n)
+{
+	struct cbuild *cb = malloc(sizeof(*cb));
+	int rc = 0;
+
+	if (!cb)
+		return -ENOMEM;
+	for (size_t i = 0; i < n && rc == 0;) {
+		uint64_t g = e[i].block / IX_GROUP_BLOCKS;
+		rc = cb_open(c, cb, disk, g);
+		for (; rc == 0 && i < n && e[i].block / IX_GROUP_BLOCKS == g; i++)
+			rc = cb_add(c, cb, disk, &e[i]);
+		if (rc == 0)
+			rc = cb_put(c, cb);
+	}
+	free(cb);
+	return rc;
+}
+
+/* -------------------------------------------------------- lookups */
+
+int ix_vers_seek_chunk(MDB_cursor *c, uint32_t disk, uint64_t group,
+		       uint64_t seq, MDB_val *k, MDB_val *v)
+{
+	uint8_t kb[IX_VKEY];
+	int rc;
+
+	k->mv_size = IX_VKEY;
+	k->mv_data = kb;
+	if (seq == UINT64_MAX) {
+		if (group == UINT64_MAX / IX_GROUP_BLOCKS)
+			return mdb_cursor_get(c, k, v, MDB_LAST);
+		ix_vkey(kb, disk, group + 1, 0);
+	} else {
+		ix_vkey(kb, disk, group, seq + 1);
+	}
+	rc = mdb_cursor_get(c, k, v, MDB_SET_RANGE);
+	if (rc == 0)
+		return mdb_cursor_get(c, k, v, MDB_PREV);
+	if (rc == MDB_NOTFOUND)
+		return mdb_cursor_get(c, k, v, MDB_LAST);
+	return rc;
+}
+
+bool ix_chunk_is(const MDB_val *k, uint32_t disk, uint64_t group)
+{
+	return k->mv_size == IX_VKEY && rw_get_be32(k->mv_data) == disk &&
+	       rw_get_be64((const uint8_t *)k->mv_data + 4) == group;
+}
+
+int ix_vers_find(MDB_cursor *c, uint32_t disk, uint64_t block, uint64_t seq,
+		 struct ix_version *out)
+{
+	uint64_t g = block / IX_GROUP_BLOCKS;
+	MDB_val k, v;
+	int rc = ix_vers_seek_chunk(c, disk, g, seq, &k, &v);
+
+	/* A record's entries may straddle chunks that start at its seq. */
+	while (rc == 0 && ix_chunk_is(&k, disk, g)) {
+		struct ix_cdec d;
+		uint64_t first;
+		if (ix_cdec_init(&d, &k, &v))
+			return RW_ECORRUPT;
+		first = d.first_seq;
+		while (ix_chunk_has(&v, block) && (rc = ix_cdec_next(&d)) > 0) {
+			if (d.cur.seq > seq)
+				break;
+			if (d.cur.seq == seq && d.block == block) {
+				*out = d.cur;
+				return 0;
+			}
+		}
+		if (rc < 0)
+			return rc;
+		if (first < seq)
+			return MDB_NOTFOUND;
+		rc = mdb_cursor_get(c, &k, &v, MDB_PREV);
+	}
+	return rc == 0 ? MDB_NOTFOUND : rc;
+}
+
+/* --------------------------------------------------------- test hook */
+
+static int ent_cmp(const void *a, const void *b)
+{
+	const struct ix_ventry *x = a, *y = b;
+
+	if (x->v.seq != y->v.seq)
+		return x->v.seq < y->v.seq ? -1 : 1;
+	return x->block < y->block ? -1 : x->block > y->block;
+}
+
+int ix_vers_test_put(MDB_txn *txn, MDB_dbi dbi, uint32_t disk,
+		     uint64_t block, const struct ix_version *ver)
+{
+	uint64_t g = block / IX_GROUP_BLOCKS;
+	struct ix_ventry *e = NULL;
+	size_t n = 0, cap = 0;
+	MDB_cursor *c = NULL;
+	MDB_val k, v;
+	uint8_t *buf = NULL;
+	size_t len = 0;
+	int rc = mdb_cursor_open(txn, dbi, &c);
+
+	if (rc)
+		return rc;
+	/* Collect every entry of the group, drop the group's chunks. */
+	rc = ix_vers_seek_chunk(c, disk, g, UINT64_MAX, &k, &v);
+	while (rc == 0 && ix_chunk_is(&k, disk, g)) {
+		struct ix_cdec d;
+		if (ix_cdec_init(&d, &k, &v)) {
+			rc = RW_ECORRUPT;
+			break;
+		}
+		while ((rc = ix_cdec_next(&d)) > 0) {
+			if (n == cap) {
+				cap = cap ? cap * 2 : 64;
+				struct ix_ventry *ne = realloc(e, cap * sizeof(*e));
+				if (!ne) {
+					rc = -ENOMEM;
+					goto out;
+				}
+				e = ne;
+			}
+			e[n].block = d.block;
+			e[n].v = d.cur;
+			if (!(d.cur.seq == ver->seq && d.block == block))
+				n++;
+		}
+		if (rc < 0 || (rc = mdb_cursor_del(c, 0)))
+			goto out;
+		rc = ix_vers_seek_chunk(c, disk, g, UINT64_MAX, &k, &v);
+	}
+	if (rc && rc != MDB_NOTFOUND)
+		goto out;
+	struct ix_ventry *ne = realloc(e, (n + 1) * sizeof(*e));
+	if (!ne) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	e = ne;
+	e[n].block = block;
+	e[n].v = *ver;
+	n++;
+	qsort(e, n, sizeof(*e), ent_cmp);
+	/* One chunk, whatever its size: tests want exactly this content. */
+	buf = malloc(IX_CMAP + n * IX_CENT_MAX);
+	if (!buf) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	len = ix_chunk_encode(buf, e, n);
+	{
+		uint8_t kb[IX_VKEY];
+		MDB_val nk = { IX_VKEY, kb }, nv = { len, buf };
+		ix_vkey(kb, disk, g, e[0].v.seq);
+		rc = mdb_put(txn, dbi, &nk, &nv, 0);
+	}
+out:
+	mdb_cursor_close(c);
+	free(e);
+	free(buf);
+	return rc;
+}
