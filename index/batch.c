@@ -7,8 +7,8 @@
  * (idempotent replay), expands every record into one block version per
  * touched block, sorts them by (disk, group, seq, block) — chunk order,
  * so each group's newest chunk is read and rewritten once per batch — and
- * appends them to the chunks (chunk.c), puts the time map entries
- * (MDB_APPEND when they extend the map, which packs its pages full), folds the records into their segment
+ * appends them to the chunks (chunk.c), adds the time map entries
+ * (timemap.c), folds the records into their segment
  * summaries, seals earlier segments, and stores last_indexed_seq — all in
  * that one transaction.  MDB_MAP_FULL anywhere re-runs the whole function
  * from the buffered records after the map grew.
@@ -162,10 +162,10 @@ static int vent_cmp(const void *a, const void *b)
 	return x->block < y->block ? -1 : x->block > y->block;
 }
 
-static int brec_ts_cmp(const void *a, const void *b)
+static int brec_seq_cmp(const void *a, const void *b)
 {
-	uint64_t x = (*(const struct brec *const *)a)->ts;
-	uint64_t y = (*(const struct brec *const *)b)->ts;
+	uint64_t x = (*(const struct brec *const *)a)->seq;
+	uint64_t y = (*(const struct brec *const *)b)->seq;
 
 	return x < y ? -1 : x > y;
 }
@@ -295,6 +295,7 @@ static int commit_fn(struct ix *ix, MDB_txn *txn, void *arg)
 	bool *keep = NULL;
 	struct brec **tm = NULL;
 	struct ix_ventry *ents = NULL;
+	struct ix_tent *tents = NULL;
 	size_t ntm = 0;
 	int rc = 0;
 
@@ -380,27 +381,22 @@ static int commit_fn(struct ix *ix, MDB_txn *txn, void *arg)
 	}
 	mdb_cursor_close(c);
 	c = NULL;
-	/* Time map, in timestamp order; appends pack pages full. */
-	if (ntm)
-		qsort(tm, ntm, sizeof(*tm), brec_ts_cmp);
-	rc = mdb_cursor_open(txn, ix->db_time, &c);
-	if (rc)
-		goto out;
-	for (size_t i = 0; i < ntm; i++) {
-		uint8_t kb[8], vb[8];
-		MDB_val k = { 8, kb }, v = { 8, vb };
-
-		rw_put_be64(kb, tm[i]->ts);
-		rw_put_le64(vb, tm[i]->seq);
-		rc = mdb_cursor_put(c, &k, &v, MDB_APPEND);
-		if (rc == MDB_KEYEXIST)
-			rc = mdb_cursor_put(c, &k, &v, 0);
+	/* Time map, in seq order (timestamps increase with seq). */
+	if (ntm) {
+		qsort(tm, ntm, sizeof(*tm), brec_seq_cmp);
+		if (!(tents = malloc(ntm * sizeof(*tents)))) {
+			rc = -ENOMEM;
+			goto out;
+		}
+		for (size_t i = 0; i < ntm; i++) {
+			tents[i].seq = tm[i]->seq;
+			tents[i].ts = tm[i]->ts;
+		}
+		rc = ix_tm_add(txn, ix->db_time, tents, ntm);
 		if (rc)
 			goto out;
 		ix_step("put");
 	}
-	mdb_cursor_close(c);
-	c = NULL;
 	for (size_t i = 0; i < b->nd; i++) {
 		struct bdisk *bd = &b->disks[i];
 		rc = segments_update(ix, txn, b, bd, keep);
@@ -420,6 +416,7 @@ out:
 	free(keep);
 	free(tm);
 	free(ents);
+	free(tents);
 	return rc;
 }
 

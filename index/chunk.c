@@ -169,10 +169,14 @@ struct cbuild {
 static int cb_put(MDB_cursor *c, struct cbuild *cb)
 {
 	MDB_val k = { IX_VKEY, cb->key }, v = { cb->len, cb->buf };
+	int rc;
 
 	if (!cb->have || cb->len == 0)
 		return 0;
-	return mdb_cursor_put(c, &k, &v, 0);
+	rc = mdb_cursor_put(c, &k, &v, 0);
+	if (rc == 0)
+		ix_step("put");
+	return rc;
 }
 
 static int cb_add(MDB_cursor *c, struct cbuild *cb, uint32_t disk,

@@ -232,10 +232,6 @@ int ix_disk_set_base(struct ix *ix, uint32_t id, uint64_t base_seq)
 
 /* ------------------------------------------------------------- drop */
 
-struct tm_ent {
-	uint64_t ts, seq;
-};
-
 struct drop_ctx {
 	uint32_t id;
 	uint64_t base_seq, horizon_seq;
@@ -244,7 +240,7 @@ struct drop_ctx {
 	uint8_t from[IX_VKEY], next[IX_VKEY];
 	bool done;
 	/* time map */
-	struct tm_ent *tm;
+	struct ix_tent *tm;
 	size_t ntm, tm_pos, tm_next;
 	uint64_t count; /* deletions made by the last successful run */
 	struct ix_drop_stats *st;
@@ -365,25 +361,17 @@ static int drop_versions_fn(struct ix *ix, MDB_txn *txn, void *arg)
 static int drop_time_fn(struct ix *ix, MDB_txn *txn, void *arg)
 {
 	struct drop_ctx *dc = arg;
+	size_t end = dc->tm_pos + IX_DROP_SLICE;
 	uint64_t n = 0;
-	size_t i;
+	int rc;
 
-	for (i = dc->tm_pos; i < dc->ntm && n < IX_DROP_SLICE; i++) {
-		uint8_t kb[8];
-		MDB_val k = { 8, kb }, v;
-		rw_put_be64(kb, dc->tm[i].ts);
-		int rc = mdb_get(txn, ix->db_time, &k, &v);
-		if (rc == MDB_NOTFOUND)
-			continue;
-		if (rc)
-			return rc;
-		if (v.mv_size != 8 || rw_get_le64(v.mv_data) != dc->tm[i].seq)
-			continue; /* not this record's entry */
-		if ((rc = mdb_del(txn, ix->db_time, &k, NULL)))
-			return rc;
-		n++;
-	}
-	dc->tm_next = i;
+	if (end > dc->ntm)
+		end = dc->ntm;
+	rc = ix_tm_del(txn, ix->db_time, dc->tm + dc->tm_pos,
+		       end - dc->tm_pos, &n);
+	if (rc)
+		return rc;
+	dc->tm_next = end;
 	dc->count = n;
 	return 0;
 }
@@ -458,10 +446,10 @@ static int drop_rest_fn(struct ix *ix, MDB_txn *txn, void *arg)
 
 /* Collects (ts, seq) of the disk's journal records with seq <= upto. */
 static int collect_times(struct ix *ix, const struct ix_disk *d, uint64_t upto,
-			 struct tm_ent **out, size_t *nout)
+			 struct ix_tent **out, size_t *nout)
 {
 	struct jr_reader *r = NULL;
-	struct tm_ent *arr = NULL;
+	struct ix_tent *arr = NULL;
 	size_t n = 0, cap = 0;
 	char jdir[4096];
 	int rc;
@@ -489,7 +477,7 @@ static int collect_times(struct ix *ix, const struct ix_disk *d, uint64_t upto,
 			break;
 		if (n == cap) {
 			cap = cap ? cap * 2 : 4096;
-			struct tm_ent *na = realloc(arr, cap * sizeof(*na));
+			struct ix_tent *na = realloc(arr, cap * sizeof(*na));
 			if (!na) {
 				rc = -ENOMEM;
 				break;

@@ -192,6 +192,32 @@ bool ix_chunk_is(const MDB_val *k, uint32_t disk, uint64_t group);
 /* The version (block, seq) exactly: 0 and *out, MDB_NOTFOUND, or error. */
 int ix_vers_find(MDB_cursor *c, uint32_t disk, uint64_t block, uint64_t seq,
 		 struct ix_version *out);
+/* ------------------------------------------------ time map (timemap.c) */
+
+#define IX_TBUCKET 64u   /* seqs per time map bucket (one LMDB key) */
+
+struct ix_tent {
+	uint64_t seq, ts;
+};
+
+/* Decodes a time map key/value into out[IX_TBUCKET], *n entries
+ * ascending.  0 or RW_ECORRUPT. */
+int ix_tm_decode(const MDB_val *k, const MDB_val *v, struct ix_tent *out,
+		 size_t *n);
+/* Adds entries (ascending by seq, hence by ts); entries already there
+ * are skipped when identical.  0, an LMDB code or RW_ECORRUPT. */
+int ix_tm_add(MDB_txn *txn, MDB_dbi dbi, const struct ix_tent *e, size_t n);
+/* Removes the listed entries (ascending) that are there; *deleted counts
+ * them.  0 or an error. */
+int ix_tm_del(MDB_txn *txn, MDB_dbi dbi, const struct ix_tent *e, size_t n,
+	      uint64_t *deleted);
+/* Newest entry with ts' <= ts / oldest with ts' >= ts / the newest of
+ * all, through cursor c.  0 and *out, MDB_NOTFOUND, RW_ECORRUPT or an
+ * LMDB code.  ix_tm_floor leaves c on the entry's chunk. */
+int ix_tm_floor(MDB_cursor *c, uint64_t ts, struct ix_tent *out);
+int ix_tm_ceil(MDB_cursor *c, uint64_t ts, struct ix_tent *out);
+int ix_tm_last(MDB_cursor *c, struct ix_tent *out);
+
 /*
  * Tests only: puts version ver of block into the group's chunks, replacing
  * an entry with the same (block, seq), rewriting the group as one chunk.

@@ -300,68 +300,64 @@ static int tcursor(struct ix_read *rd)
 	return rc ? ix_fail(rd->ix, rc, "opening a cursor") : 0;
 }
 
-static int time_entry(struct ix_read *rd, const MDB_val *k, const MDB_val *v,
-		      uint64_t *seq, uint64_t *ts)
+static int time_err(struct ix_read *rd, int rc, const char *what)
 {
-	if (k->mv_size != 8 || v->mv_size != 8)
+	if (rc == RW_ECORRUPT)
 		return rw_err_set(RW_ECORRUPT, "store '%s': corrupt time map entry", rd->ix->dir);
-	if (ts)
-		*ts = rw_get_be64(k->mv_data);
-	if (seq)
-		*seq = rw_get_le64(v->mv_data);
-	return 0;
+	return ix_fail(rd->ix, rc, what);
 }
 
 int ix_time_to_seq(struct ix_read *rd, uint64_t ts_ns, uint64_t *seq,
 		   uint64_t *rec_ts)
 {
-	uint8_t kb[8];
-	MDB_val k = { 8, kb }, v;
+	struct ix_tent e;
 	int rc;
 
 	if ((rc = tcursor(rd)))
 		return rc;
-	rw_put_be64(kb, ts_ns);
-	rc = mdb_cursor_get(rd->ct, &k, &v, MDB_SET_RANGE);
-	if (rc == MDB_NOTFOUND)
-		rc = mdb_cursor_get(rd->ct, &k, &v, MDB_LAST);
-	else if (rc == 0 && rw_get_be64(k.mv_data) != ts_ns)
-		rc = mdb_cursor_get(rd->ct, &k, &v, MDB_PREV);
+	rc = ix_tm_floor(rd->ct, ts_ns, &e);
 	if (rc == MDB_NOTFOUND)
 		return rw_err_set(RW_ENOTFOUND, "store '%s': no record at or before %llu ns",
 				  rd->ix->dir, (unsigned long long)ts_ns);
 	if (rc)
-		return ix_fail(rd->ix, rc, "resolving a time");
-	return time_entry(rd, &k, &v, seq, rec_ts);
+		return time_err(rd, rc, "resolving a time");
+	if (seq)
+		*seq = e.seq;
+	if (rec_ts)
+		*rec_ts = e.ts;
+	return 0;
 }
 
 int ix_latest(struct ix_read *rd, uint64_t *seq, uint64_t *ts_ns)
 {
-	MDB_val k, v;
+	struct ix_tent e;
 	int rc;
 
 	if ((rc = tcursor(rd)))
 		return rc;
-	rc = mdb_cursor_get(rd->ct, &k, &v, MDB_LAST);
+	rc = ix_tm_last(rd->ct, &e);
 	if (rc == MDB_NOTFOUND)
 		return rw_err_set(RW_ENOTFOUND, "store '%s' has no records", rd->ix->dir);
 	if (rc)
-		return ix_fail(rd->ix, rc, "reading the time map");
-	return time_entry(rd, &k, &v, seq, ts_ns);
+		return time_err(rd, rc, "reading the time map");
+	if (seq)
+		*seq = e.seq;
+	if (ts_ns)
+		*ts_ns = e.ts;
+	return 0;
 }
 
 /* First entry with ts >= t: 0, or MDB_NOTFOUND. */
 static int time_ceil(struct ix_read *rd, uint64_t t, uint64_t *seq, uint64_t *ts)
 {
-	uint8_t kb[8];
-	MDB_val k = { 8, kb }, v;
-	int rc;
+	struct ix_tent e;
+	int rc = ix_tm_ceil(rd->ct, t, &e);
 
-	rw_put_be64(kb, t);
-	rc = mdb_cursor_get(rd->ct, &k, &v, MDB_SET_RANGE);
 	if (rc)
 		return rc;
-	return time_entry(rd, &k, &v, seq, ts);
+	*seq = e.seq;
+	*ts = e.ts;
+	return 0;
 }
 
 int ix_seq_to_time(struct ix_read *rd, uint64_t seq, uint64_t *ts_ns)
@@ -373,12 +369,14 @@ int ix_seq_to_time(struct ix_read *rd, uint64_t seq, uint64_t *ts_ns)
 	if ((rc = tcursor(rd)))
 		return rc;
 	rc = mdb_cursor_get(rd->ct, &k, &v, MDB_FIRST);
-	if (rc == 0)
-		rc = time_entry(rd, &k, &v, NULL, &lo);
-	if (rc == 0)
-		rc = mdb_cursor_get(rd->ct, &k, &v, MDB_LAST);
-	if (rc == 0)
-		rc = time_entry(rd, &k, &v, NULL, &hi);
+	if (rc == 0) {
+		if (k.mv_size != 8)
+			return time_err(rd, RW_ECORRUPT, "");
+		lo = rw_get_be64(k.mv_data);
+		struct ix_tent e = { 0, 0 };
+		rc = ix_tm_last(rd->ct, &e);
+		hi = e.ts;
+	}
 	/* Smallest ts whose entry has seq >= the one asked. */
 	while (rc == 0 && lo < hi) {
 		uint64_t mid = lo + (hi - lo) / 2;
@@ -399,7 +397,7 @@ int ix_seq_to_time(struct ix_read *rd, uint64_t seq, uint64_t *ts_ns)
 	if (rc == 0 || rc == MDB_NOTFOUND)
 		return rw_err_set(RW_ENOTFOUND, "store '%s': no record with seq %llu in the time map",
 				  rd->ix->dir, (unsigned long long)seq);
-	return ix_fail(rd->ix, rc, "reading the time map");
+	return time_err(rd, rc, "reading the time map");
 }
 
 /* ------------------------------------------------------------ segments */

@@ -47,6 +47,7 @@ struct vctx {
 	struct vrec *recs;
 	size_t n, cap;
 	MDB_cursor *vcur;      /* versions cursor of the disk's transaction */
+	MDB_cursor *tcur;      /* time map cursor, same */
 	uint64_t *allseq;      /* every record seq of every disk (time map check) */
 	size_t nall, capall;
 };
@@ -96,8 +97,6 @@ static int check_record(struct vctx *vc, MDB_txn *txn, const struct jr_rec *rec,
 {
 	const struct ix_disk *d = vc->d;
 	struct vrec r = { rec->seq, rec->ts_ns, *loc, rec->offset, rec->length, rec->type };
-	uint8_t tb[8];
-	MDB_val v, tk = { 8, tb };
 	int rc;
 
 	if (rec->disk_id != d->id) {
@@ -167,14 +166,19 @@ static int check_record(struct vctx *vc, MDB_txn *txn, const struct jr_rec *rec,
 				jr_type_name(ver.type), ver.partial ? " (partial)" : "",
 				jr_type_name(rec->type), partial ? " (partial)" : "");
 	}
-	rw_put_be64(tb, rec->ts_ns);
-	rc = mdb_get(txn, vc->ix->db_time, &tk, &v);
-	if (rc == MDB_NOTFOUND)
+	struct ix_tent te;
+	if (!vc->tcur && (rc = mdb_cursor_open(txn, vc->ix->db_time, &vc->tcur)))
+		return ix_fail(vc->ix, rc, "verifying");
+	rc = ix_tm_floor(vc->tcur, rec->ts_ns, &te);
+	if (rc == MDB_NOTFOUND || (rc == 0 && te.ts != rec->ts_ns))
 		problem(vc, UINT64_MAX, rec->seq, loc, "no time map entry for ts %llu",
+			(unsigned long long)rec->ts_ns);
+	else if (rc == RW_ECORRUPT)
+		problem(vc, UINT64_MAX, rec->seq, loc, "time map entry near ts %llu is undecodable",
 			(unsigned long long)rec->ts_ns);
 	else if (rc)
 		return ix_fail(vc->ix, rc, "verifying");
-	else if (v.mv_size != 8 || rw_get_le64(v.mv_data) != rec->seq)
+	else if (te.seq != rec->seq)
 		problem(vc, UINT64_MAX, rec->seq, loc, "time map entry for ts %llu names another seq",
 			(unsigned long long)rec->ts_ns);
 	return 0;
@@ -429,17 +433,21 @@ static int time_pass(struct vctx *vc, MDB_txn *txn)
 	vc->d = NULL;
 	for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
 	     rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-		uint64_t seq;
-		vc->rep->time_entries++;
-		if (k.mv_size != 8 || v.mv_size != 8) {
-			problem(vc, UINT64_MAX, 0, NULL, "corrupt time map entry");
+		struct ix_tent e[IX_TBUCKET];
+		size_t n = 0;
+		if (ix_tm_decode(&k, &v, e, &n)) {
+			problem(vc, UINT64_MAX, 0, NULL, "corrupt time map entry at ts %llu",
+				k.mv_size == 8 ? (unsigned long long)rw_get_be64(k.mv_data) : 0ull);
 			continue;
 		}
-		seq = rw_get_le64(v.mv_data);
-		if (!vc->nall || !bsearch(&seq, vc->allseq, vc->nall, sizeof(seq), u64_cmp))
-			problem(vc, UINT64_MAX, seq, NULL,
-				"time map entry ts %llu -> seq %llu names no readable journal record",
-				(unsigned long long)rw_get_be64(k.mv_data), (unsigned long long)seq);
+		for (size_t i = 0; i < n; i++) {
+			uint64_t seq = e[i].seq;
+			vc->rep->time_entries++;
+			if (!vc->nall || !bsearch(&seq, vc->allseq, vc->nall, sizeof(seq), u64_cmp))
+				problem(vc, UINT64_MAX, seq, NULL,
+					"time map entry ts %llu -> seq %llu names no readable journal record",
+					(unsigned long long)e[i].ts, (unsigned long long)seq);
+		}
 	}
 	mdb_cursor_close(c);
 	return rc == MDB_NOTFOUND ? 0 : ix_fail(vc->ix, rc, "verifying");
@@ -506,7 +514,9 @@ int ix_verify(struct ix *ix, const char *const *names, int nnames,
 			rc = segment_pass(&vc, txn, segs, nsegs);
 		if (vc.vcur)
 			mdb_cursor_close(vc.vcur);
-		vc.vcur = NULL;
+		if (vc.tcur)
+			mdb_cursor_close(vc.tcur);
+		vc.vcur = vc.tcur = NULL;
 		ix_txn_abort(ix, txn);
 		free(segs);
 	}

@@ -588,6 +588,8 @@ static void test_crash_consistency(void)
 	static const char *const steps[] = { "add", "put", "commit" };
 	static const uint64_t at[] = { 1, 2, 299, 300, 301, 777, 1500, 2999, 3001 };
 	static const uint64_t at_commit[] = { 1, 2, 3, 5, 8, 11 };
+	/* Puts are per chunk and per time bucket: a few dozen per batch. */
+	static const uint64_t at_put[] = { 1, 2, 3, 5, 8, 13, 21, 34, 55 };
 	int crashed = 0, finished = 0;
 
 	workload_make(&w, "ixcrash", 1600, 4321, 32 * 1024);
@@ -599,7 +601,10 @@ static void test_crash_consistency(void)
 	struct dump ref = dump_index(w.store);
 
 	for (size_t s = 0; s < 3; s++) {
-		size_t nat = s == 2 ? sizeof(at_commit) / sizeof(at_commit[0]) : sizeof(at) / sizeof(at[0]);
+		const uint64_t *ats = s == 0 ? at : s == 1 ? at_put : at_commit;
+		size_t nat = s == 0 ? sizeof(at) / sizeof(at[0])
+			   : s == 1 ? sizeof(at_put) / sizeof(at_put[0])
+				    : sizeof(at_commit) / sizeof(at_commit[0]);
 		for (size_t a = 0; a < nat; a++) {
 			/* Start from an index that has only the marks and disks. */
 			CU_ASSERT_EQUAL_FATAL(ix_open(&ix, w.store, IX_LOCK), 0);
@@ -614,7 +619,7 @@ static void test_crash_consistency(void)
 					_exit(1);
 				ix_catchup_batch_records = 300;
 				crash_step = steps[s];
-				crash_at = s == 2 ? at_commit[a] : at[a];
+				crash_at = ats[a];
 				crash_seen = 0;
 				ix_test_step_hook = crash_hook;
 				int rc = ix_catch_up(cix, NULL, NULL);
@@ -692,7 +697,7 @@ static void test_map_full_grows(void)
 	CU_ASSERT_EQUAL_FATAL(ix_batch_new(ix, &b), 0);
 	/* A thread holding a read cannot wait for itself: growth refuses. */
 	CU_ASSERT_EQUAL_FATAL(ix_read_begin(ix, &rd), 0);
-	for (size_t i = 0; i < 5000; i++) {
+	for (size_t i = 0; i < 30000; i++) {
 		struct jr_rec r = { .type = JR_WRITE, .seq = i + 1, .ts_ns = 1000 + i * 10,
 				    .disk_id = d.id, .offset = i * 4096, .length = 4096 };
 		struct jr_loc l = { 1, 0 };
@@ -711,7 +716,7 @@ static void test_map_full_grows(void)
 		CU_ASSERT_EQUAL_FATAL(pthread_create(&th, NULL, hold_read, &h), 0);
 		while (!__atomic_load_n(&h.state, __ATOMIC_ACQUIRE))
 			usleep(1000);
-		for (size_t i = 0; i < 5000; i++) {
+		for (size_t i = 0; i < 30000; i++) {
 			struct jr_rec r = { .type = JR_WRITE, .seq = i + 1, .ts_ns = 1000 + i * 10,
 					    .disk_id = d.id, .offset = i * 4096, .length = 4096 };
 			struct jr_loc l = { 1, 0 };
