@@ -301,7 +301,7 @@ static int drop_versions_fn(struct ix *ix, MDB_txn *txn, void *arg)
 			rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
 			continue;
 		}
-		if (!keep && !(keep = malloc(IX_CHUNK_HARD * sizeof(*keep)))) {
+		if (!keep && !(keep = malloc(2 * (size_t)IX_CHUNK_HARD * sizeof(*keep)))) {
 			rc = -ENOMEM;
 			break;
 		}
@@ -323,16 +323,45 @@ static int drop_versions_fn(struct ix *ix, MDB_txn *txn, void *arg)
 			break;
 		n += dropped;
 		if (nk) {
-			/* The newer tail, re-encoded as a chunk of its own. */
-			if (!buf && !(buf = malloc(IX_CMAP + (size_t)IX_CHUNK_HARD * IX_CENT_MAX))) {
+			/* The newer tail, re-encoded as a chunk of its own —
+			 * unless its record straddles into the next chunk,
+			 * which then starts at the same seq: the two merge. */
+			MDB_val nv;
+			if (!buf && !(buf = malloc(IX_CMAP + 2 * (size_t)IX_CHUNK_HARD * IX_CENT_MAX))) {
 				rc = -ENOMEM;
 				break;
 			}
-			len = ix_chunk_encode(buf, keep, nk);
 			ix_vkey(kb, dc->id, d.group, keep[0].v.seq);
-			MDB_val nv = { len, buf };
 			k.mv_size = IX_VKEY;
 			k.mv_data = kb;
+			rc = mdb_get(txn, ix->db_versions, &k, &nv);
+			if (rc == 0) {
+				struct ix_cdec nd;
+				if (ix_cdec_init(&nd, &k, &nv)) {
+					rc = RW_ECORRUPT;
+					break;
+				}
+				while ((e = ix_cdec_next(&nd)) > 0) {
+					keep[nk].block = nd.block;
+					keep[nk].v = nd.cur;
+					nk++;
+				}
+				if (e < 0) {
+					rc = RW_ECORRUPT;
+					break;
+				}
+			} else if (rc != MDB_NOTFOUND) {
+				break;
+			}
+			len = ix_chunk_encode(buf, keep, nk);
+			if (len > IX_CHUNK_HARD) {
+				rc = rw_err_set(-EOVERFLOW, "store '%s': disk id %u: merged version chunk of blocks %llu.. would be %zu bytes",
+						ix->dir, dc->id,
+						(unsigned long long)(d.group * IX_GROUP_BLOCKS), len);
+				break;
+			}
+			nv.mv_size = len;
+			nv.mv_data = buf;
 			rc = mdb_put(txn, ix->db_versions, &k, &nv, 0);
 			if (rc)
 				break;

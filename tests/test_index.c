@@ -1062,6 +1062,103 @@ static void test_time_segments_marks(void)
 	workload_free(&w);
 }
 
+/* ------------------------------------------------- chunks and compaction */
+
+/*
+ * A record whose blocks straddle two chunks (the first one filled up
+ * mid-record), then compaction to just below it: the folded chunk's tail
+ * and the next chunk start at the same seq and must merge, not overwrite
+ * each other.  Also: versions above base_seq stay exact in every chunk.
+ */
+static void test_chunk_straddle_compaction(void)
+{
+	struct ix *ix = NULL;
+	struct ix_batch *b = NULL;
+	struct ix_read *rd = NULL;
+	struct ix_disk d;
+	char *s = new_store("ixchunk");
+	uint64_t seq = 0, big = 0, bigs[4];
+
+	CU_ASSERT_EQUAL_FATAL(ix_open(&ix, s, IX_LOCK), 0);
+	CU_ASSERT_EQUAL_FATAL(ix_disk_create(ix, "c", 1ull << 30, 4096, NULL, &d), 0);
+	CU_ASSERT_EQUAL_FATAL(ix_batch_new(ix, &b), 0);
+	/* Single-block writes spread over the group fill most of a chunk,
+	 * then one 200-block write cannot fit in what is left. */
+	for (int round = 0; round < 4; round++) {
+		for (uint64_t i = 0; i < 45; i++) {
+			struct jr_rec r = { .type = JR_WRITE, .seq = ++seq, .ts_ns = 1000 + seq,
+					    .disk_id = d.id, .offset = ((i * 37) % 256) * 4096,
+					    .length = 4096 };
+			struct jr_loc l = { 1, seq * 4200 };
+			CU_ASSERT_EQUAL(ix_batch_add(b, &r, &l), 0);
+		}
+		struct jr_rec r = { .type = JR_WRITE, .seq = ++seq, .ts_ns = 1000 + seq,
+				    .disk_id = d.id, .offset = 10 * 4096, .length = 200 * 4096 };
+		struct jr_loc l = { 1, seq * 4200 };
+		CU_ASSERT_EQUAL(ix_batch_add(b, &r, &l), 0);
+		bigs[round] = seq;
+		if (round == 1)
+			big = seq;
+		CU_ASSERT_EQUAL_FATAL(ix_batch_commit(b), 0);
+	}
+	ix_batch_free(b);
+	/* Several chunks, and some start at the seq of a straddling record. */
+	{
+		MDB_txn *txn;
+		MDB_cursor *c;
+		MDB_val k, v;
+		int chunks = 0, straddles = 0;
+		uint64_t prev_last = 0;
+		CU_ASSERT_EQUAL_FATAL(mdb_txn_begin(ix->env, NULL, MDB_RDONLY, &txn), 0);
+		CU_ASSERT_EQUAL_FATAL(mdb_cursor_open(txn, ix->db_versions, &c), 0);
+		for (int rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
+		     rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+			struct ix_cdec dc;
+			CU_ASSERT_EQUAL_FATAL(ix_cdec_init(&dc, &k, &v), 0);
+			straddles += chunks && dc.first_seq == prev_last;
+			while (ix_cdec_next(&dc) > 0)
+				prev_last = dc.cur.seq;
+			chunks++;
+		}
+		mdb_cursor_close(c);
+		mdb_txn_abort(txn);
+		CU_ASSERT(chunks >= 3);
+		CU_ASSERT(straddles >= 1);
+	}
+	/* Fold everything below each straddling record in turn: the chunk
+	 * holding its first blocks keeps only those. */
+	for (int r = 0; r < 4; r++) {
+		uint64_t base = bigs[r] - 1;
+		struct ix_drop_stats st;
+		CU_ASSERT_EQUAL_FATAL(ix_disk_advance_horizon(ix, d.id, base, 1000 + base), 0);
+		CU_ASSERT_EQUAL_FATAL(ix_disk_set_base(ix, d.id, base), 0);
+		CU_ASSERT_EQUAL_FATAL(ix_compact_drop(ix, d.id, false, &st), 0);
+		CU_ASSERT_EQUAL_FATAL(ix_read_begin(ix, &rd), 0);
+		/* Each block of the big record of round 1, as of it. */
+		for (uint64_t blk = 10; blk < 210 && base < big; blk++) {
+			struct ix_version v[4];
+			int n = ix_block_asof(rd, d.id, blk, big, v, 4);
+			CU_ASSERT_EQUAL(n, 1);
+			if (n == 1)
+				CU_ASSERT_EQUAL(v[0].seq, big);
+		}
+		/* And every block as of the end: the newest record touching it. */
+		for (uint64_t blk = 0; blk < 256; blk++) {
+			struct ix_version v[4];
+			int n = ix_block_asof(rd, d.id, blk, seq, v, 4);
+			CU_ASSERT(n >= 0 && n <= 1);
+			if (n == 1)
+				CU_ASSERT(v[0].seq > base);
+			if (blk >= 10 && blk < 210)
+				CU_ASSERT(n == 1 && v[0].seq == seq);
+		}
+		ix_read_end(rd);
+		rd = NULL;
+	}
+	ix_close(ix);
+	free(s);
+}
+
 int main(void)
 {
 	tu_add_suite("index",
@@ -1072,6 +1169,7 @@ int main(void)
 		     "map_full_grows", test_map_full_grows,
 		     "verify_detects", test_verify_detects,
 		     "time_segments_marks", test_time_segments_marks,
+		     "chunk_straddle_compaction", test_chunk_straddle_compaction,
 		     NULL);
 	return tu_run();
 }
