@@ -284,11 +284,11 @@ int main(int argc, char **argv)
 		    mdb_env_set_mapsize(env, 64ull << 30) == 0 &&
 		    mdb_env_open(env, p, MDB_RDONLY, 0644) == 0 &&
 		    mdb_txn_begin(env, NULL, MDB_RDONLY, &t) == 0) {
-			static const char *const dbs[] = { "versions", "time", "segments", "disks" };
+			static const char *const dbs[] = { "versions", "vmap", "time", "segments", "disks" };
 			MDB_envinfo ei;
 			MDB_stat ms;
 			uint64_t used = 0;
-			for (size_t i = 0; i < 4; i++) {
+			for (size_t i = 0; i < sizeof(dbs) / sizeof(dbs[0]); i++) {
 				MDB_dbi dbi;
 				if (mdb_dbi_open(t, dbs[i], 0, &dbi) || mdb_stat(t, dbi, &ms))
 					continue;

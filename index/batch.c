@@ -291,7 +291,7 @@ out:
 static int commit_fn(struct ix *ix, MDB_txn *txn, void *arg)
 {
 	struct ix_batch *b = arg;
-	MDB_cursor *c = NULL;
+	MDB_cursor *c = NULL, *cm = NULL;
 	bool *keep = NULL;
 	struct brec **tm = NULL;
 	struct ix_ventry *ents = NULL;
@@ -355,6 +355,8 @@ static int commit_fn(struct ix *ix, MDB_txn *txn, void *arg)
 	if (b->nv)
 		qsort(b->v, b->nv, sizeof(*b->v), vent_cmp);
 	rc = mdb_cursor_open(txn, ix->db_versions, &c);
+	if (rc == 0)
+		rc = mdb_cursor_open(txn, ix->db_vmap, &cm);
 	if (rc)
 		goto out;
 	if (b->nv && !(ents = malloc(b->nv * sizeof(*ents)))) {
@@ -374,13 +376,15 @@ static int commit_fn(struct ix *ix, MDB_txn *txn, void *arg)
 			ents[n].v.partial = e->partial;
 			n++;
 		}
-		rc = ix_vers_append(c, disk, ents, n);
+		struct ix_vcurs vc = { c, cm };
+		rc = ix_vers_append(&vc, disk, ents, n);
 		if (rc)
 			goto out;
 		ix_step("put");
 	}
 	mdb_cursor_close(c);
-	c = NULL;
+	mdb_cursor_close(cm);
+	c = cm = NULL;
 	/* Time map, in seq order (timestamps increase with seq). */
 	if (ntm) {
 		qsort(tm, ntm, sizeof(*tm), brec_seq_cmp);
@@ -413,6 +417,8 @@ static int commit_fn(struct ix *ix, MDB_txn *txn, void *arg)
 out:
 	if (c)
 		mdb_cursor_close(c);
+	if (cm)
+		mdb_cursor_close(cm);
 	free(keep);
 	free(tm);
 	free(ents);
@@ -579,6 +585,7 @@ static int reindex_fn(struct ix *ix, MDB_txn *txn, void *arg)
 	if (rc == MDB_NOTFOUND)
 		return rw_err_set(RW_ENOTFOUND, "store '%s': no disk with id %u", ix->dir, id);
 	if (rc || (rc = drop_prefix(txn, ix->db_versions, id, IX_VKEY)) ||
+	    (rc = drop_prefix(txn, ix->db_vmap, id, IX_VKEY)) ||
 	    (rc = drop_prefix(txn, ix->db_segments, id, IX_SKEY)))
 		return rc;
 	d.last_indexed_seq = 0;

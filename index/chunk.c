@@ -37,12 +37,11 @@
 
 int ix_cdec_init(struct ix_cdec *d, const MDB_val *k, const MDB_val *v)
 {
-	if (k->mv_size != IX_VKEY || v->mv_size <= IX_CMAP ||
+	if (k->mv_size != IX_VKEY || v->mv_size == 0 ||
 	    v->mv_size > IX_CHUNK_HARD)
 		return RW_ECORRUPT;
-	d->map = v->mv_data;
-	d->p = d->map + IX_CMAP;
-	d->end = d->map + v->mv_size;
+	d->p = v->mv_data;
+	d->end = d->p + v->mv_size;
 	d->disk = rw_get_be32(k->mv_data);
 	d->group = rw_get_be64((const uint8_t *)k->mv_data + 4);
 	d->first_seq = rw_get_be64((const uint8_t *)k->mv_data + 12);
@@ -95,8 +94,6 @@ int ix_cdec_next(struct ix_cdec *d)
 		d->cur.loc.offset = off;
 		d->cur.type = (uint8_t)type;
 	}
-	if (!(d->map[(blk % IX_GROUP_BLOCKS) / 8] & (1u << (blk % 8))))
-		return RW_ECORRUPT; /* the map must name every block */
 	d->cur.partial = (h & 4u) != 0;
 	d->block = blk;
 	d->n++;
@@ -134,22 +131,56 @@ static void map_set(uint8_t *map, uint64_t block)
 
 size_t ix_chunk_encode(uint8_t *out, const struct ix_ventry *e, size_t n)
 {
-	size_t len = IX_CMAP;
+	size_t len = 0;
 
-	memset(out, 0, IX_CMAP);
-	for (size_t i = 0; i < n; i++) {
-		map_set(out, e[i].block);
+	for (size_t i = 0; i < n; i++)
 		len += enc_entry(out + len, &e[i], i ? &e[i - 1] : NULL);
-	}
 	return len;
 }
 
-bool ix_chunk_has(const MDB_val *v, uint64_t block)
+void ix_chunk_map(uint8_t map[IX_CMAP], const struct ix_ventry *e, size_t n)
+{
+	memset(map, 0, IX_CMAP);
+	for (size_t i = 0; i < n; i++)
+		map_set(map, e[i].block);
+}
+
+bool ix_chunk_has(const MDB_val *map, uint64_t block)
 {
 	unsigned i = (unsigned)(block % IX_GROUP_BLOCKS);
 
-	return v->mv_size > IX_CMAP &&
-	       (((const uint8_t *)v->mv_data)[i / 8] & (1u << (i % 8)));
+	return map->mv_size == IX_CMAP &&
+	       (((const uint8_t *)map->mv_data)[i / 8] & (1u << (i % 8)));
+}
+
+int ix_chunk_put(MDB_txn *txn, MDB_dbi dv, MDB_dbi dm, const uint8_t *key,
+		 const struct ix_ventry *e, size_t n, uint8_t *buf)
+{
+	uint8_t map[IX_CMAP];
+	MDB_val k = { IX_VKEY, (void *)key }, v = { 0, buf }, m = { IX_CMAP, map };
+	int rc;
+
+	v.mv_size = ix_chunk_encode(buf, e, n);
+	if (v.mv_size > IX_CHUNK_HARD)
+		return -EOVERFLOW;
+	ix_chunk_map(map, e, n);
+	rc = mdb_put(txn, dv, &k, &v, 0);
+	if (rc == 0)
+		rc = mdb_put(txn, dm, &k, &m, 0);
+	return rc;
+}
+
+int ix_chunk_del(MDB_txn *txn, MDB_dbi dv, MDB_dbi dm, const uint8_t *key)
+{
+	MDB_val k = { IX_VKEY, (void *)key };
+	int rc = mdb_del(txn, dv, &k, NULL);
+
+	if (rc == 0 || rc == MDB_NOTFOUND) {
+		int r2 = mdb_del(txn, dm, &k, NULL);
+		if (rc == 0 && r2 != MDB_NOTFOUND)
+			rc = r2;
+	}
+	return rc;
 }
 
 /* ------------------------------------------------------ chunk builder */
@@ -160,26 +191,30 @@ bool ix_chunk_has(const MDB_val *v, uint64_t block)
  */
 struct cbuild {
 	uint8_t key[IX_VKEY];
-	uint8_t buf[IX_CMAP + IX_CHUNK_BYTES + IX_CENT_MAX];
+	uint8_t map[IX_CMAP];
+	uint8_t buf[IX_CHUNK_BYTES + IX_CENT_MAX];
 	size_t len;
 	bool have;          /* a chunk is open */
 	struct ix_ventry last;
 };
 
-static int cb_put(MDB_cursor *c, struct cbuild *cb)
+static int cb_put(struct ix_vcurs *c, struct cbuild *cb)
 {
 	MDB_val k = { IX_VKEY, cb->key }, v = { cb->len, cb->buf };
+	MDB_val m = { IX_CMAP, cb->map };
 	int rc;
 
 	if (!cb->have || cb->len == 0)
 		return 0;
-	rc = mdb_cursor_put(c, &k, &v, 0);
+	rc = mdb_cursor_put(c->v, &k, &v, 0);
+	if (rc == 0)
+		rc = mdb_cursor_put(c->m, &k, &m, 0);
 	if (rc == 0)
 		ix_step("put");
 	return rc;
 }
 
-static int cb_add(MDB_cursor *c, struct cbuild *cb, uint32_t disk,
+static int cb_add(struct ix_vcurs *c, struct cbuild *cb, uint32_t disk,
 		  const struct ix_ventry *e)
 {
 	uint8_t tmp[IX_CENT_MAX];
@@ -194,10 +229,10 @@ static int cb_add(MDB_cursor *c, struct cbuild *cb, uint32_t disk,
 					  (unsigned long long)e->v.seq,
 					  (unsigned long long)cb->last.v.seq);
 		n = enc_entry(tmp, e, &cb->last);
-		if (cb->len + n <= IX_CMAP + IX_CHUNK_BYTES) {
+		if (cb->len + n <= IX_CHUNK_BYTES) {
 			memcpy(cb->buf + cb->len, tmp, n);
 			cb->len += n;
-			map_set(cb->buf, e->block);
+			map_set(cb->map, e->block);
 			cb->last = *e;
 			return 0;
 		}
@@ -206,6 +241,7 @@ static int cb_add(MDB_cursor *c, struct cbuild *cb, uint32_t disk,
 	}
 	ix_vkey(cb->key, disk, e->block / IX_GROUP_BLOCKS, e->v.seq);
 	cb->len = ix_chunk_encode(cb->buf, e, 1);
+	ix_chunk_map(cb->map, e, 1);
 	cb->last = *e;
 	cb->have = true;
 	return 0;
@@ -215,11 +251,12 @@ static int cb_add(MDB_cursor *c, struct cbuild *cb, uint32_t disk,
  * Opens the newest chunk of (disk, group) for appending.  0 (cb->have
  * tells whether one exists), or an LMDB/rewind code.
  */
-static int cb_open(MDB_cursor *c, struct cbuild *cb, uint32_t disk,
+static int cb_open(struct ix_vcurs *vc, struct cbuild *cb, uint32_t disk,
 		   uint64_t group)
 {
 	uint8_t kb[IX_VKEY];
-	MDB_val k = { IX_VKEY, kb }, v;
+	MDB_val k = { IX_VKEY, kb }, v, m;
+	MDB_cursor *c = vc->v;
 	struct ix_cdec d;
 	int rc;
 
@@ -250,8 +287,18 @@ static int cb_open(MDB_cursor *c, struct cbuild *cb, uint32_t disk,
 	}
 	if (rc < 0 || d.n == 0)
 		goto corrupt;
-	if (v.mv_size > IX_CMAP + IX_CHUNK_BYTES)
-		return 0; /* over-full (a test put it there): start a new one */
+	if (v.mv_size > IX_CHUNK_BYTES)
+		return 0; /* over-full (merged by compaction): start a new one */
+	m = k;
+	if ((rc = mdb_cursor_get(vc->m, &m, &v, MDB_SET_KEY)) == MDB_NOTFOUND ||
+	    (rc == 0 && v.mv_size != IX_CMAP))
+		goto corrupt;
+	if (rc)
+		return rc;
+	memcpy(cb->map, v.mv_data, IX_CMAP);
+	rc = mdb_cursor_get(c, &k, &v, MDB_GET_CURRENT);
+	if (rc)
+		return rc;
 	memcpy(cb->key, k.mv_data, IX_VKEY);
 	memcpy(cb->buf, v.mv_data, v.mv_size);
 	cb->len = v.mv_size;
@@ -263,8 +310,8 @@ corrupt:
 			  (unsigned long long)rw_get_be64((uint8_t *)k.mv_data + 12));
 }
 
-int ix_vers_append(MDB_cursor *c, uint32_t disk, const struct ix_ventry *e,
-		   size_t n)
+int ix_vers_append(struct ix_vcurs *c, uint32_t disk,
+		   const struct ix_ventry *e, size_t n)
 {
 	struct cbuild *cb = malloc(sizeof(*cb));
 	int rc = 0;
@@ -314,33 +361,42 @@ bool ix_chunk_is(const MDB_val *k, uint32_t disk, uint64_t group)
 	       rw_get_be64((const uint8_t *)k->mv_data + 4) == group;
 }
 
-int ix_vers_find(MDB_cursor *c, uint32_t disk, uint64_t block, uint64_t seq,
-		 struct ix_version *out)
+int ix_vers_find(struct ix_vcurs *c, uint32_t disk, uint64_t block,
+		 uint64_t seq, struct ix_version *out)
 {
 	uint64_t g = block / IX_GROUP_BLOCKS;
-	MDB_val k, v;
-	int rc = ix_vers_seek_chunk(c, disk, g, seq, &k, &v);
+	MDB_val k, m, v;
+	int rc = ix_vers_seek_chunk(c->m, disk, g, seq, &k, &m);
 
 	/* A record's entries may straddle chunks that start at its seq. */
 	while (rc == 0 && ix_chunk_is(&k, disk, g)) {
-		struct ix_cdec d;
-		uint64_t first;
-		if (ix_cdec_init(&d, &k, &v))
+		uint64_t first = rw_get_be64((uint8_t *)k.mv_data + 12);
+		if (m.mv_size != IX_CMAP)
 			return RW_ECORRUPT;
-		first = d.first_seq;
-		while (ix_chunk_has(&v, block) && (rc = ix_cdec_next(&d)) > 0) {
-			if (d.cur.seq > seq)
-				break;
-			if (d.cur.seq == seq && d.block == block) {
-				*out = d.cur;
-				return 0;
+		if (ix_chunk_has(&m, block)) {
+			struct ix_cdec d;
+			MDB_val vk = k;
+			rc = mdb_cursor_get(c->v, &vk, &v, MDB_SET_KEY);
+			if (rc == MDB_NOTFOUND)
+				return RW_ECORRUPT; /* a map without its chunk */
+			if (rc)
+				return rc;
+			if (ix_cdec_init(&d, &vk, &v))
+				return RW_ECORRUPT;
+			while ((rc = ix_cdec_next(&d)) > 0) {
+				if (d.cur.seq > seq)
+					break;
+				if (d.cur.seq == seq && d.block == block) {
+					*out = d.cur;
+					return 0;
+				}
 			}
+			if (rc < 0)
+				return rc;
 		}
-		if (rc < 0)
-			return rc;
 		if (first < seq)
 			return MDB_NOTFOUND;
-		rc = mdb_cursor_get(c, &k, &v, MDB_PREV);
+		rc = mdb_cursor_get(c->m, &k, &m, MDB_PREV);
 	}
 	return rc == 0 ? MDB_NOTFOUND : rc;
 }
@@ -356,7 +412,7 @@ static int ent_cmp(const void *a, const void *b)
 	return x->block < y->block ? -1 : x->block > y->block;
 }
 
-int ix_vers_test_put(MDB_txn *txn, MDB_dbi dbi, uint32_t disk,
+int ix_vers_test_put(MDB_txn *txn, MDB_dbi dbi, MDB_dbi dmap, uint32_t disk,
 		     uint64_t block, const struct ix_version *ver)
 {
 	uint64_t g = block / IX_GROUP_BLOCKS;
@@ -365,7 +421,6 @@ int ix_vers_test_put(MDB_txn *txn, MDB_dbi dbi, uint32_t disk,
 	MDB_cursor *c = NULL;
 	MDB_val k, v;
 	uint8_t *buf = NULL;
-	size_t len = 0;
 	int rc = mdb_cursor_open(txn, dbi, &c);
 
 	if (rc)
@@ -393,8 +448,14 @@ int ix_vers_test_put(MDB_txn *txn, MDB_dbi dbi, uint32_t disk,
 			if (!(d.cur.seq == ver->seq && d.block == block))
 				n++;
 		}
-		if (rc < 0 || (rc = mdb_cursor_del(c, 0)))
+		if (rc < 0)
 			goto out;
+		{
+			uint8_t dk[IX_VKEY];
+			memcpy(dk, k.mv_data, IX_VKEY);
+			if ((rc = ix_chunk_del(txn, dbi, dmap, dk)))
+				goto out;
+		}
 		rc = ix_vers_seek_chunk(c, disk, g, UINT64_MAX, &k, &v);
 	}
 	if (rc && rc != MDB_NOTFOUND)
@@ -410,17 +471,15 @@ int ix_vers_test_put(MDB_txn *txn, MDB_dbi dbi, uint32_t disk,
 	n++;
 	qsort(e, n, sizeof(*e), ent_cmp);
 	/* One chunk, whatever its size: tests want exactly this content. */
-	buf = malloc(IX_CMAP + n * IX_CENT_MAX);
+	buf = malloc(n * IX_CENT_MAX);
 	if (!buf) {
 		rc = -ENOMEM;
 		goto out;
 	}
-	len = ix_chunk_encode(buf, e, n);
 	{
 		uint8_t kb[IX_VKEY];
-		MDB_val nk = { IX_VKEY, kb }, nv = { len, buf };
 		ix_vkey(kb, disk, g, e[0].v.seq);
-		rc = mdb_put(txn, dbi, &nk, &nv, 0);
+		rc = ix_chunk_put(txn, dbi, dmap, kb, e, n, buf);
 	}
 out:
 	mdb_cursor_close(c);

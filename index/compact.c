@@ -273,7 +273,7 @@ static int drop_versions_fn(struct ix *ix, MDB_txn *txn, void *arg)
 	while (rc == 0) {
 		const uint8_t *kp = k.mv_data;
 		struct ix_cdec d;
-		size_t nk = 0, len = 0;
+		size_t nk = 0;
 		uint64_t dropped = 0;
 		int e;
 
@@ -318,16 +318,25 @@ static int drop_versions_fn(struct ix *ix, MDB_txn *txn, void *arg)
 			rc = RW_ECORRUPT;
 			break;
 		}
-		rc = mdb_cursor_del(c, 0);
-		if (rc)
-			break;
+		{
+			uint8_t dk[IX_VKEY];
+			MDB_val mk = { IX_VKEY, dk };
+			memcpy(dk, k.mv_data, IX_VKEY);
+			rc = mdb_cursor_del(c, 0);
+			if (rc == 0)
+				rc = mdb_del(txn, ix->db_vmap, &mk, NULL);
+			if (rc == MDB_NOTFOUND)
+				rc = RW_ECORRUPT; /* a chunk without its map */
+			if (rc)
+				break;
+		}
 		n += dropped;
 		if (nk) {
 			/* The newer tail, re-encoded as a chunk of its own —
 			 * unless its record straddles into the next chunk,
 			 * which then starts at the same seq: the two merge. */
 			MDB_val nv;
-			if (!buf && !(buf = malloc(IX_CMAP + 2 * (size_t)IX_CHUNK_HARD * IX_CENT_MAX))) {
+			if (!buf && !(buf = malloc(2 * (size_t)IX_CHUNK_HARD * IX_CENT_MAX))) {
 				rc = -ENOMEM;
 				break;
 			}
@@ -353,16 +362,15 @@ static int drop_versions_fn(struct ix *ix, MDB_txn *txn, void *arg)
 			} else if (rc != MDB_NOTFOUND) {
 				break;
 			}
-			len = ix_chunk_encode(buf, keep, nk);
-			if (len > IX_CHUNK_HARD) {
-				rc = rw_err_set(-EOVERFLOW, "store '%s': disk id %u: merged version chunk of blocks %llu.. would be %zu bytes",
+			rc = ix_chunk_put(txn, ix->db_versions, ix->db_vmap, kb,
+					  keep, nk, buf);
+			if (rc == -EOVERFLOW) {
+				rc = rw_err_set(-EOVERFLOW, "store '%s': disk id %u: merged version chunk of blocks %llu.. would pass %u bytes",
 						ix->dir, dc->id,
-						(unsigned long long)(d.group * IX_GROUP_BLOCKS), len);
+						(unsigned long long)(d.group * IX_GROUP_BLOCKS),
+						IX_CHUNK_HARD);
 				break;
 			}
-			nv.mv_size = len;
-			nv.mv_data = buf;
-			rc = mdb_put(txn, ix->db_versions, &k, &nv, 0);
 			if (rc)
 				break;
 		}

@@ -129,6 +129,7 @@ static int clear_fn(struct ix *ix, MDB_txn *txn)
 	int rc;
 
 	if ((rc = mdb_drop(txn, ix->db_versions, 0)) ||
+	    (rc = mdb_drop(txn, ix->db_vmap, 0)) ||
 	    (rc = mdb_drop(txn, ix->db_time, 0)) ||
 	    (rc = mdb_drop(txn, ix->db_segments, 0)) ||
 	    (rc = mdb_drop(txn, ix->db_names, 0)) ||

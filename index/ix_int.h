@@ -36,7 +36,7 @@ extern uint64_t ix_grow_wait_ns;
 #define IX_CHUNK_BYTES 512u     /* appends start a new chunk past this */
 #define IX_CHUNK_HARD 65536u    /* a longer value is corrupt */
 #define IX_CENT_MAX 32u         /* longest entry: 2 bytes + 3 varints */
-#define IX_CMAP (IX_GROUP_BLOCKS / 8u) /* a chunk's map of its blocks */
+#define IX_CMAP (IX_GROUP_BLOCKS / 8u) /* a chunk's map of its blocks (vmap) */
 #define IX_SEGVAL 49u
 #define IX_DISKVAL_MIN 53u
 #define IX_MARKVAL 24u
@@ -46,7 +46,7 @@ struct ix {
 	unsigned flags;
 	int lock_fd;
 	MDB_env *env;
-	MDB_dbi db_state, db_disks, db_names, db_versions, db_time,
+	MDB_dbi db_state, db_disks, db_names, db_versions, db_vmap, db_time,
 		db_segments, db_marks;
 	uint8_t store_id[16];
 	/*
@@ -65,6 +65,7 @@ struct ix_read {
 	struct ix *ix;
 	MDB_txn *txn;
 	MDB_cursor *cv;          /* versions cursor, opened lazily */
+	MDB_cursor *cm;          /* vmap cursor, same */
 	MDB_cursor *ct;          /* time map cursor, opened lazily */
 	uint32_t hz_disk;        /* cached horizon of the last disk asked */
 	uint64_t hz_seq;
@@ -157,7 +158,7 @@ struct ix_ventry {
  * the transaction is.
  */
 struct ix_cdec {
-	const uint8_t *map, *p, *end;
+	const uint8_t *p, *end;
 	uint32_t disk;
 	uint64_t group, first_seq;
 	size_t n;                /* entries decoded so far */
@@ -168,19 +169,32 @@ int ix_cdec_init(struct ix_cdec *d, const MDB_val *k, const MDB_val *v);
 int ix_cdec_next(struct ix_cdec *d);
 
 /* Encodes n entries (one group, sorted by (seq, block)) as one chunk value
- * — block map, then entries — into out (room for IX_CMAP + n *
- * IX_CENT_MAX).  Returns its length. */
+ * into out (room for n * IX_CENT_MAX).  Returns its length. */
 size_t ix_chunk_encode(uint8_t *out, const struct ix_ventry *e, size_t n);
-/* Whether the chunk value v holds an entry for block (its map's bit). */
-bool ix_chunk_has(const MDB_val *v, uint64_t block);
+/* The vmap value of those entries: a bit per block of the group. */
+void ix_chunk_map(uint8_t map[IX_CMAP], const struct ix_ventry *e, size_t n);
+/* Whether a vmap value names block. */
+bool ix_chunk_has(const MDB_val *map, uint64_t block);
+/* Puts a chunk of e[0..n) under key in versions (dv) and its map in vmap
+ * (dm), buf being room for n * IX_CENT_MAX.  0, an LMDB code, or
+ * -EOVERFLOW when the value would pass IX_CHUNK_HARD. */
+int ix_chunk_put(MDB_txn *txn, MDB_dbi dv, MDB_dbi dm, const uint8_t *key,
+		 const struct ix_ventry *e, size_t n, uint8_t *buf);
+/* Deletes the chunk under key from both.  0 or an LMDB code. */
+int ix_chunk_del(MDB_txn *txn, MDB_dbi dv, MDB_dbi dm, const uint8_t *key);
+
+/* Cursors on versions (v) and vmap (m) of one transaction. */
+struct ix_vcurs {
+	MDB_cursor *v, *m;
+};
 /*
  * Appends versions of one disk, sorted by (group, seq, block), each newer
  * than everything its group holds, through cursor c on the versions
  * table.  0, an LMDB code, or a rewind code (RW_ECORRUPT when a version is
  * not newer, -ENOMEM).
  */
-int ix_vers_append(MDB_cursor *c, uint32_t disk, const struct ix_ventry *e,
-		   size_t n);
+int ix_vers_append(struct ix_vcurs *c, uint32_t disk,
+		   const struct ix_ventry *e, size_t n);
 /*
  * Positions c on the newest chunk of (disk, group) whose first seq is
  * <= seq (UINT64_MAX: the newest chunk).  Returns an mdb_cursor_get code;
@@ -189,9 +203,10 @@ int ix_vers_append(MDB_cursor *c, uint32_t disk, const struct ix_ventry *e,
 int ix_vers_seek_chunk(MDB_cursor *c, uint32_t disk, uint64_t group,
 		       uint64_t seq, MDB_val *k, MDB_val *v);
 bool ix_chunk_is(const MDB_val *k, uint32_t disk, uint64_t group);
-/* The version (block, seq) exactly: 0 and *out, MDB_NOTFOUND, or error. */
-int ix_vers_find(MDB_cursor *c, uint32_t disk, uint64_t block, uint64_t seq,
-		 struct ix_version *out);
+/* The version (block, seq) exactly: 0 and *out, MDB_NOTFOUND, RW_ECORRUPT
+ * or an LMDB code. */
+int ix_vers_find(struct ix_vcurs *c, uint32_t disk, uint64_t block,
+		 uint64_t seq, struct ix_version *out);
 /* ------------------------------------------------ time map (timemap.c) */
 
 #define IX_TBUCKET 64u   /* seqs per time map bucket (one LMDB key) */
@@ -223,7 +238,7 @@ int ix_tm_last(MDB_cursor *c, struct ix_tent *out);
  * an entry with the same (block, seq), rewriting the group as one chunk.
  * 0 or an LMDB/rewind code.
  */
-int ix_vers_test_put(MDB_txn *txn, MDB_dbi dbi, uint32_t disk,
+int ix_vers_test_put(MDB_txn *txn, MDB_dbi dbi, MDB_dbi dmap, uint32_t disk,
 		     uint64_t block, const struct ix_version *ver);
 
 /* Per-disk state value. */

@@ -51,6 +51,8 @@ void ix_read_end(struct ix_read *rd)
 		return;
 	if (rd->cv)
 		mdb_cursor_close(rd->cv);
+	if (rd->cm)
+		mdb_cursor_close(rd->cm);
 	if (rd->ct)
 		mdb_cursor_close(rd->ct);
 	if (rd->txn) {
@@ -95,6 +97,8 @@ int ix_read_renew(struct ix_read *rd)
 	ix_tl_reads++;
 	if (rd->cv && (rc = mdb_cursor_renew(rd->txn, rd->cv)))
 		return ix_fail(ix, rc, "renewing a cursor");
+	if (rd->cm && (rc = mdb_cursor_renew(rd->txn, rd->cm)))
+		return ix_fail(ix, rc, "renewing a cursor");
 	if (rd->ct && (rc = mdb_cursor_renew(rd->txn, rd->ct)))
 		return ix_fail(ix, rc, "renewing a cursor");
 	return 0;
@@ -129,6 +133,10 @@ static int vcursor(struct ix_read *rd)
 	if (rd->cv)
 		return 0;
 	rc = mdb_cursor_open(rd->txn, rd->ix->db_versions, &rd->cv);
+	if (rc == 0 && (rc = mdb_cursor_open(rd->txn, rd->ix->db_vmap, &rd->cm))) {
+		mdb_cursor_close(rd->cv);
+		rd->cv = NULL;
+	}
 	return rc ? ix_fail(rd->ix, rc, "opening a cursor") : 0;
 }
 
@@ -151,27 +159,36 @@ int ix_block_asof(struct ix_read *rd, uint32_t disk, uint64_t block,
 	struct ix_version ring[ASOF_RING];
 	uint64_t g = block / IX_GROUP_BLOCKS;
 	uint64_t hz = 0;
-	MDB_val k, v;
+	MDB_val k, v, mv;
 	int n = 0, rc;
 
 	if ((rc = horizon(rd, disk, &hz)) || (rc = vcursor(rd)))
 		return rc;
-	rc = ix_vers_seek_chunk(rd->cv, disk, g, seq, &k, &v);
+	/* Walk the small vmap; read a chunk only when its map has the block. */
+	rc = ix_vers_seek_chunk(rd->cm, disk, g, seq, &k, &mv);
 	while (rc == 0 && ix_chunk_is(&k, disk, g)) {
-		struct ix_cdec d;
+		uint64_t first = rw_get_be64((uint8_t *)k.mv_data + 12);
 		size_t m = 0;
 
-		if (ix_cdec_init(&d, &k, &v))
+		if (mv.mv_size != IX_CMAP)
 			return corrupt_chunk(rd, disk, &k);
-		/* The block map skips the chunks without the block. */
-		while (ix_chunk_has(&v, block) && (rc = ix_cdec_next(&d)) > 0) {
-			if (d.cur.seq > seq)
+		if (ix_chunk_has(&mv, block)) {
+			struct ix_cdec d;
+			MDB_val vk = k;
+			rc = mdb_cursor_get(rd->cv, &vk, &v, MDB_SET_KEY);
+			if (rc == MDB_NOTFOUND || (rc == 0 && ix_cdec_init(&d, &vk, &v)))
+				return corrupt_chunk(rd, disk, &k);
+			if (rc)
 				break;
-			if (d.block == block && d.cur.seq > hz)
-				ring[m++ % ASOF_RING] = d.cur;
+			while ((rc = ix_cdec_next(&d)) > 0) {
+				if (d.cur.seq > seq)
+					break;
+				if (d.block == block && d.cur.seq > hz)
+					ring[m++ % ASOF_RING] = d.cur;
+			}
+			if (rc < 0)
+				return corrupt_chunk(rd, disk, &k);
 		}
-		if (rc < 0)
-			return corrupt_chunk(rd, disk, &k);
 		/* Newest first, while the versions found are partial. */
 		for (size_t j = m; j > 0; j--) {
 			if (m - j >= ASOF_RING || n >= cap)
@@ -183,9 +200,9 @@ int ix_block_asof(struct ix_read *rd, uint32_t disk, uint64_t block,
 			if (!out[n - 1].partial)
 				return n;
 		}
-		if (d.first_seq <= hz)
+		if (first <= hz)
 			return n; /* older chunks hold only folded versions */
-		rc = mdb_cursor_get(rd->cv, &k, &v, MDB_PREV);
+		rc = mdb_cursor_get(rd->cm, &k, &mv, MDB_PREV);
 	}
 	if (rc && rc != MDB_NOTFOUND)
 		return ix_fail(rd->ix, rc, "looking up a block");

@@ -477,11 +477,12 @@ static int open_dbs(struct ix *ix, MDB_txn *txn, void *arg)
 {
 	struct open_ctx *oc = arg;
 	static const char *const names[] = {
-		"state", "disks", "names", "versions", "time", "segments", "marks",
+		"state", "disks", "names", "versions", "vmap", "time", "segments",
+		"marks",
 	};
 	MDB_dbi *dbis[] = {
 		&ix->db_state, &ix->db_disks, &ix->db_names, &ix->db_versions,
-		&ix->db_time, &ix->db_segments, &ix->db_marks,
+		&ix->db_vmap, &ix->db_time, &ix->db_segments, &ix->db_marks,
 	};
 	MDB_val k = { 8, (void *)"store_id" }, d;
 	int rc;
@@ -492,6 +493,8 @@ static int open_dbs(struct ix *ix, MDB_txn *txn, void *arg)
 			return rc;
 	}
 	rc = mdb_set_compare(txn, ix->db_versions, vkey_cmp);
+	if (rc == 0)
+		rc = mdb_set_compare(txn, ix->db_vmap, vkey_cmp);
 	if (rc)
 		return rc;
 	rc = mdb_get(txn, ix->db_state, &k, &d);

@@ -46,7 +46,7 @@ struct vctx {
 	const struct ix_disk *d;
 	struct vrec *recs;
 	size_t n, cap;
-	MDB_cursor *vcur;      /* versions cursor of the disk's transaction */
+	struct ix_vcurs vcur;  /* versions and vmap cursors of the disk's txn */
 	MDB_cursor *tcur;      /* time map cursor, same */
 	uint64_t *allseq;      /* every record seq of every disk (time map check) */
 	size_t nall, capall;
@@ -139,10 +139,11 @@ static int check_record(struct vctx *vc, MDB_txn *txn, const struct jr_rec *rec,
 		bool partial = false;
 
 		touches(&r, blk, d->block_size, &partial);
-		if (!vc->vcur &&
-		    (rc = mdb_cursor_open(txn, vc->ix->db_versions, &vc->vcur)))
+		if (!vc->vcur.v &&
+		    ((rc = mdb_cursor_open(txn, vc->ix->db_versions, &vc->vcur.v)) ||
+		     (rc = mdb_cursor_open(txn, vc->ix->db_vmap, &vc->vcur.m))))
 			return ix_fail(vc->ix, rc, "verifying");
-		rc = ix_vers_find(vc->vcur, d->id, blk, rec->seq, &ver);
+		rc = ix_vers_find(&vc->vcur, d->id, blk, rec->seq, &ver);
 		if (rc == MDB_NOTFOUND) {
 			problem(vc, blk, rec->seq, loc, "record is not indexed for block %llu",
 				(unsigned long long)blk);
@@ -351,14 +352,59 @@ static int index_pass(struct vctx *vc, MDB_txn *txn, const char *jdir)
 				"version chunk is undecodable");
 			continue;
 		}
-		while ((e = ix_cdec_next(&dec)) > 0)
+		uint8_t want[IX_CMAP] = { 0 };
+		while ((e = ix_cdec_next(&dec)) > 0) {
+			unsigned bi = (unsigned)(dec.block % IX_GROUP_BLOCKS);
+			want[bi / 8] |= (uint8_t)(1u << (bi % 8));
 			if ((rc = check_entry(vc, jdir, &r, &buf, dec.block, &dec.cur)))
 				break;
+		}
 		if (rc)
 			break;
-		if (e < 0)
+		if (e < 0) {
 			problem(vc, dec.block, dec.cur.seq, NULL,
 				"version chunk is undecodable after %zu entries", dec.n);
+			continue;
+		}
+		/* Its block map (vmap) must name exactly its blocks. */
+		MDB_val mk = k, mv;
+		int mrc = mdb_get(txn, vc->ix->db_vmap, &mk, &mv);
+		if (mrc && mrc != MDB_NOTFOUND) {
+			rc = mrc;
+			break;
+		}
+		if (mrc == MDB_NOTFOUND || mv.mv_size != IX_CMAP ||
+		    memcmp(mv.mv_data, want, IX_CMAP) != 0)
+			problem(vc, dec.group * IX_GROUP_BLOCKS, dec.first_seq, NULL,
+				"block map of the version chunk of blocks %llu.. (seq %llu) is %s",
+				(unsigned long long)(dec.group * IX_GROUP_BLOCKS),
+				(unsigned long long)dec.first_seq,
+				mrc == MDB_NOTFOUND ? "missing" : "wrong");
+	}
+	/* And no block map without its chunk. */
+	if (rc == 0 || rc == MDB_NOTFOUND) {
+		MDB_cursor *mc = NULL;
+		rc = mdb_cursor_open(txn, vc->ix->db_vmap, &mc);
+		ix_vkey(kb, d->id, 0, 0);
+		k.mv_size = IX_VKEY;
+		k.mv_data = kb;
+		for (rc = rc ? rc : mdb_cursor_get(mc, &k, &v, MDB_SET_RANGE); rc == 0;
+		     rc = mdb_cursor_get(mc, &k, &v, MDB_NEXT)) {
+			MDB_val vk = k, vv;
+			if (k.mv_size != IX_VKEY || rw_get_be32(k.mv_data) != d->id)
+				break;
+			int grc = mdb_get(txn, vc->ix->db_versions, &vk, &vv);
+			if (grc == MDB_NOTFOUND)
+				problem(vc, rw_get_be64((uint8_t *)k.mv_data + 4) * IX_GROUP_BLOCKS,
+					rw_get_be64((uint8_t *)k.mv_data + 12), NULL,
+					"block map without a version chunk");
+			else if (grc) {
+				rc = grc;
+				break;
+			}
+		}
+		if (mc)
+			mdb_cursor_close(mc);
 	}
 	if (rc == MDB_NOTFOUND)
 		rc = 0;
@@ -512,11 +558,13 @@ int ix_verify(struct ix *ix, const char *const *names, int nnames,
 			rc = index_pass(&vc, txn, jdir);
 		if (rc == 0)
 			rc = segment_pass(&vc, txn, segs, nsegs);
-		if (vc.vcur)
-			mdb_cursor_close(vc.vcur);
+		if (vc.vcur.v)
+			mdb_cursor_close(vc.vcur.v);
+		if (vc.vcur.m)
+			mdb_cursor_close(vc.vcur.m);
 		if (vc.tcur)
 			mdb_cursor_close(vc.tcur);
-		vc.vcur = vc.tcur = NULL;
+		vc.vcur.v = vc.vcur.m = vc.tcur = NULL;
 		ix_txn_abort(ix, txn);
 		free(segs);
 	}

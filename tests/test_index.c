@@ -546,7 +546,7 @@ static struct dump dump_index(const char *store)
 	MDB_txn *txn = NULL;
 
 	CU_ASSERT_EQUAL_FATAL(ix_open(&ix, store, IX_RDONLY), 0);
-	MDB_dbi dbs[] = { ix->db_state, ix->db_disks, ix->db_names, ix->db_versions,
+	MDB_dbi dbs[] = { ix->db_state, ix->db_disks, ix->db_names, ix->db_versions, ix->db_vmap,
 			  ix->db_time, ix->db_segments, ix->db_marks };
 	CU_ASSERT_EQUAL_FATAL(mdb_txn_begin(ix->env, NULL, MDB_RDONLY, &txn), 0);
 	for (size_t i = 0; i < sizeof(dbs) / sizeof(dbs[0]); i++) {
@@ -836,7 +836,7 @@ static void test_verify_detects(void)
 		if (ver.loc.segment == r1->loc.segment && ver.loc.offset == r1->loc.offset)
 			ver.loc.offset += 1;
 		CU_ASSERT_EQUAL_FATAL(mdb_txn_begin(ix->env, NULL, 0, &txn), 0);
-		CU_ASSERT_EQUAL(ix_vers_test_put(txn, ix->db_versions, w.disks[0].id, blk, &ver), 0);
+		CU_ASSERT_EQUAL(ix_vers_test_put(txn, ix->db_versions, ix->db_vmap, w.disks[0].id, blk, &ver), 0);
 		CU_ASSERT_EQUAL(mdb_txn_commit(txn), 0);
 		memset(&seen, 0, sizeof(seen));
 		seen.block = blk;
@@ -855,7 +855,7 @@ static void test_verify_detects(void)
 		struct ix_version ver = { r1->seq, r1->loc, r1->type, false };
 		uint64_t blk = (r1->offset / BS + 20) % 64;
 		CU_ASSERT_EQUAL_FATAL(mdb_txn_begin(ix->env, NULL, 0, &txn), 0);
-		CU_ASSERT_EQUAL(ix_vers_test_put(txn, ix->db_versions, w.disks[0].id, blk, &ver), 0);
+		CU_ASSERT_EQUAL(ix_vers_test_put(txn, ix->db_versions, ix->db_vmap, w.disks[0].id, blk, &ver), 0);
 		CU_ASSERT_EQUAL(mdb_txn_commit(txn), 0);
 		memset(&seen, 0, sizeof(seen));
 		seen.block = blk;
@@ -864,6 +864,33 @@ static void test_verify_detects(void)
 		CU_ASSERT_TRUE(seen.hit);
 	}
 	CU_ASSERT_EQUAL(ix_rebuild(ix), 0);
+	/* A chunk whose block map (vmap) went missing, and one whose map is
+	 * wrong. */
+	{
+		MDB_txn *txn;
+		MDB_cursor *c;
+		MDB_val k, v;
+		uint8_t kb[IX_VKEY], zero[IX_CMAP] = { 0 };
+		CU_ASSERT_EQUAL_FATAL(mdb_txn_begin(ix->env, NULL, 0, &txn), 0);
+		CU_ASSERT_EQUAL_FATAL(mdb_cursor_open(txn, ix->db_vmap, &c), 0);
+		CU_ASSERT_EQUAL_FATAL(mdb_cursor_get(c, &k, &v, MDB_FIRST), 0);
+		memcpy(kb, k.mv_data, IX_VKEY);
+		CU_ASSERT_EQUAL(mdb_cursor_del(c, 0), 0);
+		CU_ASSERT_EQUAL_FATAL(mdb_cursor_get(c, &k, &v, MDB_LAST), 0);
+		MDB_val zv = { IX_CMAP, zero };
+		CU_ASSERT_EQUAL(mdb_cursor_put(c, &k, &zv, MDB_CURRENT), 0);
+		mdb_cursor_close(c);
+		CU_ASSERT_EQUAL(mdb_txn_commit(txn), 0);
+		memset(&seen, 0, sizeof(seen));
+		seen.block = rw_get_be64(kb + 4) * IX_GROUP_BLOCKS;
+		seen.seq = rw_get_be64(kb + 12);
+		CU_ASSERT_EQUAL(ix_verify(ix, NULL, 0, on_problem, &seen, &rep), 0);
+		CU_ASSERT(rep.problems >= 2);
+		CU_ASSERT_TRUE(seen.hit);
+	}
+	CU_ASSERT_EQUAL(ix_rebuild(ix), 0);
+	CU_ASSERT_EQUAL(ix_verify(ix, NULL, 0, NULL, NULL, &rep), 0);
+	CU_ASSERT_EQUAL(rep.problems, 0);
 
 	/* (b) A corrupted record: flip a payload byte of a record in the middle. */
 	const struct mrec *rc = NULL;
