@@ -20,10 +20,14 @@
  *   transaction as that disk's entries, so after a crash at any point the
  *   index is a prefix and ix_catch_up() completes it to what a rebuild
  *   gives.
- * - Block versions are keyed (disk id, block, seq) big-endian, so a cursor
- *   seek finds "newest version of block B with seq <= S" in one step.
- * - The time map holds one (timestamp -> seq) entry per record; timestamps
- *   are strictly increasing in seq (jr.h), so resolving T is one seek.
+ * - Block versions live in chunks keyed (disk id, group of 256 blocks,
+ *   first seq) big-endian, with a block map per chunk in a small side
+ *   table, so "newest version of block B with seq <= S" is one seek in the
+ *   maps plus a scan of at most a few chunks of B's group.  The chunks
+ *   depend only on the versions, never on how they were batched.
+ * - The time map holds one (timestamp -> seq) entry per record, packed in
+ *   buckets of 64 seqs; timestamps are strictly increasing in seq (jr.h),
+ *   so resolving T is one seek and a scan of one bucket.
  * - MDB_WRITEMAP is never used; mdb_reader_check runs at open; MDB_MAP_FULL
  *   grows the map and replays the batch, losing nothing.
  *
