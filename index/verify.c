@@ -91,6 +91,21 @@ static bool touches(const struct vrec *r, uint64_t block, uint32_t bs,
 	return true;
 }
 
+/* Notes a record seq the time map may name.  0 or -ENOMEM. */
+static int allseq_push(struct vctx *vc, uint64_t seq)
+{
+	if (vc->nall == vc->capall) {
+		size_t nc = vc->capall ? vc->capall * 2 : 4096;
+		uint64_t *na = realloc(vc->allseq, nc * sizeof(*na));
+		if (!na)
+			return -ENOMEM;
+		vc->allseq = na;
+		vc->capall = nc;
+	}
+	vc->allseq[vc->nall++] = seq;
+	return 0;
+}
+
 /* Pass 1 checks for one record. */
 static int check_record(struct vctx *vc, MDB_txn *txn, const struct jr_rec *rec,
 			const struct jr_loc *loc)
@@ -120,15 +135,8 @@ static int check_record(struct vctx *vc, MDB_txn *txn, const struct jr_rec *rec,
 		vc->cap = nc;
 	}
 	vc->recs[vc->n++] = r;
-	if (vc->nall == vc->capall) {
-		size_t nc = vc->capall ? vc->capall * 2 : 4096;
-		uint64_t *na = realloc(vc->allseq, nc * sizeof(*na));
-		if (!na)
-			return -ENOMEM;
-		vc->allseq = na;
-		vc->capall = nc;
-	}
-	vc->allseq[vc->nall++] = rec->seq;
+	if ((rc = allseq_push(vc, rec->seq)))
+		return rc;
 	if (rec->seq > d->last_indexed_seq) {
 		vc->rep->unindexed++;
 		return 0;
@@ -301,15 +309,8 @@ static int check_entry(struct vctx *vc, const char *jdir, struct jr_reader **rp,
 	if (rec.seq == seq && rec.disk_id == d->id && !vr) {
 		/* A good record pass 1 could not reach (it skipped past
 		 * damage): it exists, so the time map may name it. */
-		if (vc->nall == vc->capall) {
-			size_t nc = vc->capall ? vc->capall * 2 : 4096;
-			uint64_t *na = realloc(vc->allseq, nc * sizeof(*na));
-			if (!na)
-				return -ENOMEM;
-			vc->allseq = na;
-			vc->capall = nc;
-		}
-		vc->allseq[vc->nall++] = seq;
+		if ((rc = allseq_push(vc, seq)))
+			return rc;
 	}
 	if (rec.seq != seq || rec.disk_id != d->id)
 		problem(vc, blk, seq, &ver->loc, "version entry points at the wrong record (disk id %u seq %llu)",
