@@ -276,9 +276,12 @@ int jr_cctx_new(struct jr_cctx **out, int level)
 	int err = 0;
 
 	*out = NULL;
-	if (level < 1 || level > 19)
-		return rw_err_set(-EINVAL, "zstd level %d out of range 1..19",
-				  level);
+	/* 0 would mean zstd's own default (3); refuse it so a caller's 0
+	 * ("no compression" in most of this project) never compresses. */
+	if (level < JR_ZSTD_LEVEL_MIN || level > JR_ZSTD_LEVEL_MAX || level == 0)
+		return rw_err_set(-EINVAL, "zstd level %d out of range %d..%d "
+				  "(not 0)", level, JR_ZSTD_LEVEL_MIN,
+				  JR_ZSTD_LEVEL_MAX);
 	cc = calloc(1, sizeof(*cc));
 	if (!cc) {
 		err = -ENOMEM;
@@ -306,8 +309,26 @@ void jr_cctx_free(struct jr_cctx *cc)
 	free(cc);
 }
 
-/* Payloads below this are stored raw: a zstd frame costs ~12 bytes. */
-#define JR_MIN_COMPRESS 64u
+int jr_cctx_level(const struct jr_cctx *cc)
+{
+	return cc->level;
+}
+
+size_t jr_zstd_bound(uint32_t len)
+{
+	return ZSTD_compressBound(len);
+}
+
+size_t jr_zstd_compress(struct jr_cctx *cc, int level, void *dst,
+			size_t dstcap, const void *src, uint32_t len)
+{
+	if (len < JR_MIN_COMPRESS)
+		return 0;
+	size_t n = ZSTD_compressCCtx(cc->z, dst, dstcap, src, len, level);
+	if (ZSTD_isError(n) || n > (size_t)len - len / 16)
+		return 0;
+	return n;
+}
 
 bool jr_cctx_compress(struct jr_cctx *cc, const void *src, uint32_t len,
 		      const void **out, uint32_t *outlen)
@@ -322,9 +343,8 @@ bool jr_cctx_compress(struct jr_cctx *cc, const void *src, uint32_t len,
 		cc->buf = nb;
 		cc->cap = bound;
 	}
-	size_t n = ZSTD_compressCCtx(cc->z, cc->buf, cc->cap, src, len,
-				     cc->level);
-	if (ZSTD_isError(n) || n > (size_t)len - len / 16)
+	size_t n = jr_zstd_compress(cc, cc->level, cc->buf, cc->cap, src, len);
+	if (!n)
 		return false;
 	*out = cc->buf;
 	*outlen = (uint32_t)n;
