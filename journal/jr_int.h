@@ -172,11 +172,17 @@ struct jr_job {
 	int level;                /* zstd level for a QUEUED job */
 	uint64_t now;             /* append time (rw_clock_ns) */
 	const uint8_t *payload;
-	uint8_t *raw;
+	uint8_t *raw;             /* from the pool's spares while queued */
 	size_t raw_cap;
-	uint8_t *z;
+	uint8_t *z;               /* taken by the worker that claims the job */
 	size_t z_cap;
 	enum jr_job_state state;
+};
+
+/* A spare payload buffer of the pool. */
+struct jr_pbuf {
+	uint8_t *p;
+	size_t cap;
 };
 
 /*
@@ -195,8 +201,21 @@ struct jr_pool {
 	uint64_t head, claim, tail;
 	size_t bytes;             /* raw bytes of queued jobs */
 	size_t max_bytes;         /* append waits beyond this (one job always fits) */
+	/* Buffers of placed jobs, reused last-in first-out so the next job
+	 * copies into memory still in the cache. */
+	struct jr_pbuf *spare;
+	unsigned nspare, spare_cap;
 	bool stop;
 };
+
+/*
+ * With the writer's mutex held: gives *buf (a spare, grown to need bytes,
+ * or a new one) and its capacity.  0 or -ENOMEM.
+ */
+int jr_pool_buf_get(struct jr_pool *p, size_t need, uint8_t **buf,
+		    size_t *cap);
+/* With the mutex held: takes *buf back as a spare (or frees it); NULL ok. */
+void jr_pool_buf_put(struct jr_pool *p, uint8_t **buf, size_t *cap);
 
 /* Starts w->o.compress_threads workers (none when 0).  0 or -errno. */
 int jr_pool_start(struct jr_writer *w);

@@ -22,7 +22,10 @@
  * their own condition variable (work_cv) so waking one for a job does
  * not wake every flusher.  The ring is bounded (slots and raw bytes):
  * a full ring makes append wait, which is the back-pressure on a fast
- * appender.  Slots keep their buffers between uses.
+ * appender.  Payload buffers go back to a last-in first-out stack when
+ * their job is placed, so the next append copies into memory that is
+ * still in the cache (per-slot buffers cycled 16 MiB of 64 KiB records
+ * through memory and doubled the time spent in memcpy).
  *
  * Rejected alternatives: compressing in the flushing thread (a single
  * appender that flushes every megabyte would still use one core); a
@@ -39,29 +42,68 @@
 /* Queue bounds: slots, and raw bytes beyond which append waits (a job
  * larger than that is still admitted when the queue is empty). */
 #define JR_POOL_SLOTS 256u
-#define JR_POOL_MIN_BYTES (8u << 20)
+#define JR_POOL_MIN_BYTES (1u << 20)
 
 struct worker_arg {
 	struct jr_writer *w;
 	unsigned idx;
 };
 
-/* Compresses one claimed job (mutex not held) and encodes its header. */
+/* Spares kept, and the largest kept (a 32 MiB write's buffer is not). */
+#define JR_POOL_SPARES (2 * JR_POOL_SLOTS)
+#define JR_POOL_SPARE_MAX (4u << 20)
+
+int jr_pool_buf_get(struct jr_pool *p, size_t need, uint8_t **buf,
+		    size_t *cap)
+{
+	uint8_t *b = NULL;
+	size_t c = 0;
+
+	if (*buf) /* never: jobs give their buffers back when placed */
+		jr_pool_buf_put(p, buf, cap);
+	if (p->nspare) {
+		p->nspare--;
+		b = p->spare[p->nspare].p;
+		c = p->spare[p->nspare].cap;
+	}
+	if (c < need) {
+		uint8_t *nb = realloc(b, need);
+		if (!nb) {
+			free(b);
+			return -ENOMEM;
+		}
+		b = nb;
+		c = need;
+	}
+	*buf = b;
+	*cap = c;
+	return 0;
+}
+
+void jr_pool_buf_put(struct jr_pool *p, uint8_t **buf, size_t *cap)
+{
+	if (!*buf)
+		return;
+	if (p->nspare < p->spare_cap && *cap <= JR_POOL_SPARE_MAX) {
+		p->spare[p->nspare].p = *buf;
+		p->spare[p->nspare].cap = *cap;
+		p->nspare++;
+	} else {
+		free(*buf);
+	}
+	*buf = NULL;
+	*cap = 0;
+}
+
+/* Compresses one claimed job (mutex not held) and encodes its header;
+ * job->z was given by claim() (NULL: no memory, store raw). */
 static void compress_job(struct jr_writer *w, struct jr_cctx *cc,
 			 struct jr_job *job)
 {
 	size_t n = 0;
 	uint32_t len = job->rec.length;
-	size_t bound = jr_zstd_bound(len);
 
-	if (bound > job->z_cap) {
-		uint8_t *nb = realloc(job->z, bound);
-		if (nb) {
-			job->z = nb;
-			job->z_cap = bound;
-		}
-	}
-	if (bound <= job->z_cap)
+	if (job->z)
 		n = jr_zstd_compress(cc, job->level, job->z, job->z_cap,
 				     job->raw, len);
 	/* n == 0: no memory, or it did not pay: store raw. */
@@ -79,18 +121,37 @@ static void compress_job(struct jr_writer *w, struct jr_cctx *cc,
 	job->hdr_ok = true;
 }
 
-/* Next job to compress, skipping ones queued as done; NULL when none. */
-static struct jr_job *claim(struct jr_pool *p)
+/*
+ * Claims the next jobs to compress (skipping ones queued as done): at
+ * least one, then following ones while they add up to less than
+ * JR_POOL_CLAIM_BYTES, so small records cost one lock round trip per
+ * batch rather than per record.  Returns how many (0: none).
+ */
+#define JR_POOL_CLAIM_MAX 32u
+#define JR_POOL_CLAIM_BYTES (64u << 10)
+
+static unsigned claim(struct jr_pool *p, struct jr_job **jobs)
 {
-	while (p->claim < p->tail) {
+	unsigned n = 0;
+	size_t bytes = 0;
+
+	while (p->claim < p->tail && n < JR_POOL_CLAIM_MAX) {
 		struct jr_job *job = &p->ring[p->claim % p->cap];
-		p->claim++;
-		if (job->state == JR_JOB_QUEUED) {
-			job->state = JR_JOB_BUSY;
-			return job;
+		if (job->state != JR_JOB_QUEUED) {
+			p->claim++;
+			continue;
 		}
+		if (n && bytes + job->rec.length > JR_POOL_CLAIM_BYTES)
+			break;
+		p->claim++;
+		job->state = JR_JOB_BUSY;
+		if (jr_pool_buf_get(p, jr_zstd_bound(job->rec.length), &job->z,
+				    &job->z_cap))
+			job->z = NULL;
+		bytes += job->rec.length;
+		jobs[n++] = job;
 	}
-	return NULL;
+	return n;
 }
 
 static void *worker_main(void *arg)
@@ -99,21 +160,24 @@ static void *worker_main(void *arg)
 	struct jr_writer *w = wa->w;
 	struct jr_pool *p = w->pool;
 	struct jr_cctx *cc = p->cc[wa->idx];
+	struct jr_job *jobs[JR_POOL_CLAIM_MAX];
 
 	free(wa);
 	pthread_mutex_lock(&w->mu);
 	for (;;) {
-		struct jr_job *job = NULL;
-		while (!p->stop && !(job = claim(p)))
+		unsigned n = 0;
+		while (!p->stop && !(n = claim(p, jobs)))
 			pthread_cond_wait(&p->work_cv, &w->mu);
-		if (!job)
+		if (!n)
 			break; /* stop, and nothing claimed */
 		pthread_mutex_unlock(&w->mu);
-		compress_job(w, cc, job);
+		for (unsigned i = 0; i < n; i++)
+			compress_job(w, cc, jobs[i]);
 		pthread_mutex_lock(&w->mu);
-		job->state = JR_JOB_DONE;
-		/* After a sticky error nothing is placed any more; the job
-		 * stays in the ring until the writer is freed. */
+		for (unsigned i = 0; i < n; i++)
+			jobs[i]->state = JR_JOB_DONE;
+		/* After a sticky error nothing is placed any more; the jobs
+		 * stay in the ring until the writer is freed. */
 		jr_writer_place_ready(w);
 	}
 	pthread_mutex_unlock(&w->mu);
@@ -138,13 +202,15 @@ int jr_pool_start(struct jr_writer *w)
 	pthread_cond_init(&p->work_cv, NULL);
 	w->pool = p;
 	p->cap = JR_POOL_SLOTS;
-	p->max_bytes = 4 * w->o.batch_bytes;
+	p->max_bytes = 4 * w->o.batch_bytes; /* 4 MiB by default */
 	if (p->max_bytes < JR_POOL_MIN_BYTES)
 		p->max_bytes = JR_POOL_MIN_BYTES;
 	p->ring = calloc(p->cap, sizeof(*p->ring));
+	p->spare_cap = JR_POOL_SPARES;
+	p->spare = calloc(p->spare_cap, sizeof(*p->spare));
 	p->cc = calloc(n, sizeof(*p->cc));
 	p->th = calloc(n, sizeof(*p->th));
-	if (!p->ring || !p->cc || !p->th)
+	if (!p->ring || !p->spare || !p->cc || !p->th)
 		return -ENOMEM; /* the caller frees w, and so p */
 	for (unsigned i = 0; i < n; i++)
 		if ((err = jr_cctx_new(&p->cc[i], JR_ZSTD_LEVEL_DEFAULT)))
@@ -186,6 +252,9 @@ void jr_pool_free(struct jr_writer *w)
 			free(p->ring[i].raw);
 			free(p->ring[i].z);
 		}
+	for (unsigned i = 0; i < p->nspare; i++)
+		free(p->spare[i].p);
+	free(p->spare);
 	free(p->ring);
 	free(p->cc);
 	free(p->th);

@@ -354,14 +354,20 @@ void jr_writer_place_ready(struct jr_writer *w)
 		p->bytes -= job->rec.type == JR_WRITE ? job->rec.length : 0;
 		job->state = JR_JOB_FREE;
 		job->payload = NULL;
+		jr_pool_buf_put(p, &job->raw, &job->raw_cap);
+		jr_pool_buf_put(p, &job->z, &job->z_cap);
 		p->head++;
 		if (p->claim < p->head)
 			p->claim = p->head;
-		/* Room in the queue, and placed_seq moved (drain waits). */
-		pthread_cond_broadcast(&w->cv);
-		write_full_batches(w);
+		if (w->plen >= w->o.batch_bytes) {
+			/* Wake appenders waiting for room before the batch
+			 * write that may take a while. */
+			pthread_cond_broadcast(&w->cv);
+			write_full_batches(w);
+		}
 	}
 	w->placing = false;
+	/* Room in the queue, and placed_seq moved (drain waits for it). */
 	pthread_cond_broadcast(&w->cv);
 }
 
@@ -391,15 +397,10 @@ static int enqueue(struct jr_writer *w, const struct jr_append *a, int level,
 		pthread_cond_wait(&w->cv, &w->mu);
 	}
 	struct jr_job *job = ring_at(p, p->tail);
-	if (len > job->raw_cap) {
-		/* Before taking a seq: a failed append leaves no gap. */
-		uint8_t *nb = realloc(job->raw, len);
-		if (!nb)
-			return rw_err_set(-ENOMEM, "journal '%s': no memory to "
-					  "queue a %u-byte write", w->dir, len);
-		job->raw = nb;
-		job->raw_cap = len;
-	}
+	/* Before taking a seq: a failed append leaves no gap. */
+	if (len && jr_pool_buf_get(p, len, &job->raw, &job->raw_cap))
+		return rw_err_set(-ENOMEM, "journal '%s': no memory to queue a "
+				  "%u-byte write", w->dir, len);
 	memset(&job->rec, 0, sizeof(job->rec));
 	job->rec.type = a->type;
 	job->rec.disk_id = w->o.disk_id;
@@ -544,8 +545,10 @@ out:
 /*
  * Waits until everything appended before the call is written out (sync:
  * durable), leading the I/O when nobody else is; one loop serves both.
- * Records still with the workers are waited for; what is already placed
- * meanwhile is written out early, so the file write overlaps compression.
+ * Records still with the workers are waited for; once a quarter batch of
+ * records is placed meanwhile it is written out early, so the copy into
+ * the page cache overlaps compression.  (Writing out whatever is placed
+ * would cost one write, and one wake-up, per record.)
  */
 static int drain(struct jr_writer *w, bool sync)
 {
@@ -564,7 +567,7 @@ static int drain(struct jr_writer *w, bool sync)
 			pthread_cond_wait(&w->cv, &w->mu);
 		else if (w->placed_seq >= target)
 			leader_io(w, sync);
-		else if (w->plen)
+		else if (w->plen && w->plen >= w->o.batch_bytes / 4)
 			leader_io(w, false);
 		else
 			pthread_cond_wait(&w->cv, &w->mu);
