@@ -196,6 +196,8 @@ struct jr_pool {
 	pthread_t *th;
 	unsigned nth;
 	struct jr_cctx **cc;      /* one context per worker */
+	struct jr_cctx *help_cc;  /* for a flushing thread that helps */
+	bool helping;             /* help_cc is in use */
 	struct jr_job *ring;
 	unsigned cap;
 	uint64_t head, claim, tail;
@@ -219,6 +221,13 @@ void jr_pool_buf_put(struct jr_pool *p, uint8_t **buf, size_t *cap);
 
 /* Starts w->o.compress_threads workers (none when 0).  0 or -errno. */
 int jr_pool_start(struct jr_writer *w);
+/*
+ * With the writer's mutex held (dropped while compressing): a thread that
+ * would wait for the workers compresses queued jobs itself and places
+ * what is done.  Returns false when there was nothing it could do (no
+ * pool, no queued job, or the helper context is busy).
+ */
+bool jr_pool_help(struct jr_writer *w);
 /* Stops and joins the workers and frees the queue; NULL pool is a no-op.
  * Call without the writer's mutex. */
 void jr_pool_free(struct jr_writer *w);

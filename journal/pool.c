@@ -27,8 +27,14 @@
  * still in the cache (per-slot buffers cycled 16 MiB of 64 KiB records
  * through memory and doubled the time spent in memcpy).
  *
- * Rejected alternatives: compressing in the flushing thread (a single
- * appender that flushes every megabyte would still use one core); a
+ * A thread waiting in flush for its records helps: it claims queued jobs
+ * and compresses them with the pool's one helper context instead of
+ * sleeping.  On a busy machine a worker's wake-up can take milliseconds,
+ * while the flushing thread is already running; without the help, two
+ * workers were slower than no workers under load.
+ *
+ * Rejected alternatives: compressing only in the flushing thread (a
+ * single appender that flushes every megabyte would still use one core); a
  * per-record heap allocation handed to the workers (a malloc/free per
  * record and no bound on memory); zstd's own multithreading (it splits
  * one input into jobs of at least 512 KiB, our records are 4-64 KiB).
@@ -184,6 +190,26 @@ static void *worker_main(void *arg)
 	return NULL;
 }
 
+bool jr_pool_help(struct jr_writer *w)
+{
+	struct jr_pool *p = w->pool;
+	struct jr_job *jobs[JR_POOL_CLAIM_MAX];
+	unsigned n;
+
+	if (!p || p->helping || p->stop || !(n = claim(p, jobs)))
+		return false;
+	p->helping = true;
+	pthread_mutex_unlock(&w->mu);
+	for (unsigned i = 0; i < n; i++)
+		compress_job(w, p->help_cc, jobs[i]);
+	pthread_mutex_lock(&w->mu);
+	for (unsigned i = 0; i < n; i++)
+		jobs[i]->state = JR_JOB_DONE;
+	p->helping = false;
+	jr_writer_place_ready(w);
+	return true;
+}
+
 int jr_pool_start(struct jr_writer *w)
 {
 	unsigned n = w->o.compress_threads;
@@ -215,6 +241,8 @@ int jr_pool_start(struct jr_writer *w)
 	for (unsigned i = 0; i < n; i++)
 		if ((err = jr_cctx_new(&p->cc[i], JR_ZSTD_LEVEL_DEFAULT)))
 			return err;
+	if ((err = jr_cctx_new(&p->help_cc, JR_ZSTD_LEVEL_DEFAULT)))
+		return err;
 	for (unsigned i = 0; i < n; i++) {
 		struct worker_arg *wa = malloc(sizeof(*wa));
 		if (!wa)
@@ -247,6 +275,7 @@ void jr_pool_free(struct jr_writer *w)
 	if (p->cc)
 		for (unsigned i = 0; i < w->o.compress_threads; i++)
 			jr_cctx_free(p->cc[i]);
+	jr_cctx_free(p->help_cc);
 	if (p->ring)
 		for (unsigned i = 0; i < p->cap; i++) {
 			free(p->ring[i].raw);

@@ -545,7 +545,8 @@ out:
 /*
  * Waits until everything appended before the call is written out (sync:
  * durable), leading the I/O when nobody else is; one loop serves both.
- * Records still with the workers are waited for; once a quarter batch of
+ * Records still with the workers are waited for, or compressed here
+ * (jr_pool_help) when some are still queued; once a quarter batch of
  * records is placed meanwhile it is written out early, so the copy into
  * the page cache overlaps compression.  (Writing out whatever is placed
  * would cost one write, and one wake-up, per record.)
@@ -563,13 +564,11 @@ static int drain(struct jr_writer *w, bool sync)
 		}
 		if ((sync ? w->durable_seq : w->written_seq) >= target)
 			break;
-		if (w->io_busy)
-			pthread_cond_wait(&w->cv, &w->mu);
-		else if (w->placed_seq >= target)
+		if (!w->io_busy && w->placed_seq >= target)
 			leader_io(w, sync);
-		else if (w->plen && w->plen >= w->o.batch_bytes / 4)
+		else if (!w->io_busy && w->plen && w->plen >= w->o.batch_bytes / 4)
 			leader_io(w, false);
-		else
+		else if (w->placed_seq >= target || !jr_pool_help(w))
 			pthread_cond_wait(&w->cv, &w->mu);
 	}
 	pthread_mutex_unlock(&w->mu);
