@@ -25,6 +25,14 @@
  * in the background; it saves a few ms per 64 MiB at the price of empty
  * segments to reason about in recovery.
  *
+ * With compression workers (pool.c) an append that asks for compression
+ * only copies the payload into the workers' queue and takes its seq
+ * there; records then reach the pending buffer through
+ * jr_writer_place_ready(), one placer at a time (`placing`), strictly in
+ * queue order, and every other append queues behind them while the queue
+ * is not empty.  placed_seq (not last_seq) is what the I/O leader can
+ * write out.
+ *
  * Opening and recovery live in recover.c.
  */
 #include "journal/jr_int.h"
