@@ -72,6 +72,7 @@ struct bench {
 	uint64_t segment_bytes;/* 0 = writer default */
 	int verify;
 	unsigned threads;      /* appending threads, 1 = the shape */
+	unsigned pool;         /* writer compression workers (-p), 0 = none */
 };
 
 struct result {
@@ -95,8 +96,8 @@ struct result {
 static void usage(void)
 {
 	fprintf(stderr,
-		"usage: bench_journal [-m journal|zstd] [-v] [-t threads] [-B batch_bytes]\n"
-		"                     [-S segment_bytes] [--]\n"
+		"usage: bench_journal [-m journal|zstd] [-v] [-t threads] [-p workers]\n"
+		"                     [-B batch_bytes] [-S segment_bytes] [--]\n"
 		"                     DIR DATA RECSIZE TOTAL FLUSH LEVEL BACKEND\n"
 		"  DIR      journal directory (created; should be empty)\n"
 		"  DATA     file whose contents the records carry, looped over\n"
@@ -373,6 +374,7 @@ static int run_journal(const struct bench *b, struct result *r)
 		opts.batch_bytes = (size_t)b->batch_bytes;
 	if (b->segment_bytes)
 		opts.segment_bytes = b->segment_bytes;
+	opts.compress_threads = b->pool;
 
 	getrusage(RUSAGE_SELF, &ru0);
 	t0 = rw_mono_ns();
@@ -472,7 +474,7 @@ static void print_result(const struct bench *b, const struct result *r)
 	double ratio = r->stored ? (double)r->logical / (double)r->stored : 0;
 
 	printf("{\"mode\":\"%s\",\"record\":%u,\"total\":%" PRIu64
-	       ",\"flush_every\":%" PRIu64 ",\"threads\":%u,\"level\":%d,\"backend\":\"%s\""
+	       ",\"flush_every\":%" PRIu64 ",\"threads\":%u,\"pool\":%u,\"level\":%d,\"backend\":\"%s\""
 	       ",\"uring\":%s,\"seconds\":%.4f,\"mib_s\":%.1f"
 	       ",\"logical_bytes\":%" PRIu64 ",\"stored_bytes\":%" PRIu64
 	       ",\"file_bytes\":%" PRIu64 ",\"ratio\":%.3f,\"records\":%" PRIu64
@@ -480,7 +482,8 @@ static void print_result(const struct bench *b, const struct result *r)
 	       ",\"append_s\":%.4f,\"flush_s\":%.4f,\"close_s\":%.4f"
 	       ",\"user_s\":%.3f,\"sys_s\":%.3f,\"runq_s\":%.3f"
 	       ",\"verified\":%" PRIu64 "}\n",
-	       b->mode, b->rec, b->total, b->flush_every, b->threads, b->level,
+	       b->mode, b->rec, b->total, b->flush_every, b->threads, b->pool,
+	       b->level,
 	       b->backend_name, r->uring ? "true" : "false", secs, mib_s,
 	       r->logical, r->stored, r->file_bytes, ratio, r->records,
 	       r->flushes, r->syncs, (double)r->append_ns / 1e9,
@@ -497,7 +500,7 @@ int main(int argc, char **argv)
 	long lvl;
 	int opt, ret;
 
-	while ((opt = getopt(argc, argv, "+m:vt:B:S:h")) != -1) {
+	while ((opt = getopt(argc, argv, "+m:vt:p:B:S:h")) != -1) {
 		switch (opt) {
 		case 'm':
 			b.mode = optarg;
@@ -513,6 +516,16 @@ int main(int argc, char **argv)
 				return 2;
 			}
 			b.threads = (unsigned)v;
+			break;
+		case 'p':
+			if (parse_u64(optarg, "compression threads", &v) < 0)
+				return 2;
+			if (v > JR_MAX_COMPRESS_THREADS) {
+				fprintf(stderr, "bench_journal: at most %u compression "
+					"threads\n", JR_MAX_COMPRESS_THREADS);
+				return 2;
+			}
+			b.pool = (unsigned)v;
 			break;
 		case 'B':
 			if (parse_u64(optarg, "batch size", &b.batch_bytes) < 0)

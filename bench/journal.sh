@@ -20,14 +20,18 @@
 # 4 KiB compressed >= 0.5x fio) or a run fails; a benchmark that only
 # prints proves nothing.
 #
-# Knobs (environment): REPS (3), TOTAL (bytes, 1 GiB), LEVELS ("-1 1 2 3"),
-# LEVEL_REPS (1), BACKEND (uring), THREADS (nproc; 1 = no multi-thread
-# row), SKIP_LEVELS=1.
+# Knobs (environment): REPS (3), TOTAL (bytes, 1 GiB), LEVELS
+# ("-3 -2 -1 1 2"), LEVEL_REPS (1), BACKEND (uring), POOL (the writer's
+# compression workers, jr_writer_opts.compress_threads; nproc), THREADS
+# (nproc; 1 = no multi-thread row), SKIP_LEVELS=1.
 #
-# Besides the issue's single appending thread, each rep also runs THREADS
-# appenders (own zstd context each, same flush count): an NBD client keeps
-# several requests in flight, so that row shows what parallel compression
-# buys.  It is informational; the targets apply to the single thread.
+# The target rows are the issue's single appending thread, with the
+# writer's POOL compression workers (append queues, workers compress).
+# Each rep also runs, for comparison, the single appender compressing in
+# its own thread (no workers: the journal before the workers existed) and
+# THREADS appenders without workers (own zstd context each, same flush
+# count), as an NBD server with several requests in flight would.  Those
+# rows are informational.
 set -euo pipefail
 
 B=${1:-build}
@@ -36,12 +40,13 @@ cd "$top"
 
 REPS=${REPS:-3}
 TOTAL=${TOTAL:-$((1024 * 1024 * 1024))}
-LEVELS=${LEVELS:-"-1 1 2 3"}
+LEVELS=${LEVELS:-"-3 -2 -1 1 2"}
 LEVEL_REPS=${LEVEL_REPS:-1}
 BACKEND=${BACKEND:-uring}
 THREADS=${THREADS:-$(nproc)}
+POOL=${POOL:-$(nproc)}
 FLUSH=$((1024 * 1024))
-DEFAULT_LEVEL=$(sed -n 's/^#define JR_ZSTD_LEVEL_DEFAULT \([0-9]*\).*/\1/p' journal/jr.h)
+DEFAULT_LEVEL=$(sed -n 's/^#define JR_ZSTD_LEVEL_DEFAULT (\{0,1\}\(-\{0,1\}[0-9]*\).*/\1/p' journal/jr.h)
 DEFAULT_LEVEL=${DEFAULT_LEVEL:-1}
 
 bin="$top/$B/bench/bench_journal"
@@ -189,7 +194,8 @@ for bs in 4096 65536; do
 		msg="  bs $bs rep $rep:"
 		if [ $((rep % 2)) -eq 1 ]; then
 			record fio "$bs" "$rep" fio_run "$bs"; msg+=" fio $(last)"
-			record rw "$bs" "$rep" rw_run "$bs" "$DEFAULT_LEVEL" "${v[@]}"; msg+=" rewind $(last)"
+			record rw "$bs" "$rep" rw_run "$bs" "$DEFAULT_LEVEL" -p "$POOL" "${v[@]}"; msg+=" rewind $(last)"
+			record nw "$bs" "$rep" rw_run "$bs" "$DEFAULT_LEVEL" "${v[@]}"; msg+=" no-workers $(last)"
 			record raw "$bs" "$rep" rw_run "$bs" 0 "${v[@]}"; msg+=" no-zstd $(last)"
 			if [ "$THREADS" -gt 1 ]; then
 				record mt "$bs" "$rep" rw_run "$bs" "$DEFAULT_LEVEL" -t "$THREADS" "${v[@]}"; msg+=" $THREADS-thread $(last)"
@@ -199,7 +205,8 @@ for bs in 4096 65536; do
 				record mt "$bs" "$rep" rw_run "$bs" "$DEFAULT_LEVEL" -t "$THREADS" "${v[@]}"; msg+=" $THREADS-thread $(last)"
 			fi
 			record raw "$bs" "$rep" rw_run "$bs" 0 "${v[@]}"; msg+=" no-zstd $(last)"
-			record rw "$bs" "$rep" rw_run "$bs" "$DEFAULT_LEVEL" "${v[@]}"; msg+=" rewind $(last)"
+			record nw "$bs" "$rep" rw_run "$bs" "$DEFAULT_LEVEL" "${v[@]}"; msg+=" no-workers $(last)"
+			record rw "$bs" "$rep" rw_run "$bs" "$DEFAULT_LEVEL" -p "$POOL" "${v[@]}"; msg+=" rewind $(last)"
 			record fio "$bs" "$rep" fio_run "$bs"; msg+=" fio $(last)"
 		fi
 		echo "$msg MiB/s" >&2
@@ -210,7 +217,7 @@ if [ "${SKIP_LEVELS:-0}" != 1 ]; then
 	for bs in 4096 65536; do
 		for level in 0 $LEVELS; do
 			for rep in $(seq 1 "$LEVEL_REPS"); do
-				record lvl "$bs" "$level" rw_run "$bs" "$level"
+				record lvl "$bs" "$level" rw_run "$bs" "$level" -p "$POOL"
 			done
 			[ "$level" = 0 ] && continue
 			record zstd "$bs" "$level" zstd_run "$bs" "$level" "$TOTAL"
@@ -222,7 +229,7 @@ fi
 
 echo
 rc=0
-python3 - "$runs" "$DEFAULT_LEVEL" "$LEVELS" "$THREADS" >"$work/report" <<'EOF' || rc=$?
+python3 - "$runs" "$DEFAULT_LEVEL" "$LEVELS" "$THREADS" "$POOL" >"$work/report" <<'EOF' || rc=$?
 import json, statistics, sys
 from collections import defaultdict
 
@@ -232,9 +239,12 @@ for line in open(sys.argv[1]):
     runs[(kind, int(bs), key)].append(json.loads(js))
 default = sys.argv[2]
 levels = sys.argv[3].split()
-kinds = [('rw', 'zstd %s' % default), ('raw', 'no compression')]
+pool = int(sys.argv[5])
+kinds = [('rw', 'zstd %s, %d workers' % (default, pool)),
+         ('nw', 'zstd %s, no workers' % default),
+         ('raw', 'no compression')]
 if int(sys.argv[4]) > 1:
-    kinds.append(('mt', 'zstd %s, %s thr' % (default, sys.argv[4])))
+    kinds.append(('mt', 'zstd %s, %s appenders' % (default, sys.argv[4])))
 med = statistics.median
 
 def reps(kind, bs):
@@ -242,7 +252,7 @@ def reps(kind, bs):
 
 targets = {4096: 0.5, 65536: 0.7}
 missed = False
-fmt = '%-22s %9s %12s %7s %11s %7s %7s %8s'
+fmt = '%-29s %9s %12s %7s %11s %7s %7s %8s'
 print('median over reps; ratio = median of the per-rep ratios rewind / adjacent fio run')
 print(fmt % ('workload', 'fio MiB/s', 'rewind MiB/s', 'ratio', 'ratio range',
              'target', 'zstd x', 'verdict'))
@@ -270,7 +280,7 @@ print('where the time goes (medians, seconds per run): append = compress + crc +
 print('(+ write-out when a batch fills), flush = write-out + fdatasync wait; runq =')
 print('appending thread runnable but without a CPU; sync ms = mean flush, fio = fdatasync;')
 print('append, flush and runq are summed over threads')
-fmt2 = '%-22s %6s %7s %7s %6s %6s %6s %6s %7s %7s'
+fmt2 = '%-29s %6s %7s %7s %6s %6s %6s %6s %7s %7s'
 print(fmt2 % ('workload', 'wall', 'append', 'flush', 'runq', 'user', 'sys',
               'syncs', 'sync ms', 'fio ms'))
 for bs in (4096, 65536):
@@ -288,7 +298,7 @@ for bs in (4096, 65536):
 if any(k[0] == 'lvl' for k in runs):
     print()
     print('zstd levels on the same data.  journal: jr_writer_append + flush every')
-    print('1 MiB, median of the runs; zstd alone: ZSTD_compressCCtx per record, no')
+    print('1 MiB with %d workers, median of the runs; zstd alone: ZSTD_compressCCtx per record, no' % pool)
     print('I/O, MiB/s of wall time and per CPU-second (user time; robust to load)')
     fmt3 = '%-6s %6s %13s %8s %9s %13s %12s'
     print(fmt3 % ('level', 'record', 'journal MiB/s', 'zstd x', 'ext4 x',

