@@ -13,6 +13,7 @@
 #include "index/ix.h"
 #include "journal/jr.h"
 #include "restore/rs.h"
+#include "restore/rs_int.h"
 #include "tests/testutil.h"
 
 #include <errno.h>
@@ -433,6 +434,92 @@ static void test_corrupt_record_fails(void)
 	world_teardown(&W);
 }
 
+/*
+ * The block map says where each block's bytes as-of a point come from;
+ * check it against the model at every point, and that windows of any size
+ * partition the same entries.
+ */
+static void test_block_map(void)
+{
+	struct world W;
+	int bad = 0;
+
+	world_setup_base(&W, 19, true);
+	uint64_t nblocks = DISK_SIZE / BS;
+	for (int i = 0; i <= NOPS; i += 7) {
+		uint64_t s = i ? W.seq[i] : 0;
+		struct rs_map m = { 0 }, w = { 0 };
+		CU_ASSERT_FATAL(rs_map_fill(&m, W.ix, &W.d, 0, W.d.base_seq, s,
+					    W.seq[NOPS], RS_MAP_WINDOW, NULL) == 0);
+		CU_ASSERT_EQUAL(m.next, nblocks);
+		uint64_t asof = 0, after = 0;
+		for (size_t k = 0; k < m.n; k++) {
+			const struct rs_ent *e = &m.e[k];
+			const uint8_t *want = W.snap[i] + e->block * BS;
+			asof += e->src != RS_SRC_BASE;
+			after += e->after;
+			if (k && e->block <= m.e[k - 1].block)
+				bad++;
+			/* Never written up to s: base's bytes. */
+			if (e->src == RS_SRC_BASE &&
+			    memcmp(want, W.snap[0] + e->block * BS, BS))
+				bad++;
+			if (e->src == RS_SRC_ZERO && !rs_all_zero(want, BS))
+				bad++;
+			if (e->src != RS_SRC_BASE && (e->seq == 0 || e->seq > s))
+				bad++;
+			if (i == NOPS && e->after)
+				bad++;
+		}
+		CU_ASSERT_EQUAL(asof, m.asof_blocks);
+		CU_ASSERT_EQUAL(after, m.after_blocks);
+		/* Windows of 3 entries: the same entries, in order. */
+		size_t at = 0;
+		for (uint64_t from = 0; from < nblocks; from = w.next) {
+			CU_ASSERT_FATAL(rs_map_fill(&w, W.ix, &W.d, from,
+						    W.d.base_seq, s, W.seq[NOPS],
+						    3, NULL) == 0);
+			CU_ASSERT(w.n <= 3);
+			CU_ASSERT_FATAL(w.n > 0 || w.next == nblocks);
+			for (size_t k = 0; k < w.n; k++, at++)
+				bad += at >= m.n || memcmp(&w.e[k], &m.e[at],
+							   sizeof(w.e[k])) != 0;
+		}
+		CU_ASSERT_EQUAL(at, m.n);
+		rs_map_free(&w);
+		rs_map_free(&m);
+	}
+	CU_ASSERT_EQUAL(bad, 0);
+	world_teardown(&W);
+}
+
+/* Restores and folds through tiny map windows stay exact. */
+static void test_restore_small_windows(void)
+{
+	struct world W;
+	char out[4096];
+	int bad = 0;
+
+	world_setup_base(&W, 23, true);
+	snprintf(out, sizeof(out), "%s/out.img", W.dir);
+	CU_ASSERT_FATAL(ix_disk_set_head_synced(W.ix, W.d.id, W.seq[NOPS]) == 0);
+	CU_ASSERT_FATAL(ix_disk_get(W.ix, "d", &W.d) == 0);
+	rs_map_window = 5;
+	for (int i = 0; i <= NOPS; i += 3) {
+		uint64_t s = i ? W.seq[i] : 0;
+		CU_ASSERT(rs_restore_file(W.ix, &W.d, s, out, RS_OVERWRITE, NULL,
+					  NULL, NULL) == 0);
+		bad += !file_equals(out, W.snap[i]);
+		CU_ASSERT(rs_restore_file(W.ix, &W.d, s, out,
+					  RS_OVERWRITE | RS_ALLOW_BACKWARD, NULL,
+					  NULL, NULL) == 0);
+		bad += !file_equals(out, W.snap[i]);
+	}
+	rs_map_window = RS_MAP_WINDOW;
+	CU_ASSERT_EQUAL(bad, 0);
+	world_teardown(&W);
+}
+
 int main(void)
 {
 	tu_add_suite("restore",
@@ -441,6 +528,8 @@ int main(void)
 		     "resolve times, seqs and marks", test_resolve,
 		     "rollback touches only newer blocks and undoes", test_rollback_and_undo,
 		     "corrupt record fails the restore", test_corrupt_record_fails,
+		     "block map matches the model; windows partition it", test_block_map,
+		     "restore through tiny map windows", test_restore_small_windows,
 		     NULL);
 	return tu_run();
 }
