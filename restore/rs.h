@@ -66,6 +66,33 @@ int rs_view_read(struct rs_view *v, uint64_t off, uint64_t len, void *buf);
  */
 int rs_view_block(struct rs_view *v, uint64_t block, const uint8_t **out);
 
+/*
+ * A shared as-of reader (asof.c): reads of disk d as-of seq from many
+ * threads at once, for exports.  It builds a block map in a background
+ * thread (reads go through views until it is ready) and shares decoded
+ * records between threads, so a read costs a few large copies and at most
+ * one record decode per record, not an index lookup and a record read per
+ * block.  The caller keeps checking that the horizon stays <= seq (a
+ * compaction past seq makes any as-of reader wrong).
+ * rs_asof_open returns 0 and *out, or error; rs_asof_read is thread-safe
+ * and returns 0, -EINVAL outside the disk, or error; close(NULL) is a
+ * no-op and waits for the background thread.
+ */
+struct rs_asof;
+
+enum {
+	RS_ASOF_NO_MAP = 0x01, /* never build the map: views only (tests) */
+};
+
+int rs_asof_open(struct rs_asof **out, struct ix *ix, const struct ix_disk *d,
+		 uint64_t seq, unsigned flags);
+int rs_asof_read(struct rs_asof *x, uint64_t off, uint64_t len, void *buf);
+void rs_asof_close(struct rs_asof *x);
+/* True once the map serves reads; with wait, waits for the build first. */
+bool rs_asof_mapped(struct rs_asof *x, bool wait);
+/* Records decoded into the cache, and reads (or parts) served by views. */
+void rs_asof_counters(struct rs_asof *x, uint64_t *loads, uint64_t *view_reads);
+
 /* Formats ns since the epoch as ISO 8601 UTC with microseconds into buf. */
 char *rs_fmt_time(uint64_t ns, char buf[40]);
 

@@ -17,6 +17,7 @@
 #include "tests/testutil.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -520,6 +521,125 @@ static void test_restore_small_windows(void)
 	world_teardown(&W);
 }
 
+/* The shared as-of reader, with and without its map, equals the model. */
+static void test_asof_reader(void)
+{
+	struct world W;
+	uint8_t *buf = malloc(DISK_SIZE);
+	int bad = 0;
+
+	world_setup_base(&W, 29, true);
+	for (int i = 0; i <= NOPS; i += 5) {
+		uint64_t s = i ? W.seq[i] : 0;
+		for (unsigned flags = 0; flags <= RS_ASOF_NO_MAP; flags++) {
+			struct rs_asof *x;
+			CU_ASSERT_FATAL(rs_asof_open(&x, W.ix, &W.d, s, flags) == 0);
+			CU_ASSERT_EQUAL(rs_asof_mapped(x, true), flags == 0);
+			CU_ASSERT(rs_asof_read(x, 0, DISK_SIZE, buf) == 0);
+			bad += memcmp(buf, W.snap[i], DISK_SIZE) != 0;
+			/* Unaligned slices crossing blocks of every kind. */
+			for (uint64_t off = 1; off + 9000 < DISK_SIZE; off += 7777) {
+				CU_ASSERT(rs_asof_read(x, off, 9000, buf) == 0);
+				bad += memcmp(buf, W.snap[i] + off, 9000) != 0;
+			}
+			CU_ASSERT(rs_asof_read(x, DISK_SIZE - 1, 2, buf) == -EINVAL);
+			uint64_t loads, views;
+			rs_asof_counters(x, &loads, &views);
+			/* Views only: no record goes through the cache. */
+			if (flags)
+				CU_ASSERT(loads == 0 && views > 0);
+			rs_asof_close(x);
+		}
+	}
+	CU_ASSERT_EQUAL(bad, 0);
+	free(buf);
+	world_teardown(&W);
+}
+
+struct asof_thread {
+	struct rs_asof *x;
+	const uint8_t *want;
+	uint64_t seed;
+	int bad;
+};
+
+static void *asof_reader(void *arg)
+{
+	struct asof_thread *t = arg;
+	uint8_t *buf = malloc(64 * 1024);
+
+	for (int k = 0; k < 300; k++) {
+		uint64_t len = 1 + tu_rand(&t->seed) % (64 * 1024);
+		uint64_t off = tu_rand(&t->seed) % (DISK_SIZE - len + 1);
+		if (rs_asof_read(t->x, off, len, buf) ||
+		    memcmp(buf, t->want + off, len))
+			t->bad++;
+	}
+	free(buf);
+	return NULL;
+}
+
+/* Many threads reading one reader at once (the record cache is shared). */
+static void test_asof_threads(void)
+{
+	struct world W;
+	struct asof_thread t[12];
+	pthread_t th[12];
+
+	world_setup_base(&W, 37, false);
+	struct rs_asof *x;
+	CU_ASSERT_FATAL(rs_asof_open(&x, W.ix, &W.d, W.seq[NOPS - 9], 0) == 0);
+	for (int i = 0; i < 12; i++) {
+		t[i] = (struct asof_thread){ x, W.snap[NOPS - 9], 100 + (uint64_t)i, 0 };
+		CU_ASSERT_FATAL(pthread_create(&th[i], NULL, asof_reader, &t[i]) == 0);
+	}
+	int bad = 0;
+	for (int i = 0; i < 12; i++) {
+		pthread_join(th[i], NULL);
+		bad += t[i].bad;
+	}
+	CU_ASSERT_EQUAL(bad, 0);
+	CU_ASSERT_TRUE(rs_asof_mapped(x, true));
+	rs_asof_close(x);
+	world_teardown(&W);
+}
+
+/* Rollback over an imported base: base bytes and partial versions. */
+static void test_rollback_over_base(void)
+{
+	struct world W;
+	int bad = 0;
+
+	world_setup_base(&W, 41, true);
+	struct sink_ctx c = { &W, 0 };
+	uint64_t last = W.seq[NOPS];
+	for (int k = NOPS - 1; k >= 0; k -= 13) {
+		struct rs_rollback_stats st;
+		struct jr_writer_stats ws;
+		CU_ASSERT_FATAL(rs_rollback(W.ix, &W.d, k ? W.seq[k] : 0, last,
+					    sink, &c, NULL, NULL, &st) == 0);
+		bad += memcmp(W.model, W.snap[k], DISK_SIZE) != 0;
+		CU_ASSERT_FATAL(jr_writer_flush(W.w) == 0);
+		CU_ASSERT_FATAL(ix_catch_up(W.ix, NULL, NULL) >= 0);
+		jr_writer_stats(W.w, &ws);
+		/* And forward again to the end of the workload. */
+		CU_ASSERT_FATAL(rs_rollback(W.ix, &W.d, last, ws.last_seq, sink,
+					    &c, NULL, NULL, &st) == 0);
+		bad += memcmp(W.model, W.snap[NOPS], DISK_SIZE) != 0;
+		CU_ASSERT_FATAL(jr_writer_flush(W.w) == 0);
+		CU_ASSERT_FATAL(ix_catch_up(W.ix, NULL, NULL) >= 0);
+		jr_writer_stats(W.w, &ws);
+		last = ws.last_seq;
+		/* The image as of every later point is still exact. */
+		uint8_t *h = malloc(DISK_SIZE);
+		CU_ASSERT(pread(W.head_fd, h, DISK_SIZE, 0) == DISK_SIZE);
+		bad += memcmp(h, W.snap[NOPS], DISK_SIZE) != 0;
+		free(h);
+	}
+	CU_ASSERT_EQUAL(bad, 0);
+	world_teardown(&W);
+}
+
 int main(void)
 {
 	tu_add_suite("restore",
@@ -530,6 +650,9 @@ int main(void)
 		     "corrupt record fails the restore", test_corrupt_record_fails,
 		     "block map matches the model; windows partition it", test_block_map,
 		     "restore through tiny map windows", test_restore_small_windows,
+		     "shared as-of reader, map and views", test_asof_reader,
+		     "shared as-of reader from many threads", test_asof_threads,
+		     "rollback and roll forward over an imported base", test_rollback_over_base,
 		     NULL);
 	return tu_run();
 }
