@@ -279,7 +279,8 @@ int rs_apply_map(struct rs_apply *a, const struct rs_map *m, enum rs_pick pick)
 	for (size_t i = 0; i < m->n; i++)
 		if (picked(&m->e[i], pick) && m->e[i].src == RS_SRC_REC)
 			refs[nrefs++] = (struct rec_ref){ m->e[i].seq, i };
-	qsort(refs, nrefs, sizeof(*refs), ref_cmp);
+	if (nrefs)
+		qsort(refs, nrefs, sizeof(*refs), ref_cmp);
 	for (size_t j = 0; j < nrefs;) {
 		size_t k = j + 1;
 		while (k < nrefs && refs[k].seq == refs[j].seq)
