@@ -466,3 +466,105 @@ int rs_asof_read(struct rs_asof *x, uint64_t off, uint64_t len, void *buf)
 	slot_put(x, sl);
 	return err;
 }
+
+/* ------------------------------------------------------------- extents */
+
+/* Emits [off, off+len) with flags, merging with the pending extent. */
+struct ext {
+	rs_extent_fn fn;
+	void *arg;
+	uint64_t off, len;
+	unsigned flags;
+};
+
+static int ext_put(struct ext *e, uint64_t off, uint64_t len, unsigned flags)
+{
+	int err;
+
+	if (!len)
+		return 0;
+	if (e->len && e->off + e->len == off && e->flags == flags) {
+		e->len += len;
+		return 0;
+	}
+	if (e->len && (err = e->fn(e->arg, e->off, e->len, e->flags)))
+		return err;
+	e->off = off;
+	e->len = len;
+	e->flags = flags;
+	return 0;
+}
+
+/* Base's bytes of [off, end): holes (zero) and data, from SEEK_DATA. */
+static int ext_base(struct rs_asof *x, struct ext *e, uint64_t off,
+		    uint64_t end)
+{
+	const unsigned hz = RS_EXT_HOLE | RS_EXT_ZERO;
+
+	if (x->base_empty)
+		return ext_put(e, off, end - off, hz);
+	while (off < end) {
+		off_t d = lseek(x->base_fd, (off_t)off, SEEK_DATA);
+		if (d < 0 && errno != ENXIO)
+			return ext_put(e, off, end - off, 0); /* unknown: data */
+		uint64_t data = d < 0 || (uint64_t)d > end ? end : (uint64_t)d;
+		int err = ext_put(e, off, data - off, hz);
+		if (err || data == end)
+			return err;
+		off_t h = lseek(x->base_fd, (off_t)data, SEEK_HOLE);
+		uint64_t hole = h < 0 || (uint64_t)h > end ? end : (uint64_t)h;
+		if ((err = ext_put(e, data, hole - data, 0)))
+			return err;
+		off = hole;
+	}
+	return 0;
+}
+
+int rs_asof_extents(struct rs_asof *x, uint64_t off, uint64_t len,
+		    rs_extent_fn fn, void *arg)
+{
+	struct ext e = { .fn = fn, .arg = arg };
+	uint64_t bs = x->d.block_size, end = off + len;
+	int err = 0;
+
+	if (!rw_range_ok(off, len, x->d.size))
+		return rw_err_set(-EINVAL, "extents of [%" PRIu64 ", +%" PRIu64
+				  ") are outside disk '%s' (%" PRIu64 " bytes)",
+				  off, len, x->d.name, x->d.size);
+	if (atomic_load_explicit(&x->map_state, memory_order_acquire) !=
+	    MAP_READY) {
+		/* Not known yet: all data, which is always a true answer. */
+		err = ext_put(&e, off, len, 0);
+		goto out;
+	}
+	const struct rs_map *m = &x->map;
+	size_t k = rs_map_lower(m, off / bs);
+	while (off < end) {
+		uint64_t b = off / bs;
+		while (k < m->n && m->e[k].block < b)
+			k++;
+		const struct rs_ent *en = k < m->n && m->e[k].block == b ?
+					  &m->e[k] : NULL;
+		uint64_t next;
+		if (!en) {
+			next = k < m->n ? m->e[k].block * bs : end;
+			if (next > end)
+				next = end;
+			err = ext_base(x, &e, off, next);
+		} else {
+			next = (b + 1) * bs;
+			if (next > end)
+				next = end;
+			err = ext_put(&e, off, next - off,
+				      en->src == RS_SRC_ZERO ?
+				      RS_EXT_HOLE | RS_EXT_ZERO : 0);
+		}
+		if (err)
+			return err;
+		off = next;
+	}
+out:
+	if (!err && e.len)
+		err = fn(arg, e.off, e.len, e.flags);
+	return err;
+}

@@ -93,6 +93,25 @@ bool rs_asof_mapped(struct rs_asof *x, bool wait);
 /* Records decoded into the cache, and reads (or parts) served by views. */
 void rs_asof_counters(struct rs_asof *x, uint64_t *loads, uint64_t *view_reads);
 
+/*
+ * Which parts of [off, off+len) read as zeroes as-of the reader's seq, for
+ * NBD_CMD_BLOCK_STATUS (base:allocation): fn is called with consecutive
+ * extents covering the range in order, flags RS_EXT_HOLE | RS_EXT_ZERO
+ * for never-written, zeroed or trimmed blocks and base holes, 0 for data.
+ * Until the map is ready (or without one) the whole range is data — always
+ * a true answer.  Returns 0, -EINVAL outside the disk, or fn's error.
+ * Thread-safe.  (Not wired yet: capture's read-only exports have no block
+ * status callback.)
+ */
+enum {
+	RS_EXT_HOLE = 0x1,  /* as NBD_STATE_HOLE */
+	RS_EXT_ZERO = 0x2,  /* as NBD_STATE_ZERO */
+};
+typedef int (*rs_extent_fn)(void *arg, uint64_t off, uint64_t len,
+			    unsigned flags);
+int rs_asof_extents(struct rs_asof *x, uint64_t off, uint64_t len,
+		    rs_extent_fn fn, void *arg);
+
 /* Formats ns since the epoch as ISO 8601 UTC with microseconds into buf. */
 char *rs_fmt_time(uint64_t ns, char buf[40]);
 

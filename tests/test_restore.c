@@ -640,6 +640,66 @@ static void test_rollback_over_base(void)
 	world_teardown(&W);
 }
 
+struct ext_check {
+	const uint8_t *want;
+	uint64_t next;      /* where the next extent must start */
+	uint64_t zero_bytes;
+	int bad;
+};
+
+static int ext_cb(void *arg, uint64_t off, uint64_t len, unsigned flags)
+{
+	struct ext_check *c = arg;
+
+	if (off != c->next || !len)
+		c->bad++;
+	c->next = off + len;
+	if (flags & RS_EXT_ZERO) {
+		c->zero_bytes += len;
+		if (!rs_all_zero(c->want + off, len))
+			c->bad++;
+	}
+	return 0;
+}
+
+/* Block status as-of a point: extents tile the range; zero ones are. */
+static void test_asof_extents(void)
+{
+	for (int imported = 0; imported < 2; imported++) {
+		struct world W;
+		int bad = 0;
+		uint64_t zero_total = 0;
+		world_setup_base(&W, 43 + (uint64_t)imported, imported);
+		for (int i = 0; i <= NOPS; i += 6) {
+			struct rs_asof *x;
+			CU_ASSERT_FATAL(rs_asof_open(&x, W.ix, &W.d,
+						     i ? W.seq[i] : 0, 0) == 0);
+			CU_ASSERT_TRUE(rs_asof_mapped(x, true));
+			struct ext_check c = { W.snap[i], 0, 0, 0 };
+			CU_ASSERT(rs_asof_extents(x, 0, DISK_SIZE, ext_cb, &c) == 0);
+			bad += c.bad + (c.next != DISK_SIZE);
+			zero_total += c.zero_bytes;
+			struct ext_check u = { W.snap[i], 5000, 0, 0 };
+			CU_ASSERT(rs_asof_extents(x, 5000, 70000, ext_cb, &u) == 0);
+			bad += u.bad + (u.next != 75000);
+			rs_asof_close(x);
+		}
+		/* Without the map: one data extent. */
+		struct rs_asof *x;
+		CU_ASSERT_FATAL(rs_asof_open(&x, W.ix, &W.d, W.seq[NOPS],
+					     RS_ASOF_NO_MAP) == 0);
+		struct ext_check c = { W.snap[NOPS], 0, 0, 0 };
+		CU_ASSERT(rs_asof_extents(x, 0, DISK_SIZE, ext_cb, &c) == 0);
+		CU_ASSERT(c.next == DISK_SIZE && c.zero_bytes == 0 && !c.bad);
+		rs_asof_close(x);
+		CU_ASSERT_EQUAL(bad, 0);
+		/* An empty base is mostly holes; the extents must say so. */
+		if (!imported)
+			CU_ASSERT(zero_total > 0);
+		world_teardown(&W);
+	}
+}
+
 int main(void)
 {
 	tu_add_suite("restore",
@@ -652,6 +712,7 @@ int main(void)
 		     "restore through tiny map windows", test_restore_small_windows,
 		     "shared as-of reader, map and views", test_asof_reader,
 		     "shared as-of reader from many threads", test_asof_threads,
+		     "block status of the as-of reader", test_asof_extents,
 		     "rollback and roll forward over an imported base", test_rollback_over_base,
 		     NULL);
 	return tu_run();
