@@ -13,8 +13,10 @@
  * - Every journal record used is checksummed (jr_reader_read_at); a bad
  *   one fails the operation with RW_ECORRUPT naming segment and offset —
  *   nothing silently wrong is ever written.
- * - Read transactions are short: views renew them every few thousand
- *   blocks so a long restore never pins LMDB pages.
+ * - Read transactions are short: a block map (restore, compaction,
+ *   exports) is one scan of the disk's versions per window of at most
+ *   4 Mi changed blocks, views renew theirs every few thousand blocks,
+ *   so a long restore never pins LMDB pages while it writes.
  *
  * Thread model: a struct rs_view belongs to one thread.  Several views of
  * the same store may run in one or many processes, alongside a server.
