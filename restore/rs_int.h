@@ -138,6 +138,7 @@ struct rs_apply {
 	uint8_t *rec;            /* JR_MAX_WRITE */
 	uint8_t *buf;            /* RS_APPLY_RUN */
 	uint64_t since_kick;     /* bytes written since the last writeback kick */
+	uint64_t kick_writes;    /* pwrites since then */
 	/* out */
 	uint64_t done;           /* progress counter (bytes) */
 	uint64_t blocks;         /* blocks written or punched */
@@ -155,8 +156,8 @@ int rs_apply_init(struct rs_apply *a, struct ix *ix, const struct ix_disk *d,
  * Writes the entries of m that pick selects: records in journal order,
  * each read once, runs of blocks written with one pwrite, zero blocks
  * left as holes (punched when a->punch); then zero, base and mixed
- * blocks in block order.  Kicks writeback every few tens of MiB so that
- * the final fsync has little left.  0 or error.
+ * blocks in block order.  Kicks writeback every 32 MiB written in large
+ * runs, so that the final fsync has little left.  0 or error.
  */
 int rs_apply_map(struct rs_apply *a, const struct rs_map *m, enum rs_pick pick);
 void rs_apply_fini(struct rs_apply *a);
