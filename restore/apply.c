@@ -118,7 +118,7 @@ static int put(struct rs_apply *a, uint64_t off, const uint8_t *p, size_t len)
 		 * writeback and lose the merging of one sorted flush at the
 		 * end, while a guest's writes compete for the disk.
 		 */
-		if (a->since_kick / a->kick_writes >= KICK_MIN_RUN)
+		if (!a->no_kick && a->since_kick / a->kick_writes >= KICK_MIN_RUN)
 			(void)sync_file_range(a->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
 		a->since_kick = 0;
 		a->kick_writes = 0;

@@ -129,6 +129,8 @@ struct rs_apply {
 	int base_fd;             /* base.img (RS_PICK_AFTER needs it) */
 	bool punch;              /* the image may hold data where a block
 				  * must become zero: punch holes there */
+	bool no_kick;            /* never start writeback early (background
+				  * work: leave the disk to the guest) */
 	rs_progress_fn progress; /* may be NULL; bytes done of total */
 	void *parg;
 	uint64_t total;
