@@ -135,18 +135,18 @@ int rs_restore_file(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 	bool may_back = (flags & RS_ALLOW_BACKWARD) != 0;
 	uint64_t upto = may_back && r.latest_seq > seq ? r.latest_seq : seq;
 
-	/* One scan: what each block needs as-of seq, both directions. */
-	if ((err = rs_map_fill(&m, ix, d, 0, d->base_seq, seq, upto,
-			       rs_map_window, NULL)))
-		goto out;
-	bool backward = false;
-	if (may_back && seq >= r.latest_seq) {
-		/* As-of the latest record: head is the answer. */
-		backward = true;
-	} else if (may_back) {
-		uint64_t fwd_cost = allocated(base) + m.asof_blocks * bs;
-		uint64_t back_cost = allocated(head) + m.after_blocks * bs;
-		backward = back_cost < fwd_cost;
+	/* As-of the latest record, head is the answer: no map needed. */
+	bool backward = may_back && seq >= r.latest_seq;
+	if (!backward) {
+		/* One scan: what each block needs as-of seq, both ways. */
+		if ((err = rs_map_fill(&m, ix, d, 0, d->base_seq, seq, upto,
+				       rs_map_window, NULL)))
+			goto out;
+		if (may_back) {
+			uint64_t fwd_cost = allocated(base) + m.asof_blocks * bs;
+			uint64_t back_cost = allocated(head) + m.after_blocks * bs;
+			backward = back_cost < fwd_cost;
+		}
 	}
 	enum rs_pick pick = backward ? RS_PICK_AFTER : RS_PICK_ASOF;
 
@@ -179,10 +179,9 @@ int rs_restore_file(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 		goto out;
 	/* Whatever the copy put in the image may have to become a hole. */
 	a.punch = a.data_bytes > 0;
-	for (;;) {
-		if (!backward || seq < r.latest_seq)
-			if ((err = rs_apply_map(&a, &m, pick)))
-				goto out;
+	while (!backward || seq < r.latest_seq) {
+		if ((err = rs_apply_map(&a, &m, pick)))
+			goto out;
 		if (m.next >= nblocks)
 			break;
 		if ((err = rs_map_fill(&m, ix, d, m.next, d->base_seq, seq, upto,
