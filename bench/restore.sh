@@ -349,6 +349,15 @@ for line in open(sys.argv[1]):
     if f[0] == "a" and f[1] == "qemu" and len(f) > 4:
         dirs.append("rep %s: qemu-img %.0f MiB allocated" % (f[2], int(f[4]) / 1048576))
 print("runs: " + "; ".join(dirs))
+# per-rep figures, for ranges (the medians above are what the targets use)
+rep = lambda xs: ", ".join("%.2f" % v for v in xs)
+print("per rep: (a) ratio %s" % rep(sorted(ratios)))
+if have_rb:
+    print("per rep: (b) rollback s %s" % rep(sorted(runs[("b", "rewind")].values())))
+if have_exp:
+    print("per rep: (c) ratio %s; (d) ms %s" % (
+        rep(sorted(cq[k] / ce[k] for k in ce if k in cq)),
+        rep(sorted(1000 * v for v in runs[("d", "rewind")].values()))))
 sys.exit(1 if missed else 0)
 EOF
 if [ $rc -eq 0 ]; then echo "bench-restore: every target met"; else echo "bench-restore: a target was missed"; fi

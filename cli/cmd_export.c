@@ -10,9 +10,12 @@
  * which would put user time syntax into export names.  The store is
  * opened read-only: exports run beside `rewind serve` and compaction.
  *
- * Capture's worker threads call the read callback concurrently; views are
- * single-threaded, so a small pool hands each read a free view (LMDB read
- * transactions may move between threads: the index uses MDB_NOTLS).
+ * Capture's worker threads call the read callback concurrently; one
+ * shared as-of reader (restore/asof.c) serves them all: a block map built
+ * in the background once, base read in large runs, and decoded records
+ * shared between threads, so a record is decoded once however many reads
+ * touch it.  (LMDB read transactions may move between threads: the index
+ * uses MDB_NOTLS.)
  */
 #include "cli/cli.h"
 #include "cli/control.h"
@@ -30,13 +33,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define POOL 8
-
 struct pool {
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	struct rs_view *v[POOL];
-	bool busy[POOL];
+	struct rs_asof *x;
 	struct ix *ix;
 	struct ix_disk d;
 	uint64_t seq;
@@ -67,33 +65,16 @@ static int horizon_ok(struct pool *p)
 static int pool_read(void *arg, void *buf, uint64_t off, uint32_t len)
 {
 	struct pool *p = arg;
-	int i, err = 0;
+	int err = horizon_ok(p);
 
-	pthread_mutex_lock(&p->mu);
-	for (;;) {
-		for (i = 0; i < POOL && p->busy[i]; i++)
-			;
-		if (i < POOL)
-			break;
-		pthread_cond_wait(&p->cv, &p->mu);
-	}
-	p->busy[i] = true;
-	pthread_mutex_unlock(&p->mu);
-	err = horizon_ok(p);
-	if (!err && !p->v[i])
-		err = rs_view_open(&p->v[i], p->ix, &p->d, p->seq);
 	if (!err)
-		err = rs_view_read(p->v[i], off, len, buf);
+		err = rs_asof_read(p->x, off, len, buf);
 	if (!err)
 		err = horizon_ok(p);
 	if (err)
 		rw_log(RW_LOG_ERROR, "export of disk '%s': read of [%" PRIu64
 		       ", +%u) failed: %s", p->d.name, off, len,
 		       *rw_err_msg() ? rw_err_msg() : rw_strerror(err));
-	pthread_mutex_lock(&p->mu);
-	p->busy[i] = false;
-	pthread_cond_signal(&p->cv);
-	pthread_mutex_unlock(&p->mu);
 	return err;
 }
 
@@ -157,8 +138,6 @@ static int cmd_export(int argc, char **argv)
 	char sockbuf[4096];
 	uint64_t ts;
 	store = cli_store_dir(store);
-	pthread_mutex_init(&p.mu, NULL);
-	pthread_cond_init(&p.cv, NULL);
 	/* With a server running, make its index current first (as restore). */
 	if ((err = cli_control_index(store)) < 0) {
 		rc = cli_fail(err, "cannot export '%s'", name);
@@ -174,6 +153,10 @@ static int cmd_export(int argc, char **argv)
 	}
 	if ((err = rs_resolve(p.ix, &p.d, &w, &p.seq, &ts))) {
 		rc = cli_fail(err, "cannot export '%s' as of '%s'", name, at);
+		goto out;
+	}
+	if ((err = rs_asof_open(&p.x, p.ix, &p.d, p.seq, 0))) {
+		rc = cli_fail(err, "cannot export '%s'", name);
 		goto out;
 	}
 	if (!sock && !listen) {
@@ -227,11 +210,16 @@ static int cmd_export(int argc, char **argv)
 	int cerr = cap_server_close(s);
 	rc = err || cerr ? cli_fail(err ? err : cerr, "export of disk '%s'", name) : 0;
 out:
-	for (int i = 0; i < POOL; i++)
-		rs_view_close(p.v[i]);
+	if (p.x) {
+		uint64_t loads, views;
+		rs_asof_counters(p.x, &loads, &views);
+		rw_log(RW_LOG_INFO, "export of disk '%s' as of seq %" PRIu64
+		       ": %" PRIu64 " journal records decoded, %" PRIu64
+		       " reads through views (map %s)", name, p.seq, loads, views,
+		       rs_asof_mapped(p.x, false) ? "used" : "not built");
+	}
+	rs_asof_close(p.x);
 	ix_close(p.ix);
-	pthread_mutex_destroy(&p.mu);
-	pthread_cond_destroy(&p.cv);
 	return rc;
 }
 

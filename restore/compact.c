@@ -11,20 +11,26 @@
  *      "compact" policy;
  *   2. horizon = H, durably (disks/NAME/horizon, then LMDB): points < H are
  *      refused from here on;
- *   3. fold: every block with a version in (base_seq, H] is built as-of H
- *      by an rs_view and written into base.img in block order, runs of
- *      blocks coalesced into large pwrites, all-zero runs punched as holes;
+ *   3. fold: every block with a version in (base_seq, H] gets its bytes
+ *      as-of H in base.img: one index scan builds the block map (map.c),
+ *      then apply.c reads each needed record once, in journal order, and
+ *      writes each run of its blocks with one pwrite (all-zero runs are
+ *      punched as holes); blocks whose newest version is partial are
+ *      built by an rs_view;
  *   4. fsync base.img, then base_seq = H durably;
  *   5. drop index entries <= base_seq (ix_compact_drop);
  *   6. unlink the released segment files, fsync the journal directory.
  * A run that finds horizon > base_seq finishes that fold first (resume).
  *
  * Why views stay exact while this runs: lookups filter versions by
- * base_seq, not by the horizon.  Until step 4 a concurrent view re-applies
- * versions in (old base_seq, P] over base; a block already folded holds
- * its as-of-H bytes, and re-applying those same writes in order over them
- * gives the same bytes (a byte covered by a version ends as the newest
- * such version, a byte covered by none is the old base in both).  After
+ * base_seq, not by the horizon.  Until step 4 a concurrent view as-of
+ * P >= H reads base only for a block whose versions in (old base_seq, P]
+ * are all partial (a full one ends its walk first); the fold writes such
+ * a block once, with its as-of-H bytes, and re-applying those same
+ * partial writes in order over them gives the same bytes (a byte covered
+ * by a version ends as the newest such version, a byte covered by none is
+ * the old base in both).  A block whose newest version <= H is full is
+ * written from that record alone, and no view reads its base.  After
  * step 4 the snapshot says base_seq = H and base is synced.  A view whose
  * old snapshot names a segment unlinked in step 6 renews and retries
  * (restore/view.c).
@@ -34,8 +40,10 @@
  * processes, and compaction never writes to the journal (it only removes
  * whole files that no longer hold anything after base_seq).
  *
- * Rejected: folding by replaying records into base in seq order (each
- * block written once per version, random I/O) and copying base to a new
+ * Rejected: folding by replaying every record into base in seq order
+ * (each block written once per version) and rebuilding each block through
+ * a view in block order (one index lookup per block, and a large record
+ * read again for every run of its blocks); copying base to a new
  * file then renaming (doubles space, and a concurrent view would hold the
  * old file open).  Not done: recompressing raw (uncompressed) records of
  * sealed segments that stay (rewrite to .tmp, fsync, rename, re-point the
@@ -55,9 +63,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/syscall.h>
 #include <unistd.h>
-
-#define FOLD_RUN (4u << 20) /* bytes per coalesced write */
 
 static int step(const struct rs_compact_opts *o, enum rs_compact_step s)
 {
@@ -238,131 +245,71 @@ out:
 
 /* ------------------------------------------------------------- fold */
 
-struct fold {
-	int fd;
-	const char *path;
-	uint32_t bs;
-	uint64_t size;
-	uint8_t *buf;          /* pending data run */
-	uint64_t run_off, run_len;
-	bool run_zero;         /* the pending run is zeroes (a hole) */
-	struct rs_compact_stats *st;
-};
-
-
-static int fold_flush(struct fold *f)
+/*
+ * True when this process runs with the idle I/O class (ionice -c 3, as
+ * rewind-compact@.service and `serve --compact-every` run compaction):
+ * then the fold leaves writeback to the final fsync instead of starting
+ * it early.  Spread-out writeback during a long fold raised a concurrent
+ * guest's p99 write latency (bench-compact (b)) more than one flush at
+ * the end; a foreground compaction keeps the overlap, which is faster.
+ */
+static bool io_idle(void)
 {
-	int err = 0;
-
-	if (!f->run_len)
-		return 0;
-	if (f->run_zero) {
-		if (fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-			      (off_t)f->run_off, (off_t)f->run_len) < 0) {
-			/* No hole punching here: write the zeroes. */
-			memset(f->buf, 0, f->run_len);
-			err = rw_sys_pwrite_full(f->fd, f->buf, f->run_len,
-						 (off_t)f->run_off);
-		}
-		f->st->hole_bytes += f->run_len;
-	} else {
-		err = rw_sys_pwrite_full(f->fd, f->buf, f->run_len, (off_t)f->run_off);
-		f->st->data_bytes += f->run_len;
-	}
-	if (err)
-		return rw_err_set(err, "cannot write '%s' at %" PRIu64 ": %s",
-				  f->path, f->run_off, rw_strerror(err));
-	f->run_len = 0;
-	return 0;
-}
-
-static int fold_block(struct fold *f, uint64_t block, const uint8_t *blk)
-{
-	uint64_t off = block * f->bs;
-	size_t part = f->size - off < f->bs ? (size_t)(f->size - off) : f->bs;
-	bool zero = rs_all_zero(blk, part);
-	int err;
-
-	if (f->run_len && (f->run_off + f->run_len != off ||
-			   f->run_zero != zero || f->run_len + part > FOLD_RUN))
-		if ((err = fold_flush(f)))
-			return err;
-	if (!f->run_len) {
-		f->run_off = off;
-		f->run_zero = zero;
-	}
-	if (!zero)
-		memcpy(f->buf + f->run_len, blk, part);
-	f->run_len += part;
-	return 0;
+#ifdef SYS_ioprio_get
+	long prio = syscall(SYS_ioprio_get, 1 /* IOPRIO_WHO_PROCESS */, 0);
+	return prio >= 0 && (prio >> 13) == 3 /* IOPRIO_CLASS_IDLE */;
+#else
+	return false;
+#endif
 }
 
 static int fold(struct ix *ix, const struct ix_disk *d, uint64_t h,
 		const struct rs_compact_opts *o, struct rs_compact_stats *st)
 {
-	struct rs_blockset b = { 0 };
-	struct fold f = { .fd = -1, .bs = d->block_size, .size = d->size, .st = st };
-	struct ix_read *rd = NULL;
-	struct rs_view *v = NULL;
+	struct rs_map m = { 0 };
+	struct rs_apply a;
+	bool apply_ready = false;
 	char path[4096];
 	uint64_t t0 = rw_mono_ns();
-	int err;
+	uint64_t nblocks = (d->size + d->block_size - 1) / d->block_size;
+	int fd = -1, err;
 
 	if ((err = ix_disk_path(ix, d->name, "base.img", path, sizeof(path))))
 		return err;
-	f.path = path;
-	err = rs_blockset_init(&b, d->size, d->block_size);
-	f.buf = malloc(FOLD_RUN + d->block_size);
-	if (err || !f.buf) {
-		err = -ENOMEM;
+	fd = rw_sys_open(path, O_RDWR | O_CLOEXEC, 0);
+	if (fd < 0)
+		return rw_err_set(fd, "cannot open base image '%s': %s", path,
+				  rw_strerror(fd));
+	if ((err = rs_apply_init(&a, ix, d, h, fd, path)))
 		goto out;
+	apply_ready = true;
+	a.punch = true; /* base holds data anywhere */
+	a.no_kick = io_idle();
+	for (uint64_t from = 0; from < nblocks; from = m.next) {
+		if ((err = rs_map_fill(&m, ix, d, from, d->base_seq, h, h,
+				       rs_map_window, NULL)))
+			goto out;
+		st->plan.versions += m.versions;
+		if ((err = rs_apply_map(&a, &m, RS_PICK_ASOF)))
+			goto out;
 	}
-	if ((err = ix_read_begin(ix, &rd)))
-		goto out;
-	err = ix_versions_range(rd, d->id, d->base_seq, h, rs_blockset_add, &b);
-	st->plan.versions += b.versions;
-	ix_read_end(rd);
-	rd = NULL;
-	if (err)
-		goto out;
-	f.fd = rw_sys_open(path, O_RDWR | O_CLOEXEC, 0);
-	if (f.fd < 0) {
-		err = rw_err_set(f.fd, "cannot open base image '%s': %s", path,
-				 rw_strerror(f.fd));
-		goto out;
-	}
-	if ((err = rs_view_open(&v, ix, d, h)))
-		goto out;
-	for (uint64_t w = 0; w < (b.nbits + 63) / 64; w++) {
-		uint64_t word = b.w[w];
-		while (word) {
-			uint64_t block = w * 64 + (uint64_t)__builtin_ctzll(word);
-			const uint8_t *blk;
-			word &= word - 1;
-			if ((err = rs_view_block(v, block, &blk)) ||
-			    (err = fold_block(&f, block, blk)))
-				goto out;
-			st->blocks++;
-			st->plan.blocks++;
-		}
-	}
-	if ((err = fold_flush(&f)))
-		goto out;
+	st->blocks = st->plan.blocks = a.blocks;
+	st->data_bytes = a.data_bytes;
+	st->hole_bytes = a.hole_bytes;
 	st->fold_ns = rw_mono_ns() - t0;
 	if ((err = step(o, RS_STEP_FOLDED)))
 		goto out;
 	t0 = rw_mono_ns();
-	if ((err = rw_sys_fsync(f.fd))) {
+	if ((err = rw_sys_fsync(fd))) {
 		rw_err_set(err, "cannot sync '%s': %s", path, rw_strerror(err));
 		goto out;
 	}
 	st->sync_ns = rw_mono_ns() - t0;
 out:
-	rs_view_close(v);
-	if (f.fd >= 0)
-		close(f.fd);
-	free(f.buf);
-	rs_blockset_free(&b);
+	if (apply_ready)
+		rs_apply_fini(&a);
+	rs_map_free(&m);
+	close(fd);
 	return err;
 }
 

@@ -1,12 +1,15 @@
 /*
  * file.c — restoring a disk as-of a seq into a sparse raw image.
  *
- * Two directions (DESIGN.md §4): forward copies base and rebuilds every
- * block that has a version in (horizon, S]; backward copies head and
- * rebuilds only the blocks with a version after S.  Both copies skip holes
+ * Two directions (DESIGN.md §4): forward copies base and rewrites every
+ * block that has a version in (base_seq, S]; backward copies head and
+ * rewrites only the blocks with a version after S.  Both copies skip holes
  * (SEEK_DATA/SEEK_HOLE) and all-zero blocks, so the output stays sparse.
- * The direction is chosen by estimated bytes moved: allocated bytes of the
- * source image plus a block per version to rebuild.
+ * One scan of the index builds the block map (map.c) that serves both the
+ * choice and the work: the direction is chosen by estimated bytes moved,
+ * allocated bytes of the source image plus a block per block to rewrite,
+ * and the map is then written by apply.c — every needed record read once,
+ * in journal order, runs of blocks written with one pwrite each.
  *
  * Backward is only allowed when the caller holds the store lock (no server
  * is writing head): a live head may hold bytes whose records are still in
@@ -33,8 +36,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define COPY_CHUNK (1u << 20)
-
 /* Bytes allocated to an image (st_blocks), the cost of copying it. */
 static uint64_t allocated(const char *path)
 {
@@ -44,14 +45,14 @@ static uint64_t allocated(const char *path)
 }
 
 /*
- * Copies the data extents of src into out (same offsets), skipping blocks
- * of bs bytes that are all zero.  Adds to *copied.
+ * Copies the data extents of src into a's image (same offsets), leaving
+ * all-zero blocks as holes.  Adds to *copied (bytes read).
  */
-static int copy_sparse(const char *src_path, int out, uint64_t size,
-		       uint32_t bs, uint8_t *buf, uint64_t *copied,
-		       uint64_t *written, rs_progress_fn progress, void *arg,
-		       uint64_t total)
+static int copy_sparse(struct rs_apply *a, const char *src_path,
+		       uint64_t *copied)
 {
+	uint64_t size = a->d->size;
+	uint32_t bs = a->d->block_size;
 	int fd = rw_sys_open(src_path, O_RDONLY, 0);
 	int err = 0;
 
@@ -74,10 +75,10 @@ static int copy_sparse(const char *src_path, int out, uint64_t size,
 		/* Align to blocks so zero detection sees whole blocks. */
 		data -= data % bs;
 		while (data < hole) {
-			size_t n = COPY_CHUNK;
+			size_t n = RS_APPLY_RUN;
 			if ((uint64_t)(hole - data) < n)
 				n = (size_t)(hole - data);
-			ssize_t got = rw_sys_pread_full(fd, buf, n, data);
+			ssize_t got = rw_sys_pread_full(fd, a->buf, n, data);
 			if (got < 0) {
 				err = rw_err_set((int)got, "cannot read '%s' at %lld: %s",
 						 src_path, (long long)data,
@@ -86,23 +87,14 @@ static int copy_sparse(const char *src_path, int out, uint64_t size,
 			}
 			if (got == 0)
 				break;
-			for (size_t o = 0; o < (size_t)got; o += bs) {
-				size_t part = (size_t)got - o < bs ? (size_t)got - o : bs;
-				if (rs_all_zero(buf + o, part))
-					continue;
-				err = rw_sys_pwrite_full(out, buf + o, part,
-							 data + (off_t)o);
-				if (err) {
-					rw_err_set(err, "cannot write the restored "
-						   "image: %s", rw_strerror(err));
-					goto out;
-				}
-				*written += part;
-			}
+			if ((err = rs_apply_write(a, (uint64_t)data, a->buf,
+						  (size_t)got)))
+				goto out;
 			data += got;
 			*copied += (uint64_t)got;
-			if (progress)
-				progress(arg, *copied, total);
+			a->done += (uint64_t)got;
+			if (a->progress)
+				a->progress(a->parg, a->done, a->total);
 		}
 		pos = hole;
 	}
@@ -117,12 +109,11 @@ int rs_restore_file(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 		    struct rs_restore_stats *st)
 {
 	struct rs_restore_stats s = { 0 };
-	struct rs_blockset bm = { 0 };
-	struct ix_read *rd = NULL;
-	struct rs_view *v = NULL;
-	uint8_t *buf = NULL;
+	struct rs_map m = { 0 };
+	struct rs_apply a = { .fd = -1, .base_fd = -1 };
+	bool apply_ready = false;
 	char tmp[4096], base[4096], head[4096];
-	int out = -1, err;
+	int out = -1, base_fd = -1, err;
 	struct rs_range r;
 
 	if (!(flags & RS_OVERWRITE) && access(out_path, F_OK) == 0)
@@ -137,50 +128,27 @@ int rs_restore_file(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 		return err;
 
 	uint32_t bs = d->block_size;
-	err = rs_blockset_init(&bm, d->size, bs);
-	buf = malloc(COPY_CHUNK);
-	if (err || !buf) {
-		err = -ENOMEM;
-		goto out;
-	}
-
-	/* Choose the direction: count blocks to rebuild each way. */
-	if ((err = ix_read_begin(ix, &rd)))
-		goto out;
-	if ((err = ix_versions_range(rd, d->id, d->base_seq, seq, rs_blockset_add, &bm)))
-		goto out;
-	uint64_t fwd_blocks = bm.set;
-	uint64_t back_blocks = 0;
-	bool backward = false;
+	uint64_t nblocks = (d->size + bs - 1) / bs;
 	/* Head is only usable when it holds every indexed record of the disk. */
 	if (d->head_synced_seq < d->last_indexed_seq)
 		flags &= ~(unsigned)RS_ALLOW_BACKWARD;
-	if ((flags & RS_ALLOW_BACKWARD) && seq < r.latest_seq) {
-		struct rs_blockset b2;
-		if ((err = rs_blockset_init(&b2, d->size, bs)))
+	bool may_back = (flags & RS_ALLOW_BACKWARD) != 0;
+	uint64_t upto = may_back && r.latest_seq > seq ? r.latest_seq : seq;
+
+	/* As-of the latest record, head is the answer: no map needed. */
+	bool backward = may_back && seq >= r.latest_seq;
+	if (!backward) {
+		/* One scan: what each block needs as-of seq, both ways. */
+		if ((err = rs_map_fill(&m, ix, d, 0, d->base_seq, seq, upto,
+				       rs_map_window, NULL)))
 			goto out;
-		err = ix_versions_range(rd, d->id, seq, r.latest_seq,
-					rs_blockset_add, &b2);
-		back_blocks = b2.set;
-		uint64_t fwd_cost = allocated(base) + fwd_blocks * bs;
-		uint64_t back_cost = allocated(head) + back_blocks * bs;
-		if (!err && back_cost < fwd_cost) {
-			backward = true;
-			rs_blockset_free(&bm);
-			bm = b2;
-		} else {
-			rs_blockset_free(&b2);
+		if (may_back) {
+			uint64_t fwd_cost = allocated(base) + m.asof_blocks * bs;
+			uint64_t back_cost = allocated(head) + m.after_blocks * bs;
+			backward = back_cost < fwd_cost;
 		}
-		if (err)
-			goto out;
-	} else if ((flags & RS_ALLOW_BACKWARD) && seq >= r.latest_seq) {
-		/* As-of the latest record: head is the answer. */
-		backward = true;
-		memset(bm.w, 0, (bm.nbits + 63) / 64 * 8);
-		bm.set = 0;
 	}
-	ix_read_end(rd);
-	rd = NULL;
+	enum rs_pick pick = backward ? RS_PICK_AFTER : RS_PICK_ASOF;
 
 	out = rw_sys_open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
 	if (out < 0) {
@@ -192,47 +160,36 @@ int rs_restore_file(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 		rw_err_set(err, "cannot size '%s': %s", tmp, rw_strerror(err));
 		goto out;
 	}
-	s.backward = backward;
-	uint64_t src_bytes = allocated(backward ? head : base);
-	uint64_t total = src_bytes + bm.set * bs;
-	if ((err = copy_sparse(backward ? head : base, out, d->size, bs, buf,
-			       &s.bytes_copied, &s.bytes_written, progress, arg,
-			       total)))
+	base_fd = rw_sys_open(base, O_RDONLY, 0);
+	if (base_fd < 0) {
+		err = rw_err_set(base_fd, "cannot open base image '%s': %s",
+				 base, rw_strerror(base_fd));
 		goto out;
-
-	if ((err = rs_view_open(&v, ix, d, seq)))
-		goto out;
-	uint64_t done = s.bytes_copied;
-	for (uint64_t w = 0; w < (bm.nbits + 63) / 64; w++) {
-		uint64_t word = bm.w[w];
-		while (word) {
-			uint64_t block = w * 64 + (uint64_t)__builtin_ctzll(word);
-			word &= word - 1;
-			const uint8_t *blk;
-			if ((err = rs_view_block(v, block, &blk)))
-				goto out;
-			uint64_t off = block * bs;
-			size_t part = d->size - off < bs ? (size_t)(d->size - off) : bs;
-			if (rs_all_zero(blk, part)) {
-				/* Whatever the copy put there must go. */
-				if (fallocate(out, FALLOC_FL_PUNCH_HOLE |
-					      FALLOC_FL_KEEP_SIZE, (off_t)off,
-					      (off_t)part) < 0 &&
-				    (err = rw_sys_pwrite_full(out, blk, part,
-							      (off_t)off)))
-					goto write_err;
-			} else {
-				if ((err = rw_sys_pwrite_full(out, blk, part,
-							      (off_t)off)))
-					goto write_err;
-				s.bytes_written += part;
-			}
-			s.blocks_fixed++;
-			done += bs;
-			if (progress)
-				progress(arg, done, total);
-		}
 	}
+	if ((err = rs_apply_init(&a, ix, d, seq, out, tmp)))
+		goto out;
+	apply_ready = true;
+	a.base_fd = base_fd;
+	a.progress = progress;
+	a.parg = arg;
+	a.total = allocated(backward ? head : base) +
+		  (backward ? m.after_blocks : m.asof_blocks) * bs;
+	s.backward = backward;
+	if ((err = copy_sparse(&a, backward ? head : base, &s.bytes_copied)))
+		goto out;
+	/* Whatever the copy put in the image may have to become a hole. */
+	a.punch = a.data_bytes > 0;
+	while (!backward || seq < r.latest_seq) {
+		if ((err = rs_apply_map(&a, &m, pick)))
+			goto out;
+		if (m.next >= nblocks)
+			break;
+		if ((err = rs_map_fill(&m, ix, d, m.next, d->base_seq, seq, upto,
+				       rs_map_window, NULL)))
+			goto out;
+	}
+	s.blocks_fixed = a.blocks;
+	s.bytes_written = a.data_bytes;
 	if ((err = rw_sys_fsync(out))) {
 		rw_err_set(err, "cannot sync '%s': %s", tmp, rw_strerror(err));
 		goto out;
@@ -259,9 +216,6 @@ int rs_restore_file(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 	if (st)
 		*st = s;
 	err = 0;
-	goto out;
-write_err:
-	rw_err_set(err, "cannot write '%s': %s", tmp, rw_strerror(err));
 out:
 	if (out >= 0) {
 		close(out);
@@ -269,9 +223,10 @@ out:
 	} else if (err) {
 		unlink(tmp);
 	}
-	rs_view_close(v);
-	ix_read_end(rd);
-	rs_blockset_free(&bm);
-	free(buf);
+	if (apply_ready)
+		rs_apply_fini(&a);
+	if (base_fd >= 0)
+		close(base_fd);
+	rs_map_free(&m);
 	return err;
 }

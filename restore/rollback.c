@@ -3,14 +3,21 @@
  *
  * Only blocks with a version after the target seq differ from the target,
  * so only they are rewritten: the cost is the history undone, not the
- * disk.  Their content as-of the target comes from an rs_view; the writes
- * go to a sink that journals them as ordinary records (capture's write
- * path), which is what makes a rollback undoable: rolling back to a moment
- * just before the rollback restores every rewritten block.
+ * disk.  Their content as-of the target is assembled in block order, a
+ * window of up to 64 MiB at a time, from the block map (map.c): inside a
+ * window each needed record is read once (in journal order) and its
+ * blocks copied into place, zeroed blocks cost nothing, never-written
+ * blocks come from base in large reads, and only blocks whose newest
+ * version is partial go through a view.  The writes go to a sink that
+ * journals them as ordinary records (capture's write path), which is what
+ * makes a rollback undoable: rolling back to a moment just before the
+ * rollback restores every rewritten block.
  *
  * Rewriting through a private path (straight into head, with a special
  * "rollback" record type) was rejected: it would need its own recovery and
- * restore rules, while ordinary records already have both.
+ * restore rules, while ordinary records already have both.  Building each
+ * block through a view (the old path) was rejected for cost: an index
+ * lookup and often a whole record read per block.
  */
 #include "restore/rs.h"
 #include "restore/rs_int.h"
@@ -19,11 +26,213 @@
 #include "index/ix.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define RUN_MAX (1u << 20)
+#define WINDOW_BYTES (64u << 20)
+
+struct rb {
+	struct ix *ix;
+	const struct ix_disk *d;
+	uint64_t seq;
+	int base_fd;
+	bool base_empty;
+	struct jr_reader *jr;
+	struct rs_view *v;
+	uint8_t *rec;          /* JR_MAX_WRITE, a decoded record */
+	uint8_t *win;          /* one slot of block_size per window entry */
+	size_t *idx;           /* scratch: record entries of a window */
+};
+
+static int slot_cmp_seq(const void *a, const void *b, void *arg)
+{
+	const struct rs_ent *e = arg;
+	const struct rs_ent *x = &e[*(const size_t *)a];
+	const struct rs_ent *y = &e[*(const size_t *)b];
+
+	if (x->seq != y->seq)
+		return x->seq < y->seq ? -1 : 1;
+	return x->block < y->block ? -1 : x->block > y->block;
+}
+
+/* Fills the slots of entries w[0..n) (the window) with their bytes. */
+static int fill_window(struct rb *r, const struct rs_ent *w, size_t n)
+{
+	const struct ix_disk *d = r->d;
+	uint64_t bs = d->block_size;
+	size_t nrec = 0;
+	int err;
+
+	for (size_t i = 0; i < n; i++) {
+		uint8_t *slot = r->win + i * bs;
+		uint64_t boff = w[i].block * bs;
+		uint64_t part = d->size - boff < bs ? d->size - boff : bs;
+		switch (w[i].src) {
+		case RS_SRC_REC:
+			r->idx[nrec++] = i;
+			break;
+		case RS_SRC_ZERO:
+			memset(slot, 0, bs);
+			break;
+		case RS_SRC_MIXED: {
+			const uint8_t *blk;
+			if (!r->v && (err = rs_view_open(&r->v, r->ix, d, r->seq)))
+				return err;
+			if ((err = rs_view_block(r->v, w[i].block, &blk)))
+				return err;
+			memcpy(slot, blk, part);
+			break;
+		}
+		default: {
+			/* Base: one read for the run of base blocks here. */
+			size_t k = i + 1;
+			while (k < n && w[k].src == RS_SRC_BASE &&
+			       w[k].block == w[k - 1].block + 1)
+				k++;
+			uint64_t end = (w[k - 1].block + 1) * bs;
+			if (end > d->size)
+				end = d->size;
+			if (r->base_empty) {
+				memset(slot, 0, (k - i) * bs);
+			} else {
+				ssize_t got = rw_sys_pread_full(r->base_fd, slot,
+								end - boff,
+								(off_t)boff);
+				if (got < 0)
+					return rw_err_set((int)got, "cannot read "
+							  "base image of disk '%s' at %"
+							  PRIu64 ": %s", d->name, boff,
+							  rw_strerror((int)got));
+				if ((uint64_t)got < (k - i) * bs)
+					memset(slot + got, 0, (k - i) * bs - (size_t)got);
+			}
+			i = k - 1;
+			break;
+		}
+		}
+	}
+	/* Records in journal order, each read once for the window. */
+	qsort_r(r->idx, nrec, sizeof(*r->idx), slot_cmp_seq, (void *)w);
+	for (size_t j = 0; j < nrec;) {
+		const struct rs_ent *e0 = &w[r->idx[j]];
+		struct jr_rec rec;
+		size_t k = j + 1;
+		while (k < nrec && w[r->idx[k]].seq == e0->seq)
+			k++;
+		err = jr_reader_read_at(r->jr, &e0->loc, &rec, r->rec,
+					JR_MAX_WRITE);
+		if (err == RW_ENOTFOUND || err == -ENOENT) {
+			/* Folded into base under us: a view finds it there. */
+			rw_err_clear();
+			if (!r->v && (err = rs_view_open(&r->v, r->ix, d, r->seq)))
+				return err;
+			for (size_t t = j; t < k; t++) {
+				const uint8_t *blk;
+				const struct rs_ent *e = &w[r->idx[t]];
+				uint64_t boff = e->block * bs;
+				if ((err = rs_view_block(r->v, e->block, &blk)))
+					return err;
+				memcpy(r->win + r->idx[t] * bs, blk,
+				       d->size - boff < bs ? d->size - boff : bs);
+			}
+			j = k;
+			continue;
+		}
+		if (err)
+			return err;
+		for (size_t t = j; t < k; t++) {
+			const struct rs_ent *e = &w[r->idx[t]];
+			uint64_t boff = e->block * bs;
+			uint64_t part = d->size - boff < bs ? d->size - boff : bs;
+			if ((err = rs_rec_check(d, e, &rec, part)))
+				return err;
+			memcpy(r->win + r->idx[t] * bs, r->rec + (boff - rec.offset),
+			       part);
+		}
+		j = k;
+	}
+	return 0;
+}
+
+/*
+ * Marks in c the blocks of d that records in (seq, upto] touch, reading
+ * only the journal's record headers from seq on: the cost is the history
+ * undone (plus part of one segment), not the disk's whole history, which
+ * an index scan (ix_versions_range walks every version) would cost.
+ */
+static int changed_blocks(const struct ix_disk *d, const char *jdir,
+			  uint64_t seq, uint64_t upto, struct rs_blockset *c)
+{
+	struct jr_reader *jr = NULL;
+	struct jr_rec rec;
+	uint64_t bs = d->block_size;
+	int n, err;
+
+	if ((err = jr_reader_open(&jr, jdir, JR_READ_HEADERS)) ||
+	    (err = jr_reader_seek(jr, seq + 1)))
+		goto out;
+	while ((n = jr_reader_next(jr, &rec, NULL, NULL)) == 1) {
+		if (rec.seq > upto)
+			break;
+		if (rec.seq <= seq || !rec.length ||
+		    (rec.type != JR_WRITE && rec.type != JR_ZERO &&
+		     rec.type != JR_TRIM))
+			continue;
+		if (!rw_range_ok(rec.offset, rec.length, d->size)) {
+			err = rw_err_set(RW_ECORRUPT, "record seq %" PRIu64 " of "
+					 "disk '%s' writes [%" PRIu64 ", +%u), "
+					 "beyond its %" PRIu64 " bytes", rec.seq,
+					 d->name, rec.offset, rec.length, d->size);
+			goto out;
+		}
+		for (uint64_t b = rec.offset / bs;
+		     b <= (rec.offset + rec.length - 1) / bs; b++) {
+			uint64_t bit = 1ull << (b % 64);
+			if (!(c->w[b / 64] & bit)) {
+				c->w[b / 64] |= bit;
+				c->set++;
+			}
+		}
+	}
+	if (n < 0)
+		err = n;
+out:
+	jr_reader_close(jr);
+	return err;
+}
+
+/* The entry of block (its source as-of r->seq), from the index. */
+static int block_entry(struct rb *r, struct ix_read *rd, uint64_t block,
+		       struct rs_ent *e)
+{
+	struct ix_version v[2];
+	int n = ix_block_asof(rd, r->d->id, block, r->seq, v, 2);
+
+	if (n == -ENOBUFS) {
+		rw_err_clear();
+		n = 2; /* more than one partial version: mixed */
+	}
+	if (n < 0)
+		return n;
+	memset(e, 0, sizeof(*e));
+	e->block = block;
+	e->after = true;
+	if (n == 0) {
+		e->src = RS_SRC_BASE;
+	} else if (n == 1 && !v[0].partial) {
+		e->seq = v[0].seq;
+		e->loc = v[0].loc;
+		e->src = v[0].type == JR_WRITE ? RS_SRC_REC : RS_SRC_ZERO;
+	} else {
+		e->src = RS_SRC_MIXED;
+	}
+	return 0;
+}
 
 int rs_rollback(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 		uint64_t upto, rs_sink_fn sink, void *arg,
@@ -32,9 +241,11 @@ int rs_rollback(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 {
 	struct rs_rollback_stats s = { 0 };
 	struct rs_blockset c = { 0 };
+	struct rb r = { .ix = ix, .d = d, .seq = seq, .base_fd = -1 };
 	struct ix_read *rd = NULL;
-	struct rs_view *v = NULL;
-	uint8_t *run = NULL;
+	struct rs_ent *w = NULL;
+	char path[4096], jdir[4096];
+	struct stat sb;
 	int err;
 
 	if (seq < d->horizon_seq)
@@ -42,70 +253,105 @@ int rs_rollback(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 				  "before its horizon (seq %" PRIu64 ")", seq,
 				  d->name, d->horizon_seq);
 	uint32_t bs = d->block_size;
-	err = rs_blockset_init(&c, d->size, bs);
-	run = malloc(RUN_MAX);
-	if (err || !run) {
+	size_t wmax = WINDOW_BYTES / bs ? WINDOW_BYTES / bs : 1;
+	if ((err = rs_blockset_init(&c, d->size, bs)))
+		return err;
+	if ((err = ix_disk_path(ix, d->name, "journal", jdir, sizeof(jdir))) ||
+	    (err = changed_blocks(d, jdir, seq, upto, &c)))
+		goto out;
+	if (!c.set)
+		goto done;
+	if (wmax > c.set)
+		wmax = (size_t)c.set;
+	r.win = malloc(wmax * bs);
+	r.idx = malloc(wmax * sizeof(*r.idx));
+	r.rec = malloc(JR_MAX_WRITE);
+	w = malloc(wmax * sizeof(*w));
+	if (!r.win || !r.idx || !r.rec || !w) {
 		err = -ENOMEM;
 		goto out;
 	}
-	if ((err = ix_read_begin(ix, &rd)))
+	if ((err = ix_disk_path(ix, d->name, "base.img", path, sizeof(path))))
 		goto out;
-	err = ix_versions_range(rd, d->id, seq, upto, rs_blockset_add, &c);
-	ix_read_end(rd);
-	rd = NULL;
-	if (err)
+	r.base_fd = rw_sys_open(path, O_RDONLY, 0);
+	if (r.base_fd < 0) {
+		err = rw_err_set(r.base_fd, "cannot open base image '%s': %s",
+				 path, rw_strerror(r.base_fd));
 		goto out;
-	if ((err = rs_view_open(&v, ix, d, seq)))
+	}
+	r.base_empty = fstat(r.base_fd, &sb) == 0 && sb.st_blocks == 0;
+	if ((err = jr_reader_open(&r.jr, jdir, 0)))
 		goto out;
 
-	/* A run: contiguous blocks, all data or all zero, up to RUN_MAX. */
-	uint64_t run_off = 0;
-	uint32_t run_len = 0;
-	bool run_zero = false;
-	uint64_t done = 0;
-	for (uint64_t block = 0; block < c.nbits; block++) {
-		bool changed = rs_blockset_has(&c, block);
-		const uint8_t *blk;
-		uint64_t off = block * bs;
-		uint32_t part = d->size - off < bs ? (uint32_t)(d->size - off) : bs;
-		if (changed) {
-			if ((err = rs_view_block(v, block, &blk)))
+	/* Windows of the changed blocks, in block order. */
+	uint64_t done = 0, block = 0;
+	unsigned lookups = 0;
+	for (;;) {
+		size_t n = 0;
+		if ((err = ix_read_begin(ix, &rd)))
+			goto out;
+		for (; block < c.nbits && n < wmax; block++) {
+			if (!(c.w[block / 64] >> (block % 64))) {
+				block |= 63; /* nothing more in this word */
+				continue;
+			}
+			if (!rs_blockset_has(&c, block))
+				continue;
+			if (++lookups % 4096 == 0 && (err = ix_read_renew(rd)))
+				goto out;
+			if ((err = block_entry(&r, rd, block, &w[n++])))
 				goto out;
 		}
-		bool z = changed && rs_all_zero(blk, part);
-		if (run_len && (!changed || z != run_zero ||
-				run_off + run_len != off || run_len + part > RUN_MAX)) {
-			if ((err = sink(arg, run_off, run_len, run_zero ? NULL : run)))
+		ix_read_end(rd);
+		rd = NULL;
+		if (!n)
+			break;
+		if ((err = fill_window(&r, w, n)))
+			goto out;
+		/* Runs: contiguous blocks, all data or all zero. */
+		for (size_t a = 0; a < n;) {
+			uint64_t off = w[a].block * bs;
+			uint64_t part0 = d->size - off < bs ? d->size - off : bs;
+			bool z = rs_all_zero(r.win + a * bs, part0);
+			uint64_t len = part0;
+			size_t b = a + 1;
+			while (b < n && w[b].block == w[b - 1].block + 1 &&
+			       len + bs <= RUN_MAX) {
+				uint64_t o = w[b].block * bs;
+				uint64_t part = d->size - o < bs ? d->size - o : bs;
+				if (rs_all_zero(r.win + b * bs, part) != z)
+					break;
+				len += part;
+				b++;
+			}
+			if ((err = sink(arg, off, (uint32_t)len,
+					z ? NULL : r.win + a * bs)))
 				goto out;
-			run_len = 0;
+			s.blocks += b - a;
+			if (z)
+				s.zero_bytes += len;
+			else
+				s.data_bytes += len;
+			done += b - a;
+			if (progress)
+				progress(parg, done, c.set);
+			a = b;
 		}
-		if (!changed)
-			continue;
-		if (!run_len) {
-			run_off = off;
-			run_zero = z;
-		}
-		if (!z)
-			memcpy(run + run_len, blk, part);
-		run_len += part;
-		s.blocks++;
-		if (z)
-			s.zero_bytes += part;
-		else
-			s.data_bytes += part;
-		done++;
-		if (progress)
-			progress(parg, done, c.set);
 	}
-	if (run_len && (err = sink(arg, run_off, run_len, run_zero ? NULL : run)))
-		goto out;
+done:
 	if (st)
 		*st = s;
 	err = 0;
 out:
-	rs_view_close(v);
 	ix_read_end(rd);
+	rs_view_close(r.v);
+	jr_reader_close(r.jr);
+	if (r.base_fd >= 0)
+		close(r.base_fd);
+	free(r.win);
+	free(r.idx);
+	free(r.rec);
+	free(w);
 	rs_blockset_free(&c);
-	free(run);
 	return err;
 }

@@ -13,8 +13,10 @@
  * - Every journal record used is checksummed (jr_reader_read_at); a bad
  *   one fails the operation with RW_ECORRUPT naming segment and offset —
  *   nothing silently wrong is ever written.
- * - Read transactions are short: views renew them every few thousand
- *   blocks so a long restore never pins LMDB pages.
+ * - Read transactions are short: a block map (restore, compaction,
+ *   exports) is one scan of the disk's versions per window of at most
+ *   4 Mi changed blocks, views renew theirs every few thousand blocks,
+ *   so a long restore never pins LMDB pages while it writes.
  *
  * Thread model: a struct rs_view belongs to one thread.  Several views of
  * the same store may run in one or many processes, alongside a server.
@@ -65,6 +67,52 @@ int rs_view_read(struct rs_view *v, uint64_t off, uint64_t len, void *buf);
  * valid until the next call on it.  0 or error.
  */
 int rs_view_block(struct rs_view *v, uint64_t block, const uint8_t **out);
+
+/*
+ * A shared as-of reader (asof.c): reads of disk d as-of seq from many
+ * threads at once, for exports.  It builds a block map in a background
+ * thread (reads go through views until it is ready) and shares decoded
+ * records between threads, so a read costs a few large copies and at most
+ * one record decode per record, not an index lookup and a record read per
+ * block.  The caller keeps checking that the horizon stays <= seq (a
+ * compaction past seq makes any as-of reader wrong).
+ * rs_asof_open returns 0 and *out, or error; rs_asof_read is thread-safe
+ * and returns 0, -EINVAL outside the disk, or error; close(NULL) is a
+ * no-op and waits for the background thread.
+ */
+struct rs_asof;
+
+enum {
+	RS_ASOF_NO_MAP = 0x01, /* never build the map: views only (tests) */
+};
+
+int rs_asof_open(struct rs_asof **out, struct ix *ix, const struct ix_disk *d,
+		 uint64_t seq, unsigned flags);
+int rs_asof_read(struct rs_asof *x, uint64_t off, uint64_t len, void *buf);
+void rs_asof_close(struct rs_asof *x);
+/* True once the map serves reads; with wait, waits for the build first. */
+bool rs_asof_mapped(struct rs_asof *x, bool wait);
+/* Records decoded into the cache, and reads (or parts) served by views. */
+void rs_asof_counters(struct rs_asof *x, uint64_t *loads, uint64_t *view_reads);
+
+/*
+ * Which parts of [off, off+len) read as zeroes as-of the reader's seq, for
+ * NBD_CMD_BLOCK_STATUS (base:allocation): fn is called with consecutive
+ * extents covering the range in order, flags RS_EXT_HOLE | RS_EXT_ZERO
+ * for never-written, zeroed or trimmed blocks and base holes, 0 for data.
+ * Until the map is ready (or without one) the whole range is data — always
+ * a true answer.  Returns 0, -EINVAL outside the disk, or fn's error.
+ * Thread-safe.  (Not wired yet: capture's read-only exports have no block
+ * status callback.)
+ */
+enum {
+	RS_EXT_HOLE = 0x1,  /* as NBD_STATE_HOLE */
+	RS_EXT_ZERO = 0x2,  /* as NBD_STATE_ZERO */
+};
+typedef int (*rs_extent_fn)(void *arg, uint64_t off, uint64_t len,
+			    unsigned flags);
+int rs_asof_extents(struct rs_asof *x, uint64_t off, uint64_t len,
+		    rs_extent_fn fn, void *arg);
 
 /* Formats ns since the epoch as ISO 8601 UTC with microseconds into buf. */
 char *rs_fmt_time(uint64_t ns, char buf[40]);

@@ -13,9 +13,11 @@
 #include "index/ix.h"
 #include "journal/jr.h"
 #include "restore/rs.h"
+#include "restore/rs_int.h"
 #include "tests/testutil.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -433,6 +435,271 @@ static void test_corrupt_record_fails(void)
 	world_teardown(&W);
 }
 
+/*
+ * The block map says where each block's bytes as-of a point come from;
+ * check it against the model at every point, and that windows of any size
+ * partition the same entries.
+ */
+static void test_block_map(void)
+{
+	struct world W;
+	int bad = 0;
+
+	world_setup_base(&W, 19, true);
+	uint64_t nblocks = DISK_SIZE / BS;
+	for (int i = 0; i <= NOPS; i += 7) {
+		uint64_t s = i ? W.seq[i] : 0;
+		struct rs_map m = { 0 }, w = { 0 };
+		CU_ASSERT_FATAL(rs_map_fill(&m, W.ix, &W.d, 0, W.d.base_seq, s,
+					    W.seq[NOPS], RS_MAP_WINDOW, NULL) == 0);
+		CU_ASSERT_EQUAL(m.next, nblocks);
+		uint64_t asof = 0, after = 0;
+		for (size_t k = 0; k < m.n; k++) {
+			const struct rs_ent *e = &m.e[k];
+			const uint8_t *want = W.snap[i] + e->block * BS;
+			asof += e->src != RS_SRC_BASE;
+			after += e->after;
+			if (k && e->block <= m.e[k - 1].block)
+				bad++;
+			/* Never written up to s: base's bytes. */
+			if (e->src == RS_SRC_BASE &&
+			    memcmp(want, W.snap[0] + e->block * BS, BS))
+				bad++;
+			if (e->src == RS_SRC_ZERO && !rs_all_zero(want, BS))
+				bad++;
+			if (e->src != RS_SRC_BASE && (e->seq == 0 || e->seq > s))
+				bad++;
+			if (i == NOPS && e->after)
+				bad++;
+		}
+		CU_ASSERT_EQUAL(asof, m.asof_blocks);
+		CU_ASSERT_EQUAL(after, m.after_blocks);
+		/* Windows of 3 entries: the same entries, in order. */
+		size_t at = 0;
+		for (uint64_t from = 0; from < nblocks; from = w.next) {
+			CU_ASSERT_FATAL(rs_map_fill(&w, W.ix, &W.d, from,
+						    W.d.base_seq, s, W.seq[NOPS],
+						    3, NULL) == 0);
+			CU_ASSERT(w.n <= 3);
+			CU_ASSERT_FATAL(w.n > 0 || w.next == nblocks);
+			for (size_t k = 0; k < w.n; k++, at++)
+				bad += at >= m.n || memcmp(&w.e[k], &m.e[at],
+							   sizeof(w.e[k])) != 0;
+		}
+		CU_ASSERT_EQUAL(at, m.n);
+		rs_map_free(&w);
+		rs_map_free(&m);
+	}
+	CU_ASSERT_EQUAL(bad, 0);
+	world_teardown(&W);
+}
+
+/* Restores and folds through tiny map windows stay exact. */
+static void test_restore_small_windows(void)
+{
+	struct world W;
+	char out[4096];
+	int bad = 0;
+
+	world_setup_base(&W, 23, true);
+	snprintf(out, sizeof(out), "%s/out.img", W.dir);
+	CU_ASSERT_FATAL(ix_disk_set_head_synced(W.ix, W.d.id, W.seq[NOPS]) == 0);
+	CU_ASSERT_FATAL(ix_disk_get(W.ix, "d", &W.d) == 0);
+	rs_map_window = 5;
+	for (int i = 0; i <= NOPS; i += 3) {
+		uint64_t s = i ? W.seq[i] : 0;
+		CU_ASSERT(rs_restore_file(W.ix, &W.d, s, out, RS_OVERWRITE, NULL,
+					  NULL, NULL) == 0);
+		bad += !file_equals(out, W.snap[i]);
+		CU_ASSERT(rs_restore_file(W.ix, &W.d, s, out,
+					  RS_OVERWRITE | RS_ALLOW_BACKWARD, NULL,
+					  NULL, NULL) == 0);
+		bad += !file_equals(out, W.snap[i]);
+	}
+	rs_map_window = RS_MAP_WINDOW;
+	CU_ASSERT_EQUAL(bad, 0);
+	world_teardown(&W);
+}
+
+/* The shared as-of reader, with and without its map, equals the model. */
+static void test_asof_reader(void)
+{
+	struct world W;
+	uint8_t *buf = malloc(DISK_SIZE);
+	int bad = 0;
+
+	world_setup_base(&W, 29, true);
+	for (int i = 0; i <= NOPS; i += 5) {
+		uint64_t s = i ? W.seq[i] : 0;
+		for (unsigned flags = 0; flags <= RS_ASOF_NO_MAP; flags++) {
+			struct rs_asof *x;
+			CU_ASSERT_FATAL(rs_asof_open(&x, W.ix, &W.d, s, flags) == 0);
+			CU_ASSERT_EQUAL(rs_asof_mapped(x, true), flags == 0);
+			CU_ASSERT(rs_asof_read(x, 0, DISK_SIZE, buf) == 0);
+			bad += memcmp(buf, W.snap[i], DISK_SIZE) != 0;
+			/* Unaligned slices crossing blocks of every kind. */
+			for (uint64_t off = 1; off + 9000 < DISK_SIZE; off += 7777) {
+				CU_ASSERT(rs_asof_read(x, off, 9000, buf) == 0);
+				bad += memcmp(buf, W.snap[i] + off, 9000) != 0;
+			}
+			CU_ASSERT(rs_asof_read(x, DISK_SIZE - 1, 2, buf) == -EINVAL);
+			uint64_t loads, views;
+			rs_asof_counters(x, &loads, &views);
+			/* Views only: no record goes through the cache. */
+			if (flags)
+				CU_ASSERT(loads == 0 && views > 0);
+			rs_asof_close(x);
+		}
+	}
+	CU_ASSERT_EQUAL(bad, 0);
+	free(buf);
+	world_teardown(&W);
+}
+
+struct asof_thread {
+	struct rs_asof *x;
+	const uint8_t *want;
+	uint64_t seed;
+	int bad;
+};
+
+static void *asof_reader(void *arg)
+{
+	struct asof_thread *t = arg;
+	uint8_t *buf = malloc(64 * 1024);
+
+	for (int k = 0; k < 300; k++) {
+		uint64_t len = 1 + tu_rand(&t->seed) % (64 * 1024);
+		uint64_t off = tu_rand(&t->seed) % (DISK_SIZE - len + 1);
+		if (rs_asof_read(t->x, off, len, buf) ||
+		    memcmp(buf, t->want + off, len))
+			t->bad++;
+	}
+	free(buf);
+	return NULL;
+}
+
+/* Many threads reading one reader at once (the record cache is shared). */
+static void test_asof_threads(void)
+{
+	struct world W;
+	struct asof_thread t[12];
+	pthread_t th[12];
+
+	world_setup_base(&W, 37, false);
+	struct rs_asof *x;
+	CU_ASSERT_FATAL(rs_asof_open(&x, W.ix, &W.d, W.seq[NOPS - 9], 0) == 0);
+	for (int i = 0; i < 12; i++) {
+		t[i] = (struct asof_thread){ x, W.snap[NOPS - 9], 100 + (uint64_t)i, 0 };
+		CU_ASSERT_FATAL(pthread_create(&th[i], NULL, asof_reader, &t[i]) == 0);
+	}
+	int bad = 0;
+	for (int i = 0; i < 12; i++) {
+		pthread_join(th[i], NULL);
+		bad += t[i].bad;
+	}
+	CU_ASSERT_EQUAL(bad, 0);
+	CU_ASSERT_TRUE(rs_asof_mapped(x, true));
+	rs_asof_close(x);
+	world_teardown(&W);
+}
+
+/* Rollback over an imported base: base bytes and partial versions. */
+static void test_rollback_over_base(void)
+{
+	struct world W;
+	int bad = 0;
+
+	world_setup_base(&W, 41, true);
+	struct sink_ctx c = { &W, 0 };
+	uint64_t last = W.seq[NOPS];
+	for (int k = NOPS - 1; k >= 0; k -= 13) {
+		struct rs_rollback_stats st;
+		struct jr_writer_stats ws;
+		CU_ASSERT_FATAL(rs_rollback(W.ix, &W.d, k ? W.seq[k] : 0, last,
+					    sink, &c, NULL, NULL, &st) == 0);
+		bad += memcmp(W.model, W.snap[k], DISK_SIZE) != 0;
+		CU_ASSERT_FATAL(jr_writer_flush(W.w) == 0);
+		CU_ASSERT_FATAL(ix_catch_up(W.ix, NULL, NULL) >= 0);
+		jr_writer_stats(W.w, &ws);
+		/* And forward again to the end of the workload. */
+		CU_ASSERT_FATAL(rs_rollback(W.ix, &W.d, last, ws.last_seq, sink,
+					    &c, NULL, NULL, &st) == 0);
+		bad += memcmp(W.model, W.snap[NOPS], DISK_SIZE) != 0;
+		CU_ASSERT_FATAL(jr_writer_flush(W.w) == 0);
+		CU_ASSERT_FATAL(ix_catch_up(W.ix, NULL, NULL) >= 0);
+		jr_writer_stats(W.w, &ws);
+		last = ws.last_seq;
+		/* The image as of every later point is still exact. */
+		uint8_t *h = malloc(DISK_SIZE);
+		CU_ASSERT(pread(W.head_fd, h, DISK_SIZE, 0) == DISK_SIZE);
+		bad += memcmp(h, W.snap[NOPS], DISK_SIZE) != 0;
+		free(h);
+	}
+	CU_ASSERT_EQUAL(bad, 0);
+	world_teardown(&W);
+}
+
+struct ext_check {
+	const uint8_t *want;
+	uint64_t next;      /* where the next extent must start */
+	uint64_t zero_bytes;
+	int bad;
+};
+
+static int ext_cb(void *arg, uint64_t off, uint64_t len, unsigned flags)
+{
+	struct ext_check *c = arg;
+
+	if (off != c->next || !len)
+		c->bad++;
+	c->next = off + len;
+	if (flags & RS_EXT_ZERO) {
+		c->zero_bytes += len;
+		if (!rs_all_zero(c->want + off, len))
+			c->bad++;
+	}
+	return 0;
+}
+
+/* Block status as-of a point: extents tile the range; zero ones are. */
+static void test_asof_extents(void)
+{
+	for (int imported = 0; imported < 2; imported++) {
+		struct world W;
+		int bad = 0;
+		uint64_t zero_total = 0;
+		world_setup_base(&W, 43 + (uint64_t)imported, imported);
+		for (int i = 0; i <= NOPS; i += 6) {
+			struct rs_asof *x;
+			CU_ASSERT_FATAL(rs_asof_open(&x, W.ix, &W.d,
+						     i ? W.seq[i] : 0, 0) == 0);
+			CU_ASSERT_TRUE(rs_asof_mapped(x, true));
+			struct ext_check c = { W.snap[i], 0, 0, 0 };
+			CU_ASSERT(rs_asof_extents(x, 0, DISK_SIZE, ext_cb, &c) == 0);
+			bad += c.bad + (c.next != DISK_SIZE);
+			zero_total += c.zero_bytes;
+			struct ext_check u = { W.snap[i], 5000, 0, 0 };
+			CU_ASSERT(rs_asof_extents(x, 5000, 70000, ext_cb, &u) == 0);
+			bad += u.bad + (u.next != 75000);
+			rs_asof_close(x);
+		}
+		/* Without the map: one data extent. */
+		struct rs_asof *x;
+		CU_ASSERT_FATAL(rs_asof_open(&x, W.ix, &W.d, W.seq[NOPS],
+					     RS_ASOF_NO_MAP) == 0);
+		struct ext_check c = { W.snap[NOPS], 0, 0, 0 };
+		CU_ASSERT(rs_asof_extents(x, 0, DISK_SIZE, ext_cb, &c) == 0);
+		CU_ASSERT(c.next == DISK_SIZE && c.zero_bytes == 0 && !c.bad);
+		rs_asof_close(x);
+		CU_ASSERT_EQUAL(bad, 0);
+		/* An empty base is mostly holes; the extents must say so. */
+		if (!imported)
+			CU_ASSERT(zero_total > 0);
+		world_teardown(&W);
+	}
+}
+
 int main(void)
 {
 	tu_add_suite("restore",
@@ -441,6 +708,12 @@ int main(void)
 		     "resolve times, seqs and marks", test_resolve,
 		     "rollback touches only newer blocks and undoes", test_rollback_and_undo,
 		     "corrupt record fails the restore", test_corrupt_record_fails,
+		     "block map matches the model; windows partition it", test_block_map,
+		     "restore through tiny map windows", test_restore_small_windows,
+		     "shared as-of reader, map and views", test_asof_reader,
+		     "shared as-of reader from many threads", test_asof_threads,
+		     "block status of the as-of reader", test_asof_extents,
+		     "rollback and roll forward over an imported base", test_rollback_over_base,
 		     NULL);
 	return tu_run();
 }
