@@ -48,9 +48,10 @@ struct cap_disk {
 	struct jr_writer *w;
 	struct jr_clock *clock;           /* the server's, shared */
 
-	pthread_mutex_t mu;               /* guards ranges */
+	pthread_mutex_t mu;               /* guards ranges, range_waiters */
 	pthread_cond_t cv;
 	struct cap_range *ranges;
+	unsigned range_waiters;           /* threads waiting on cv */
 
 	atomic_int head_failed;           /* head diverged: the error, refuse
 	                                   * writes with it; 0 = fine */
@@ -97,6 +98,43 @@ int cap_disk_read(struct cap_disk *d, void *buf, uint64_t off, uint32_t len);
 int cap_disk_write(struct cap_disk *d, uint8_t type, uint64_t off,
 		   uint32_t len, const void *data, uint16_t flags,
 		   struct jr_cctx *cc, bool *compressed, uint64_t *append_ns);
+/*
+ * One request of a batch given to cap_disk_write_batch().  The caller
+ * fills the inputs; the batch fills the outputs.
+ */
+struct cap_wreq {
+	/* in */
+	uint8_t type;                     /* JR_WRITE / JR_ZERO / JR_TRIM */
+	uint16_t flags;                   /* NBD_CMD_FLAG_* */
+	uint64_t off;
+	uint32_t len;
+	const void *data;                 /* len bytes for JR_WRITE */
+	struct jr_cctx *cc;               /* may be NULL */
+	/* out */
+	int err;                          /* 0 or the request's error */
+	char *msg;                        /* with err: what failed (malloc'ed,
+	                                   * may be NULL; the caller frees) */
+	bool compressed;                  /* stored zstd */
+	uint64_t append_ns;               /* time spent in jr_writer_append */
+	/* private to disk.c */
+	struct cap_range r;
+	bool live, appended, skipped;
+};
+/*
+ * The write path for n requests at once: every range is locked together
+ * (all or none, so batches never deadlock), each record is appended in
+ * array order, ONE jr_writer_write_out() covers the batch, head receives
+ * the bytes in array order, then the locks go; one jr_writer_flush()
+ * covers every FUA request of the batch.  Each request gets its own
+ * result in v[i].err (and v[i].msg).  Overlapping requests within one
+ * batch are applied in array order, which is their seq order.
+ */
+void cap_disk_write_batch(struct cap_disk *d, struct cap_wreq *v, size_t n);
+/*
+ * Answers nreq FLUSH requests with one FLUSH marker and one journal
+ * fdatasync (group commit).  0 or the journal's error.
+ */
+int cap_disk_flush_n(struct cap_disk *d, unsigned nreq);
 int cap_disk_flush(struct cap_disk *d);
 /* Sets d up as a read-only export (no journal, no head).  0 or error. */
 int cap_disk_open_ro(struct cap_disk *d, const struct cap_ro_export *ro);

@@ -61,6 +61,8 @@
 #define DISCARD_MAX (4ull * JR_MAX_WRITE)
 #define INCOMPRESSIBLE_STREAK 8
 #define INCOMPRESSIBLE_BACKOFF 256
+#define MAX_BATCH 64
+#define BATCH_BYTES (8ull << 20)
 
 struct job {
 	uint64_t handle;     /* raw wire bytes, echoed as they came */
@@ -81,6 +83,7 @@ struct tx {
 	struct job *head, *tail;
 	unsigned waiting;    /* queued, not yet picked by a worker */
 	unsigned inflight;   /* admitted and not yet answered */
+	unsigned admit_waiting; /* reader waiting in admit() */
 	uint64_t inflight_bytes;
 	bool closing;
 	atomic_bool broken;  /* a reply could not be sent */
@@ -270,137 +273,234 @@ static void why(const struct tx *tx, const struct cap_req *r, char *buf,
 
 /* Logs a failure of the disk once per distinct error, naming the disk;
  * the detail comes from the journal (segment, seq) or the head file. */
-static void log_disk_error(struct tx *tx, const char *what, int err)
+static void log_disk_error(struct tx *tx, const char *what, int err,
+			   const char *m)
 {
 	struct cap_disk *d = tx->d;
 
 	if (atomic_exchange(&d->last_err, err) == err)
 		return;
-	const char *m = rw_err_msg();
 	rw_log(RW_LOG_ERROR, "disk '%s': %s failed: %s", d->meta.name, what,
 	       m && *m ? m : rw_strerror(err));
 }
 
 /* ------------------------------------------------------------- workers */
 
-static void execute(struct worker *wk, struct job *j, unsigned backlog)
+/* Answers a failed request of the write path: a message naming the disk
+ * and what failed (msg, else the error's name). */
+static void reply_failure(struct tx *tx, const struct job *j, int err,
+			  const char *detail)
+{
+	struct cap_disk *d = tx->d;
+	char msg[256];
+
+	if (err == -ENOTSUP) {
+		reply_error(tx, j->handle, NBD_ENOTSUP,
+			    "fast zero is not possible on this disk");
+		return;
+	}
+	log_disk_error(tx, cmd_name(j->type), err, detail);
+	snprintf(msg, sizeof(msg), "%s on disk '%s' failed: %s",
+		 cmd_name(j->type), d->meta.name,
+		 detail && *detail ? detail : rw_strerror(err));
+	reply_error(tx, j->handle, cap_nbd_errno(err), msg);
+}
+
+static void execute_read(struct tx *tx, struct job *j)
+{
+	struct cap_disk *d = tx->d;
+	char msg[256];
+	void *buf = malloc(j->count ? j->count : 1);
+
+	if (!buf) {
+		reply_error(tx, j->handle, NBD_ENOMEM, "out of memory");
+		return;
+	}
+	rw_err_clear();
+	int err = cap_disk_read(d, buf, j->off, j->count);
+	if (err) {
+		log_disk_error(tx, "read", err, rw_err_msg());
+		snprintf(msg, sizeof(msg), "read of disk '%s' failed: %s",
+			 d->meta.name, rw_strerror(err));
+		reply_error(tx, j->handle, cap_nbd_errno(err), msg);
+	} else if (tx->c->structured) {
+		reply_read_chunk(tx, j->handle, j->off, buf, j->count);
+	} else {
+		reply_simple(tx, j->handle, 0, buf, j->count);
+	}
+	free(buf);
+}
+
+/*
+ * Executes a batch of WRITE / TRIM / WRITE_ZEROES / FLUSH requests taken
+ * from the queue together (group commit, see the design note): one
+ * journal write out for all the writes, one fdatasync for all the
+ * flushes and FUA writes, and the successful replies in one sendmsg().
+ * backlog: requests still queued behind the batch.
+ */
+static void execute_batch(struct worker *wk, struct job **v, size_t n,
+			  unsigned backlog)
 {
 	struct tx *tx = wk->tx;
 	struct cap_disk *d = tx->d;
-	char msg[256];
-	int err = 0;
+	struct cap_wreq q[MAX_BATCH];
+	struct nbd_simple_reply ok[MAX_BATCH];
+	size_t nw = 0, nok = 0;
+	unsigned nflush = 0;
+	int ferr = 0;
+	char *fmsg = NULL;
 
-	rw_err_clear();
-	switch (j->type) {
-	case NBD_CMD_READ: {
-		void *buf = malloc(j->count ? j->count : 1);
-		if (!buf) {
-			reply_error(tx, j->handle, NBD_ENOMEM, "out of memory");
-			return;
+	for (size_t i = 0; i < n; i++) {
+		struct job *j = v[i];
+		if (j->type == NBD_CMD_FLUSH) {
+			nflush++;
+			continue;
 		}
-		err = cap_disk_read(d, buf, j->off, j->count);
-		if (err) {
-			log_disk_error(tx, "read", err);
-			snprintf(msg, sizeof(msg), "read of disk '%s' failed: %s",
-				 d->meta.name, rw_strerror(err));
-			reply_error(tx, j->handle, cap_nbd_errno(err), msg);
-		} else if (tx->c->structured) {
-			reply_read_chunk(tx, j->handle, j->off, buf, j->count);
-		} else {
-			reply_simple(tx, j->handle, 0, buf, j->count);
-		}
-		free(buf);
-		return;
-	}
-	case NBD_CMD_WRITE:
-	case NBD_CMD_TRIM:
-	case NBD_CMD_WRITE_ZEROES: {
-		if (d->ro) {
-			snprintf(msg, sizeof(msg), "disk '%s' is a read-only "
-				 "export of a point in time", d->meta.name);
-			reply_error(tx, j->handle, NBD_EPERM, msg);
-			return;
-		}
+		if (d->ro)
+			continue;
 		uint8_t type = j->type == NBD_CMD_WRITE ? JR_WRITE :
 			       j->type == NBD_CMD_TRIM ? JR_TRIM : JR_ZERO;
 		struct jr_cctx *cc = NULL;
-		bool z = false;
-		uint64_t ans = 0;
-		if (type == JR_WRITE && wk->cc && backlog == 0) {
+		if (type == JR_WRITE && wk->cc && n == 1 && backlog == 0) {
 			unsigned b = atomic_load(&tx->backoff);
 			if (b)
 				atomic_store(&tx->backoff, b - 1);
 			else if (compression_affordable())
 				cc = wk->cc;
 		}
-		err = cap_disk_write(d, type, j->off, j->count, j->data,
-				     j->flags, cc, &z, &ans);
-		if (!err && cc)
-			note_compression(j->count, ans);
-		if (!err && cc) {
-			if (z)
-				atomic_store(&tx->streak, 0);
-			else if (atomic_fetch_add(&tx->streak, 1) + 1 >=
-				 INCOMPRESSIBLE_STREAK) {
-				atomic_store(&tx->streak, 0);
-				atomic_store(&tx->backoff, INCOMPRESSIBLE_BACKOFF);
-			}
+		q[nw++] = (struct cap_wreq){
+			.type = type, .flags = j->flags, .off = j->off,
+			.len = j->count, .data = j->data, .cc = cc,
+		};
+	}
+	if (nw)
+		cap_disk_write_batch(d, q, nw);
+	for (size_t i = 0; i < nw; i++) {
+		if (q[i].err || !q[i].cc)
+			continue;
+		note_compression(q[i].len, q[i].append_ns);
+		if (q[i].compressed)
+			atomic_store(&tx->streak, 0);
+		else if (atomic_fetch_add(&tx->streak, 1) + 1 >=
+			 INCOMPRESSIBLE_STREAK) {
+			atomic_store(&tx->streak, 0);
+			atomic_store(&tx->backoff, INCOMPRESSIBLE_BACKOFF);
 		}
-		break;
 	}
-	case NBD_CMD_FLUSH:
-		err = d->ro ? 0 : cap_disk_flush(d);
-		break;
-	default:
-		err = -EINVAL; /* unreachable: validated by the reader */
-		break;
+	if (nflush && !d->ro) {
+		/* Every write this batch holds is written out: one marker
+		 * and one fdatasync answer all its flushes. */
+		rw_err_clear();
+		ferr = cap_disk_flush_n(d, nflush);
+		if (ferr) {
+			const char *m = rw_err_msg();
+			fmsg = m && *m ? strdup(m) : NULL;
+		}
 	}
-	if (!err) {
-		reply_simple(tx, j->handle, 0, NULL, 0);
-		return;
+
+	size_t k = 0;
+	for (size_t i = 0; i < n; i++) {
+		struct job *j = v[i];
+		int err = 0;
+		const char *detail = NULL;
+		if (j->type == NBD_CMD_FLUSH) {
+			err = ferr;
+			detail = fmsg;
+		} else if (d->ro) {
+			char msg[256];
+			snprintf(msg, sizeof(msg), "disk '%s' is a read-only "
+				 "export of a point in time", d->meta.name);
+			reply_error(tx, j->handle, NBD_EPERM, msg);
+			continue;
+		} else {
+			err = q[k].err;
+			detail = q[k].msg;
+			k++;
+		}
+		if (err) {
+			reply_failure(tx, j, err, detail);
+			continue;
+		}
+		ok[nok++] = (struct nbd_simple_reply){
+			.magic = htobe32(NBD_SIMPLE_REPLY_MAGIC),
+			.error = 0,
+			.handle = j->handle,
+		};
 	}
-	if (err == -ENOTSUP) {
-		reply_error(tx, j->handle, NBD_ENOTSUP,
-			    "fast zero is not possible on this disk");
-		return;
+	for (size_t i = 0; i < nw; i++)
+		free(q[i].msg);
+	free(fmsg);
+	if (nok) {
+		struct iovec iv = { .iov_base = ok, .iov_len = nok * sizeof(ok[0]) };
+		send_locked(tx, &iv, 1);
 	}
-	log_disk_error(tx, cmd_name(j->type), err);
-	const char *m = rw_err_msg();
-	snprintf(msg, sizeof(msg), "%s on disk '%s' failed: %s",
-		 cmd_name(j->type), d->meta.name, m && *m ? m : rw_strerror(err));
-	reply_error(tx, j->handle, cap_nbd_errno(err), msg);
+}
+
+/*
+ * Takes work from the queue (tx->mu held, queue not empty): a READ alone,
+ * or the run of non-READ requests at the front, at most MAX_BATCH of them
+ * and BATCH_BYTES of payload (a single larger one still goes alone).
+ */
+static size_t take_batch(struct tx *tx, struct job **v)
+{
+	size_t n = 0;
+	uint64_t bytes = 0;
+
+	while (tx->head && n < MAX_BATCH) {
+		struct job *j = tx->head;
+		bool rd = j->type == NBD_CMD_READ;
+		if (n && (rd || bytes + j->cost > BATCH_BYTES))
+			break;
+		tx->head = j->next;
+		if (!tx->head)
+			tx->tail = NULL;
+		tx->waiting--;
+		v[n++] = j;
+		bytes += j->cost;
+		if (rd)
+			break;
+	}
+	return n;
 }
 
 static void *worker_main(void *arg)
 {
 	struct worker *wk = arg;
 	struct tx *tx = wk->tx;
+	struct job *v[MAX_BATCH];
 
+	pthread_setname_np(pthread_self(), "rw-worker");
 	for (;;) {
 		pthread_mutex_lock(&tx->mu);
 		while (!tx->head && !tx->closing)
 			pthread_cond_wait(&tx->work_cv, &tx->mu);
-		struct job *j = tx->head;
-		if (!j) {
+		if (!tx->head) {
 			pthread_mutex_unlock(&tx->mu);
 			break;
 		}
-		tx->head = j->next;
-		if (!tx->head)
-			tx->tail = NULL;
-		tx->waiting--;
+		size_t n = take_batch(tx, v);
 		unsigned backlog = tx->waiting;
 		pthread_mutex_unlock(&tx->mu);
 
-		execute(wk, j, backlog);
+		rw_err_clear();
+		if (v[0]->type == NBD_CMD_READ)
+			execute_read(tx, v[0]);
+		else
+			execute_batch(wk, v, n, backlog);
 
+		uint64_t cost = 0;
+		for (size_t i = 0; i < n; i++)
+			cost += v[i]->cost;
 		pthread_mutex_lock(&tx->mu);
-		tx->inflight--;
-		tx->inflight_bytes -= j->cost;
-		pthread_cond_broadcast(&tx->space_cv);
+		tx->inflight -= (unsigned)n;
+		tx->inflight_bytes -= cost;
+		if (tx->admit_waiting)
+			pthread_cond_broadcast(&tx->space_cv);
 		pthread_mutex_unlock(&tx->mu);
-		free(j->data);
-		free(j);
+		for (size_t i = 0; i < n; i++) {
+			free(v[i]->data);
+			free(v[i]);
+		}
 	}
 	return NULL;
 }
@@ -413,8 +513,11 @@ static void admit(struct tx *tx, uint64_t cost)
 {
 	pthread_mutex_lock(&tx->mu);
 	while (tx->inflight >= MAX_INFLIGHT ||
-	       (tx->inflight && tx->inflight_bytes + cost > BUDGET))
+	       (tx->inflight && tx->inflight_bytes + cost > BUDGET)) {
+		tx->admit_waiting++;
 		pthread_cond_wait(&tx->space_cv, &tx->mu);
+		tx->admit_waiting--;
+	}
 	tx->inflight++;
 	tx->inflight_bytes += cost;
 	pthread_mutex_unlock(&tx->mu);

@@ -330,6 +330,8 @@ static void *hk_main(void *arg)
 	struct cap_server *s = arg;
 	uint64_t last_sync = rw_mono_ns();
 
+	pthread_setname_np(pthread_self(), "rw-housekeep");
+
 	pthread_mutex_lock(&s->hk_mu);
 	while (!s->hk_stop) {
 		struct timespec ts;
@@ -601,6 +603,7 @@ static void *conn_main(void *arg)
 	struct cap_conn *c = arg;
 	struct cap_server *s = c->srv;
 
+	pthread_setname_np(pthread_self(), "rw-conn");
 	rw_err_clear();
 	int err = cap_handshake(c);
 	if (err == 0) {
