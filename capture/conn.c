@@ -3,20 +3,37 @@
  * receives and validates requests, a few workers that execute them, and
  * replies that may go out of order.
  *
- * How: the connection's thread is the reader.  For each request it reads
- * the 28-byte header, checks the magic (bad magic: hard disconnect, the
- * stream cannot be resynchronised), runs cap_req_check(), and for a WRITE
- * reads the whole payload before anything is journaled — a client that
+ * How: the connection's thread is the reader.  It receives into a
+ * RBUF_SIZE buffer (one recv() brings many pipelined requests), and for
+ * each request checks the magic (bad magic: hard disconnect, the stream
+ * cannot be resynchronised), runs cap_req_check(), and for a WRITE has
+ * the whole payload before anything is journaled — a client that
  * disconnects mid-payload leaves nothing behind.  A WRITE longer than the
  * advertised maximum is never allocated: up to DISCARD_MAX its payload is
  * read into a fixed sink and answered EINVAL (the stream stays in sync);
  * beyond that the connection is dropped.  Invalid requests are answered by
- * the reader at once; valid ones go to a FIFO served by `workers` threads,
- * each with its own zstd context.  Admission control bounds what one
- * connection holds: at most MAX_INFLIGHT requests and BUDGET bytes of
- * payload/read buffers, so memory is bounded by the connection cap.
- * Replies are written under one mutex per connection, each reply with one
- * sendmsg() of a header and its data.
+ * the reader at once.
+ *
+ * Group commit: small WRITEs (payload <= INLINE_MAX, left in the receive
+ * buffer, no copy), FLUSH, TRIM and WRITE_ZEROES are collected into a
+ * batch that the reader executes itself when the input runs dry (before
+ * it would block), when the buffer must be compacted, or at MAX_BATCH:
+ * cap_disk_write_batch() appends every record, does ONE journal write out,
+ * applies head in seq order; one FLUSH marker + fdatasync answers every
+ * FLUSH of the batch; all successes are answered with one sendmsg().
+ * While a batch (or an fdatasync) runs, the client keeps sending, so the
+ * next batch is larger: the busier the disk, the more one syscall covers.
+ * READs and large WRITEs go to a FIFO served by `workers` threads (each
+ * with its own zstd context), where a worker likewise takes the whole run
+ * of non-read requests at the front as one batch.  Admission control
+ * bounds what the queue holds: at most MAX_INFLIGHT requests and BUDGET
+ * bytes of payload/read buffers, so memory is bounded by the connection
+ * cap.  Replies are written under one mutex per connection.
+ *
+ * Measured (perf, 4 KiB random writes QD32): with one worker hop, one
+ * write out and one sendmsg per request, the server spent ~20% of its time
+ * in the scheduler (futex wake-ups, io-wq hops); executing small writes in
+ * the reader took 1 conn from ~27k to ~45k IOPS on the same machine.
  *
  * Compression policy ("compression never limits guest throughput"):
  * compression costs CPU in the worker that handles the write, so it may
@@ -40,10 +57,12 @@
  * with this policy the journal runs at the uncompressed rate and still
  * compresses writes of a guest that writes at a moderate pace.
  *
- * Rejected alternative: a thread per request (or an unbounded queue).
+ * Rejected alternatives: a thread per request (or an unbounded queue).
  * A pipelining client could make us allocate QD x 32 MiB at once; the
  * bounded worker pool plus admission control caps memory and threads per
- * connection.
+ * connection.  Executing large writes in the reader too: a 1 MiB write
+ * then serialises receive, journal and head on one core, where the
+ * workers overlap them.
  */
 #include "capture/cap-int.h"
 #include "capture/nbd-protocol.h"
@@ -63,6 +82,8 @@
 #define INCOMPRESSIBLE_BACKOFF 256
 #define MAX_BATCH 64
 #define BATCH_BYTES (8ull << 20)
+#define RBUF_SIZE (512u << 10)
+#define INLINE_MAX (128u << 10)
 
 struct job {
 	uint64_t handle;     /* raw wire bytes, echoed as they came */
@@ -546,20 +567,110 @@ static void enqueue(struct tx *tx, struct job *j)
 	pthread_mutex_unlock(&tx->mu);
 }
 
+/*
+ * The reader's receive buffer and the batch it executes itself.  Small
+ * WRITEs (payload <= INLINE_MAX), FLUSH, TRIM and WRITE_ZEROES are never
+ * copied out of rb: their jobs point into it, and the batch runs (in the
+ * reader's thread) before the reader blocks for more input, before rb is
+ * compacted, and when it is full.  READs and large WRITEs go to the
+ * workers as before.
+ */
+struct rd {
+	struct tx *tx;
+	struct worker wk;      /* the reader's own compression context */
+	uint8_t *p;            /* RBUF_SIZE bytes */
+	size_t start, end;     /* unparsed input: p[start, end) */
+	struct job jobs[MAX_BATCH];
+	struct job *v[MAX_BATCH];
+	size_t n;
+};
+
+static void rd_run(struct rd *rd)
+{
+	if (!rd->n)
+		return;
+	unsigned backlog = rd->end > rd->start; /* more input already here */
+	execute_batch(&rd->wk, rd->v, rd->n, backlog);
+	rd->n = 0;
+}
+
+/*
+ * Makes need (<= RBUF_SIZE) bytes available at rd->p + rd->start.  Reads
+ * without blocking while input is there; before it would block, runs the
+ * pending batch (a request never waits for input that may not come).
+ * Returns 0, -ECONNRESET at EOF, or -errno.
+ */
+static int rd_fill(struct rd *rd, size_t need)
+{
+	if (rd->start + need > RBUF_SIZE) {
+		rd_run(rd); /* its jobs point into the bytes about to move */
+		memmove(rd->p, rd->p + rd->start, rd->end - rd->start);
+		rd->end -= rd->start;
+		rd->start = 0;
+	}
+	while (rd->end - rd->start < need) {
+		ssize_t k = recv(rd->tx->c->fd, rd->p + rd->end,
+				 RBUF_SIZE - rd->end, MSG_DONTWAIT);
+		if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			rd_run(rd);
+			k = recv(rd->tx->c->fd, rd->p + rd->end,
+				 RBUF_SIZE - rd->end, 0);
+		}
+		if (k == 0)
+			return -ECONNRESET;
+		if (k < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		rd->end += (size_t)k;
+	}
+	return 0;
+}
+
+/* Takes up to len bytes of payload out of rb into dst (NULL: dropped);
+ * returns how many. */
+static size_t rd_take(struct rd *rd, void *dst, size_t len)
+{
+	size_t k = rd->end - rd->start;
+
+	if (k > len)
+		k = len;
+	if (dst && k)
+		memcpy(dst, rd->p + rd->start, k);
+	rd->start += k;
+	return k;
+}
+
+static void rd_add(struct rd *rd, uint64_t handle, const struct cap_req *r,
+		   void *data)
+{
+	struct job *j = &rd->jobs[rd->n];
+
+	*j = (struct job){
+		.handle = handle, .flags = r->flags, .type = r->type,
+		.off = r->offset, .count = r->count, .data = data,
+	};
+	rd->v[rd->n++] = j;
+	if (rd->n == MAX_BATCH)
+		rd_run(rd);
+}
+
 /* Reads requests until EOF, DISC, a protocol violation or shutdown.
  * Returns 0 for a clean end, or an error (with detail) for a violation. */
-static int read_loop(struct tx *tx)
+static int read_loop(struct rd *rd)
 {
+	struct tx *tx = rd->tx;
 	struct cap_conn *c = tx->c;
 	struct cap_disk *d = tx->d;
-	uint8_t h[sizeof(struct nbd_request)];
 	char msg[256];
 	int err;
 
 	for (;;) {
-		err = cap_recv_full(c->fd, h, sizeof(h), 0);
+		err = rd_fill(rd, sizeof(struct nbd_request));
 		if (err)
 			return err == -ECONNRESET ? 0 : err;
+		const uint8_t *h = rd->p + rd->start;
 		uint32_t magic = rw_get_be32(h);
 		if (magic != NBD_REQUEST_MAGIC)
 			return rw_err_set(-EPROTO, "bad request magic 0x%08x",
@@ -578,12 +689,39 @@ static int read_loop(struct tx *tx)
 			return 0;
 		uint32_t e = cap_req_check(&r, d->meta.size, c->structured,
 					   JR_MAX_WRITE);
+		if (!e && !d->ro && r.type == NBD_CMD_WRITE &&
+		    r.count <= INLINE_MAX) {
+			/* Header and payload stay in rb until the batch ran.
+			 * A client leaving mid-payload: nothing journaled. */
+			err = rd_fill(rd, sizeof(struct nbd_request) + r.count);
+			if (err == -ECONNRESET)
+				return rw_err_set(-ECONNRESET, "client left in "
+						  "the middle of a %u-byte write",
+						  r.count);
+			if (err)
+				return err;
+			void *data = rd->p + rd->start + sizeof(struct nbd_request);
+			rd->start += sizeof(struct nbd_request) + r.count;
+			note_arrival(r.count);
+			rd_add(rd, handle, &r, data);
+			continue;
+		}
+		rd->start += sizeof(struct nbd_request);
+		if (!e && !d->ro && (r.type == NBD_CMD_FLUSH ||
+				     r.type == NBD_CMD_TRIM ||
+				     r.type == NBD_CMD_WRITE_ZEROES)) {
+			rd_add(rd, handle, &r, NULL);
+			continue;
+		}
+		/* Everything else may block the reader: run the batch first. */
+		rd_run(rd);
 		if (r.type == NBD_CMD_WRITE && r.count > JR_MAX_WRITE) {
 			if (r.count > DISCARD_MAX)
 				return rw_err_set(-EMSGSIZE, "write of %u bytes "
 						  "(limit %u); disconnecting",
 						  r.count, JR_MAX_WRITE);
-			err = cap_recv_discard(c->fd, r.count, 0);
+			size_t got = rd_take(rd, NULL, r.count);
+			err = cap_recv_discard(c->fd, r.count - got, 0);
 			if (err)
 				return err == -ECONNRESET ? 0 : err;
 			why(tx, &r, msg, sizeof(msg));
@@ -598,7 +736,8 @@ static int read_loop(struct tx *tx)
 			/* Validated: count <= JR_MAX_WRITE. */
 			data = malloc(r.count ? r.count : 1);
 			if (!data) {
-				err = cap_recv_discard(c->fd, r.count, 0);
+				size_t got = rd_take(rd, NULL, r.count);
+				err = cap_recv_discard(c->fd, r.count - got, 0);
 				unadmit(tx, cost);
 				if (err)
 					return err == -ECONNRESET ? 0 : err;
@@ -606,7 +745,9 @@ static int read_loop(struct tx *tx)
 					    "out of memory");
 				continue;
 			}
-			err = cap_recv_full(c->fd, data, r.count, 0);
+			size_t got = rd_take(rd, data, r.count);
+			err = cap_recv_full(c->fd, (uint8_t *)data + got,
+					    r.count - got, 0);
 			if (!err)
 				note_arrival(r.count);
 			if (err) {
@@ -680,11 +821,26 @@ int cap_conn_serve(struct cap_conn *c)
 		wk[i].started = true;
 		started++;
 	}
+	struct rd *rd = calloc(1, sizeof(*rd));
+	if (rd)
+		rd->p = malloc(RBUF_SIZE);
 	if (!started) {
 		err = rw_err_set(-EAGAIN, "cannot start worker threads");
+	} else if (!rd || !rd->p) {
+		err = rw_err_set(-ENOMEM, "cannot allocate the receive buffer");
 	} else {
-		err = read_loop(&tx);
+		rd->tx = &tx;
+		rd->wk.tx = &tx;
+		if (o->zstd_level > 0 && jr_cctx_new(&rd->wk.cc, o->zstd_level))
+			rd->wk.cc = NULL;
+		err = read_loop(rd);
+		/* Requests received in full before the end are executed. */
+		rd_run(rd);
+		jr_cctx_free(rd->wk.cc);
 	}
+	if (rd)
+		free(rd->p);
+	free(rd);
 	if (err) {
 		const char *m = rw_err_msg();
 		rw_log(RW_LOG_WARN, "%s: disk '%s': %s; closing the connection",
