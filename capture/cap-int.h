@@ -31,6 +31,12 @@ struct cap_range {
 	struct cap_range *next;
 };
 
+/* A record written out, waiting for the indexer (disk.c -> server.c). */
+struct cap_ixent {
+	struct jr_rec rec;
+	struct jr_loc loc;
+};
+
 /* Granule of head space reservation (disk.c). */
 #define CAP_CHUNK_SHIFT 16
 
@@ -52,6 +58,21 @@ struct cap_disk {
 	pthread_cond_t cv;
 	struct cap_range *ranges;
 	unsigned range_waiters;           /* threads waiting on cv */
+	uint64_t wb_seg, wb_end;          /* (mu) segment of the newest record
+	                                   * written out, and its file offset
+	                                   * just past that record */
+	struct cap_ixent *ixq;            /* (mu) records written out, not yet
+	                                   * taken by the indexer */
+	size_t ixq_n, ixq_cap;
+	bool ixq_broken;                  /* (mu) a push failed (ENOMEM): the
+	                                   * indexer reads the journal files */
+	struct cap_ixent *ixw;            /* housekeeping only: taken, not yet
+	                                   * committed (kept across a failed
+	                                   * commit) */
+	size_t ixw_n, ixw_cap;
+	int wb_fd;                        /* housekeeping only: wb_fd_seg open */
+	uint64_t wb_fd_seg, wb_done;      /* housekeeping only: writeback
+	                                   * started up to wb_done */
 
 	atomic_int head_failed;           /* head diverged: the error, refuse
 	                                   * writes with it; 0 = fine */
@@ -67,6 +88,10 @@ struct cap_disk {
 	uint64_t pending_seq;             /* newest seq added to the open batch */
 	uint64_t synced_ops;              /* housekeeping thread only */
 	uint64_t hk_snap;                 /* housekeeping thread only */
+	bool hk_current;                  /* housekeeping thread only */
+	bool from_files;                  /* housekeeping thread only: index
+	                                   * from the journal files (the
+	                                   * queue broke) */
 
 	atomic_uint_fast64_t n_reads, n_writes, n_zeroes, n_trims, n_flushes;
 	atomic_uint_fast64_t n_compressed, n_uncompressed;
@@ -117,6 +142,7 @@ struct cap_wreq {
 	bool compressed;                  /* stored zstd */
 	uint64_t append_ns;               /* time spent in jr_writer_append */
 	/* private to disk.c */
+	struct jr_appended out;
 	struct cap_range r;
 	bool live, appended, skipped;
 };
@@ -148,6 +174,26 @@ uint64_t cap_disk_head_watermark(struct cap_disk *d);
 /* Flushes the journal up to the watermark, fsyncs head, records
  * head_synced_seq in the index.  0 or error. */
 int cap_disk_sync_head(struct cap_disk *d, struct ix *ix);
+/*
+ * Starts the kernel's writeback of the journal bytes written out since
+ * the last call (sync_file_range WRITE, no waiting), so that the
+ * fdatasync of a guest flush or of a segment seal finds little left to
+ * write.  Housekeeping thread only; advisory, never fails.
+ */
+void cap_disk_writeback(struct cap_disk *d);
+/*
+ * For the indexer (housekeeping thread): moves the records of d that are
+ * safe to index from d->ixq to the end of d->ixw, in seq order, and
+ * returns how many.  Safe means every record of d with a lower seq has
+ * been written out and queued too: the write path queues a batch's
+ * records in the same d->mu section that drops its ranges, and each
+ * range carries a lower bound of the seqs it may still get, so records
+ * below the lowest bound (or the clock, when nothing is in flight) can no
+ * longer be overtaken.  *current: nothing else is queued or in flight.
+ * Returns -1 when the queue is broken (a push failed for memory): the
+ * caller then indexes d from the journal files.
+ */
+ssize_t cap_disk_ix_take(struct cap_disk *d, bool *current);
 /* Closes writer and head (journal flushed first).  Returns first error. */
 int cap_disk_close(struct cap_disk *d);
 
