@@ -115,6 +115,13 @@ int cap_disk_open(struct cap_disk *d, struct ix *ix, const struct ix_disk *m,
 int cap_disk_replay(struct cap_disk *d);
 int cap_disk_read(struct cap_disk *d, void *buf, uint64_t off, uint32_t len);
 /*
+ * Reads from head only what the page cache holds, never blocking on the
+ * disk (preadv2 RWF_NOWAIT): 0 when all len bytes were read, -EAGAIN
+ * otherwise (the caller then uses cap_disk_read from a worker).
+ */
+int cap_disk_read_cached(struct cap_disk *d, void *buf, uint64_t off,
+			 uint32_t len);
+/*
  * The write path for WRITE (data != NULL), WRITE_ZEROES and TRIM.
  * type: JR_WRITE / JR_ZERO / JR_TRIM; flags: NBD_CMD_FLAG_*; cc may be NULL.
  * *compressed (may be NULL) tells whether the record was stored zstd;

@@ -579,6 +579,7 @@ struct rd {
 	struct tx *tx;
 	struct worker wk;      /* the reader's own compression context */
 	uint8_t *p;            /* RBUF_SIZE bytes */
+	uint8_t *rdbuf;        /* INLINE_MAX bytes: cached reads */
 	size_t start, end;     /* unparsed input: p[start, end) */
 	struct job jobs[MAX_BATCH];
 	struct job *v[MAX_BATCH];
@@ -707,6 +708,16 @@ static int read_loop(struct rd *rd)
 			continue;
 		}
 		rd->start += sizeof(struct nbd_request);
+		if (!e && r.type == NBD_CMD_READ && r.count <= INLINE_MAX &&
+		    !cap_disk_read_cached(d, rd->rdbuf, r.offset, r.count)) {
+			/* Cached: answered here, no worker hop. */
+			if (c->structured)
+				reply_read_chunk(tx, handle, r.offset, rd->rdbuf,
+						 r.count);
+			else
+				reply_simple(tx, handle, 0, rd->rdbuf, r.count);
+			continue;
+		}
 		if (!e && !d->ro && (r.type == NBD_CMD_FLUSH ||
 				     r.type == NBD_CMD_TRIM ||
 				     r.type == NBD_CMD_WRITE_ZEROES)) {
@@ -822,11 +833,13 @@ int cap_conn_serve(struct cap_conn *c)
 		started++;
 	}
 	struct rd *rd = calloc(1, sizeof(*rd));
-	if (rd)
+	if (rd) {
 		rd->p = malloc(RBUF_SIZE);
+		rd->rdbuf = malloc(INLINE_MAX);
+	}
 	if (!started) {
 		err = rw_err_set(-EAGAIN, "cannot start worker threads");
-	} else if (!rd || !rd->p) {
+	} else if (!rd || !rd->p || !rd->rdbuf) {
 		err = rw_err_set(-ENOMEM, "cannot allocate the receive buffer");
 	} else {
 		rd->tx = &tx;
@@ -838,8 +851,10 @@ int cap_conn_serve(struct cap_conn *c)
 		rd_run(rd);
 		jr_cctx_free(rd->wk.cc);
 	}
-	if (rd)
+	if (rd) {
 		free(rd->p);
+		free(rd->rdbuf);
+	}
 	free(rd);
 	if (err) {
 		const char *m = rw_err_msg();
