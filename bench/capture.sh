@@ -168,7 +168,7 @@ for line in open(res):
     run, name, srv, iops, mibs, ratio = line.split()
     if name not in order:
         order.append(name)
-    v = float(iops) if "4k" in name else float(mibs)
+    v = float(iops) if name.startswith(("rw4k", "rr4k")) else float(mibs)
     data.setdefault((name, srv), []).append(v)
     if ratio != "-":
         jr.setdefault(name, []).append(float(ratio))
@@ -179,7 +179,8 @@ print("capture benchmark (medians of %d runs; range in brackets; 4k jobs in IOPS
 print("%-18s %26s %26s %26s %8s %8s" % ("job", "rewind", "qemu-nbd", "nbdkit-file", "/qemu", "/nbdkit"))
 for name in order:
     cs = [cell(name, s) for s in ("rewind", "qemu", "nbdkit")]
-    f = lambda c: "%9.0f [%6.0f-%6.0f]" % c if "4k" in name else "%9.1f [%6.1f-%6.1f]" % c
+    f = lambda c: ("%9.0f [%6.0f-%6.0f]" if name.startswith(("rw4k", "rr4k"))
+                   else "%9.1f [%6.1f-%6.1f]") % c
     r = lambda a, b: "%.2f" % (a / b) if b else "-"
     print("%-18s %26s %26s %26s %8s %8s" % (name, f(cs[0]), f(cs[1]), f(cs[2]),
           r(cs[0][0], cs[1][0]), r(cs[0][0], cs[2][0])))

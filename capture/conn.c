@@ -19,10 +19,14 @@
  * batch that the reader executes itself when the input runs dry (before
  * it would block), when the buffer must be compacted, or at MAX_BATCH:
  * cap_disk_write_batch() appends every record, does ONE journal write out,
- * applies head in seq order; one FLUSH marker + fdatasync answers every
- * FLUSH of the batch; all successes are answered with one sendmsg().
+ * applies head in seq order; the writes that need no fdatasync are
+ * answered at once with one sendmsg(); then one FLUSH marker + fdatasync
+ * answers every FLUSH and FUA write of the batch (a second sendmsg()).
  * While a batch (or an fdatasync) runs, the client keeps sending, so the
  * next batch is larger: the busier the disk, the more one syscall covers.
+ * Answering the plain writes before the fdatasync lets the client send
+ * its next writes and flushes during it (4 KiB random writes QD32 with a
+ * flush after each: 16-20 -> 22-25 writes per fdatasync).
  * READs and large WRITEs go to a FIFO served by `workers` threads (each
  * with its own zstd context), where a worker likewise takes the whole run
  * of non-read requests at the front as one batch.  Admission control
@@ -354,9 +358,10 @@ static void execute_read(struct tx *tx, struct job *j)
 
 /*
  * Executes a batch of WRITE / TRIM / WRITE_ZEROES / FLUSH requests taken
- * from the queue together (group commit, see the design note): one
- * journal write out for all the writes, one fdatasync for all the
- * flushes and FUA writes, and the successful replies in one sendmsg().
+ * together (group commit, see the design note): one journal write out for
+ * all the writes, whose successful replies go out in one sendmsg() at
+ * once, then one fdatasync for all the flushes and FUA writes, answered
+ * in a second sendmsg().
  * backlog: requests still queued behind the batch.
  */
 static void execute_batch(struct worker *wk, struct job **v, size_t n,
@@ -389,9 +394,11 @@ static void execute_batch(struct worker *wk, struct job **v, size_t n,
 			else if (compression_affordable())
 				cc = wk->cc;
 		}
+		/* FUA is honoured below, with the batch's one fdatasync. */
 		q[nw++] = (struct cap_wreq){
-			.type = type, .flags = j->flags, .off = j->off,
-			.len = j->count, .data = j->data, .cc = cc,
+			.type = type,
+			.flags = (uint16_t)(j->flags & ~NBD_CMD_FLAG_FUA),
+			.off = j->off, .len = j->count, .data = j->data, .cc = cc,
 		};
 	}
 	if (nw)
@@ -408,43 +415,65 @@ static void execute_batch(struct worker *wk, struct job **v, size_t n,
 			atomic_store(&tx->backoff, INCOMPRESSIBLE_BACKOFF);
 		}
 	}
-	if (nflush && !d->ro) {
-		/* Every write this batch holds is written out: one marker
-		 * and one fdatasync answer all its flushes. */
-		rw_err_clear();
-		ferr = cap_disk_flush_n(d, nflush);
-		if (ferr) {
-			const char *m = rw_err_msg();
-			fmsg = m && *m ? strdup(m) : NULL;
-		}
-	}
 
+	/*
+	 * First answer everything that needs no fdatasync: the client can
+	 * send its next requests while we sync, and they make the next
+	 * batch (and the next group commit) larger.
+	 */
+	bool sync = nflush > 0;
+	int wi[MAX_BATCH];    /* v[i] -> q index, -1: answered already */
 	size_t k = 0;
 	for (size_t i = 0; i < n; i++) {
 		struct job *j = v[i];
-		int err = 0;
-		const char *detail = NULL;
+		wi[i] = -1;
 		if (j->type == NBD_CMD_FLUSH) {
-			err = ferr;
-			detail = fmsg;
+			continue;
 		} else if (d->ro) {
 			char msg[256];
 			snprintf(msg, sizeof(msg), "disk '%s' is a read-only "
 				 "export of a point in time", d->meta.name);
 			reply_error(tx, j->handle, NBD_EPERM, msg);
 			continue;
-		} else {
-			err = q[k].err;
-			detail = q[k].msg;
-			k++;
 		}
-		if (err) {
-			reply_failure(tx, j, err, detail);
+		struct cap_wreq *w = &q[k++];
+		if (w->err) {
+			reply_failure(tx, j, w->err, w->msg);
+		} else if (j->flags & NBD_CMD_FLAG_FUA) {
+			wi[i] = (int)(k - 1);
+			sync = true;
+		} else {
+			ok[nok++] = (struct nbd_simple_reply){
+				.magic = htobe32(NBD_SIMPLE_REPLY_MAGIC),
+				.handle = j->handle,
+			};
+		}
+	}
+	if (nok) {
+		struct iovec iv = { .iov_base = ok, .iov_len = nok * sizeof(ok[0]) };
+		send_locked(tx, &iv, 1);
+		nok = 0;
+	}
+	if (sync && !d->ro) {
+		/* Every write of the batch is written out: one fdatasync
+		 * answers its FUA writes, and with one marker its flushes. */
+		rw_err_clear();
+		ferr = nflush ? cap_disk_flush_n(d, nflush) : jr_writer_flush(d->w);
+		if (ferr) {
+			const char *m = rw_err_msg();
+			fmsg = m && *m ? strdup(m) : NULL;
+		}
+	}
+	for (size_t i = 0; sync && i < n; i++) {
+		struct job *j = v[i];
+		if (j->type != NBD_CMD_FLUSH && wi[i] < 0)
+			continue;
+		if (ferr) {
+			reply_failure(tx, j, ferr, fmsg);
 			continue;
 		}
 		ok[nok++] = (struct nbd_simple_reply){
 			.magic = htobe32(NBD_SIMPLE_REPLY_MAGIC),
-			.error = 0,
 			.handle = j->handle,
 		};
 	}
