@@ -31,6 +31,12 @@ struct cap_range {
 	struct cap_range *next;
 };
 
+/* A record written out, waiting for the indexer (disk.c -> server.c). */
+struct cap_ixent {
+	struct jr_rec rec;
+	struct jr_loc loc;
+};
+
 /* Granule of head space reservation (disk.c). */
 #define CAP_CHUNK_SHIFT 16
 
@@ -48,9 +54,25 @@ struct cap_disk {
 	struct jr_writer *w;
 	struct jr_clock *clock;           /* the server's, shared */
 
-	pthread_mutex_t mu;               /* guards ranges */
+	pthread_mutex_t mu;               /* guards ranges, range_waiters */
 	pthread_cond_t cv;
 	struct cap_range *ranges;
+	unsigned range_waiters;           /* threads waiting on cv */
+	uint64_t wb_seg, wb_end;          /* (mu) segment of the newest record
+	                                   * written out, and its file offset
+	                                   * just past that record */
+	struct cap_ixent *ixq;            /* (mu) records written out, not yet
+	                                   * taken by the indexer */
+	size_t ixq_n, ixq_cap;
+	bool ixq_broken;                  /* (mu) a push failed (ENOMEM): the
+	                                   * indexer reads the journal files */
+	struct cap_ixent *ixw;            /* housekeeping only: taken, not yet
+	                                   * committed (kept across a failed
+	                                   * commit) */
+	size_t ixw_n, ixw_cap;
+	int wb_fd;                        /* housekeeping only: wb_fd_seg open */
+	uint64_t wb_fd_seg, wb_done;      /* housekeeping only: writeback
+	                                   * started up to wb_done */
 
 	atomic_int head_failed;           /* head diverged: the error, refuse
 	                                   * writes with it; 0 = fine */
@@ -66,6 +88,10 @@ struct cap_disk {
 	uint64_t pending_seq;             /* newest seq added to the open batch */
 	uint64_t synced_ops;              /* housekeeping thread only */
 	uint64_t hk_snap;                 /* housekeeping thread only */
+	bool hk_current;                  /* housekeeping thread only */
+	bool from_files;                  /* housekeeping thread only: index
+	                                   * from the journal files (the
+	                                   * queue broke) */
 
 	atomic_uint_fast64_t n_reads, n_writes, n_zeroes, n_trims, n_flushes;
 	atomic_uint_fast64_t n_compressed, n_uncompressed;
@@ -89,6 +115,13 @@ int cap_disk_open(struct cap_disk *d, struct ix *ix, const struct ix_disk *m,
 int cap_disk_replay(struct cap_disk *d);
 int cap_disk_read(struct cap_disk *d, void *buf, uint64_t off, uint32_t len);
 /*
+ * Reads from head only what the page cache holds, never blocking on the
+ * disk (preadv2 RWF_NOWAIT): 0 when all len bytes were read, -EAGAIN
+ * otherwise (the caller then uses cap_disk_read from a worker).
+ */
+int cap_disk_read_cached(struct cap_disk *d, void *buf, uint64_t off,
+			 uint32_t len);
+/*
  * The write path for WRITE (data != NULL), WRITE_ZEROES and TRIM.
  * type: JR_WRITE / JR_ZERO / JR_TRIM; flags: NBD_CMD_FLAG_*; cc may be NULL.
  * *compressed (may be NULL) tells whether the record was stored zstd;
@@ -97,6 +130,44 @@ int cap_disk_read(struct cap_disk *d, void *buf, uint64_t off, uint32_t len);
 int cap_disk_write(struct cap_disk *d, uint8_t type, uint64_t off,
 		   uint32_t len, const void *data, uint16_t flags,
 		   struct jr_cctx *cc, bool *compressed, uint64_t *append_ns);
+/*
+ * One request of a batch given to cap_disk_write_batch().  The caller
+ * fills the inputs; the batch fills the outputs.
+ */
+struct cap_wreq {
+	/* in */
+	uint8_t type;                     /* JR_WRITE / JR_ZERO / JR_TRIM */
+	uint16_t flags;                   /* NBD_CMD_FLAG_* */
+	uint64_t off;
+	uint32_t len;
+	const void *data;                 /* len bytes for JR_WRITE */
+	struct jr_cctx *cc;               /* may be NULL */
+	/* out */
+	int err;                          /* 0 or the request's error */
+	char *msg;                        /* with err: what failed (malloc'ed,
+	                                   * may be NULL; the caller frees) */
+	bool compressed;                  /* stored zstd */
+	uint64_t append_ns;               /* time spent in jr_writer_append */
+	/* private to disk.c */
+	struct jr_appended out;
+	struct cap_range r;
+	bool live, appended, skipped;
+};
+/*
+ * The write path for n requests at once: every range is locked together
+ * (all or none, so batches never deadlock), each record is appended in
+ * array order, ONE jr_writer_write_out() covers the batch, head receives
+ * the bytes in array order, then the locks go; one jr_writer_flush()
+ * covers every FUA request of the batch.  Each request gets its own
+ * result in v[i].err (and v[i].msg).  Overlapping requests within one
+ * batch are applied in array order, which is their seq order.
+ */
+void cap_disk_write_batch(struct cap_disk *d, struct cap_wreq *v, size_t n);
+/*
+ * Answers nreq FLUSH requests with one FLUSH marker and one journal
+ * fdatasync (group commit).  0 or the journal's error.
+ */
+int cap_disk_flush_n(struct cap_disk *d, unsigned nreq);
 int cap_disk_flush(struct cap_disk *d);
 /* Sets d up as a read-only export (no journal, no head).  0 or error. */
 int cap_disk_open_ro(struct cap_disk *d, const struct cap_ro_export *ro);
@@ -110,6 +181,26 @@ uint64_t cap_disk_head_watermark(struct cap_disk *d);
 /* Flushes the journal up to the watermark, fsyncs head, records
  * head_synced_seq in the index.  0 or error. */
 int cap_disk_sync_head(struct cap_disk *d, struct ix *ix);
+/*
+ * Starts the kernel's writeback of the journal bytes written out since
+ * the last call (sync_file_range WRITE, no waiting), so that the
+ * fdatasync of a guest flush or of a segment seal finds little left to
+ * write.  Housekeeping thread only; advisory, never fails.
+ */
+void cap_disk_writeback(struct cap_disk *d);
+/*
+ * For the indexer (housekeeping thread): moves the records of d that are
+ * safe to index from d->ixq to the end of d->ixw, in seq order, and
+ * returns how many.  Safe means every record of d with a lower seq has
+ * been written out and queued too: the write path queues a batch's
+ * records in the same d->mu section that drops its ranges, and each
+ * range carries a lower bound of the seqs it may still get, so records
+ * below the lowest bound (or the clock, when nothing is in flight) can no
+ * longer be overtaken.  *current: nothing else is queued or in flight.
+ * Returns -1 when the queue is broken (a push failed for memory): the
+ * caller then indexes d from the journal files.
+ */
+ssize_t cap_disk_ix_take(struct cap_disk *d, bool *current);
 /* Closes writer and head (journal flushed first).  Returns first error. */
 int cap_disk_close(struct cap_disk *d);
 

@@ -8,7 +8,9 @@
  *
  * Invariants (DESIGN.md §4, §5)
  * - Write path: validate -> jr_writer_append -> jr_writer_write_out -> the
- *   same bytes into head.img -> reply.  A record is in the journal file
+ *   same bytes into head.img -> reply, for a whole batch of pipelined
+ *   requests at a time (one write out, one reply sendmsg, one fdatasync
+ *   for all its FLUSH / FUA requests).  A record is in the journal file
  *   (the kernel's page cache at least) before its reply leaves, so a
  *   process crash (kill -9) loses no acknowledged write, and a write issued
  *   after another write's reply has the larger seq.
@@ -31,9 +33,11 @@
  *
  * Thread model: cap_server_open/run/close from one thread;
  * cap_server_stop() from anywhere, including a signal handler.  Inside,
- * one accept loop, one thread per connection that reads requests plus a
- * few workers per connection (replies may go out of order; one mutex
- * serialises a connection's reply writes), and one housekeeping thread;
+ * one accept loop, one thread per connection that reads requests and
+ * executes small writes and flushes itself, plus a few workers per
+ * connection for reads and large writes (replies may go out of order;
+ * one mutex serialises a connection's reply writes), and one
+ * housekeeping thread (indexing, journal writeback, head sync);
  * with metrics_addr, libmicrohttpd's thread serving /metrics and /healthz,
  * and with thresholds a watcher thread logging their crossings (both
  * capture/metrics.c, stopped first by cap_server_close).

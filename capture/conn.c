@@ -3,20 +3,41 @@
  * receives and validates requests, a few workers that execute them, and
  * replies that may go out of order.
  *
- * How: the connection's thread is the reader.  For each request it reads
- * the 28-byte header, checks the magic (bad magic: hard disconnect, the
- * stream cannot be resynchronised), runs cap_req_check(), and for a WRITE
- * reads the whole payload before anything is journaled — a client that
+ * How: the connection's thread is the reader.  It receives into a
+ * RBUF_SIZE buffer (one recv() brings many pipelined requests), and for
+ * each request checks the magic (bad magic: hard disconnect, the stream
+ * cannot be resynchronised), runs cap_req_check(), and for a WRITE has
+ * the whole payload before anything is journaled — a client that
  * disconnects mid-payload leaves nothing behind.  A WRITE longer than the
  * advertised maximum is never allocated: up to DISCARD_MAX its payload is
  * read into a fixed sink and answered EINVAL (the stream stays in sync);
  * beyond that the connection is dropped.  Invalid requests are answered by
- * the reader at once; valid ones go to a FIFO served by `workers` threads,
- * each with its own zstd context.  Admission control bounds what one
- * connection holds: at most MAX_INFLIGHT requests and BUDGET bytes of
- * payload/read buffers, so memory is bounded by the connection cap.
- * Replies are written under one mutex per connection, each reply with one
- * sendmsg() of a header and its data.
+ * the reader at once.
+ *
+ * Group commit: small WRITEs (payload <= INLINE_MAX, left in the receive
+ * buffer, no copy), FLUSH, TRIM and WRITE_ZEROES are collected into a
+ * batch that the reader executes itself when the input runs dry (before
+ * it would block), when the buffer must be compacted, or at MAX_BATCH:
+ * cap_disk_write_batch() appends every record, does ONE journal write out,
+ * applies head in seq order; the writes that need no fdatasync are
+ * answered at once with one sendmsg(); then one FLUSH marker + fdatasync
+ * answers every FLUSH and FUA write of the batch (a second sendmsg()).
+ * While a batch (or an fdatasync) runs, the client keeps sending, so the
+ * next batch is larger: the busier the disk, the more one syscall covers.
+ * Answering the plain writes before the fdatasync lets the client send
+ * its next writes and flushes during it (4 KiB random writes QD32 with a
+ * flush after each: 16-20 -> 22-25 writes per fdatasync).
+ * READs and large WRITEs go to a FIFO served by `workers` threads (each
+ * with its own zstd context), where a worker likewise takes the whole run
+ * of non-read requests at the front as one batch.  Admission control
+ * bounds what the queue holds: at most MAX_INFLIGHT requests and BUDGET
+ * bytes of payload/read buffers, so memory is bounded by the connection
+ * cap.  Replies are written under one mutex per connection.
+ *
+ * Measured (perf, 4 KiB random writes QD32): with one worker hop, one
+ * write out and one sendmsg per request, the server spent ~20% of its time
+ * in the scheduler (futex wake-ups, io-wq hops); executing small writes in
+ * the reader took 1 conn from ~27k to ~45k IOPS on the same machine.
  *
  * Compression policy ("compression never limits guest throughput"):
  * compression costs CPU in the worker that handles the write, so it may
@@ -40,10 +61,12 @@
  * with this policy the journal runs at the uncompressed rate and still
  * compresses writes of a guest that writes at a moderate pace.
  *
- * Rejected alternative: a thread per request (or an unbounded queue).
+ * Rejected alternatives: a thread per request (or an unbounded queue).
  * A pipelining client could make us allocate QD x 32 MiB at once; the
  * bounded worker pool plus admission control caps memory and threads per
- * connection.
+ * connection.  Executing large writes in the reader too: a 1 MiB write
+ * then serialises receive, journal and head on one core, where the
+ * workers overlap them.
  */
 #include "capture/cap-int.h"
 #include "capture/nbd-protocol.h"
@@ -61,6 +84,10 @@
 #define DISCARD_MAX (4ull * JR_MAX_WRITE)
 #define INCOMPRESSIBLE_STREAK 8
 #define INCOMPRESSIBLE_BACKOFF 256
+#define MAX_BATCH 64
+#define BATCH_BYTES (8ull << 20)
+#define RBUF_SIZE (512u << 10)
+#define INLINE_MAX (128u << 10)
 
 struct job {
 	uint64_t handle;     /* raw wire bytes, echoed as they came */
@@ -81,6 +108,7 @@ struct tx {
 	struct job *head, *tail;
 	unsigned waiting;    /* queued, not yet picked by a worker */
 	unsigned inflight;   /* admitted and not yet answered */
+	unsigned admit_waiting; /* reader waiting in admit() */
 	uint64_t inflight_bytes;
 	bool closing;
 	atomic_bool broken;  /* a reply could not be sent */
@@ -270,137 +298,259 @@ static void why(const struct tx *tx, const struct cap_req *r, char *buf,
 
 /* Logs a failure of the disk once per distinct error, naming the disk;
  * the detail comes from the journal (segment, seq) or the head file. */
-static void log_disk_error(struct tx *tx, const char *what, int err)
+static void log_disk_error(struct tx *tx, const char *what, int err,
+			   const char *m)
 {
 	struct cap_disk *d = tx->d;
 
 	if (atomic_exchange(&d->last_err, err) == err)
 		return;
-	const char *m = rw_err_msg();
 	rw_log(RW_LOG_ERROR, "disk '%s': %s failed: %s", d->meta.name, what,
 	       m && *m ? m : rw_strerror(err));
 }
 
 /* ------------------------------------------------------------- workers */
 
-static void execute(struct worker *wk, struct job *j, unsigned backlog)
+/* Answers a failed request of the write path: a message naming the disk
+ * and what failed (msg, else the error's name). */
+static void reply_failure(struct tx *tx, const struct job *j, int err,
+			  const char *detail)
+{
+	struct cap_disk *d = tx->d;
+	char msg[256];
+
+	if (err == -ENOTSUP) {
+		reply_error(tx, j->handle, NBD_ENOTSUP,
+			    "fast zero is not possible on this disk");
+		return;
+	}
+	log_disk_error(tx, cmd_name(j->type), err, detail);
+	snprintf(msg, sizeof(msg), "%s on disk '%s' failed: %s",
+		 cmd_name(j->type), d->meta.name,
+		 detail && *detail ? detail : rw_strerror(err));
+	reply_error(tx, j->handle, cap_nbd_errno(err), msg);
+}
+
+static void execute_read(struct tx *tx, struct job *j)
+{
+	struct cap_disk *d = tx->d;
+	char msg[256];
+	void *buf = malloc(j->count ? j->count : 1);
+
+	if (!buf) {
+		reply_error(tx, j->handle, NBD_ENOMEM, "out of memory");
+		return;
+	}
+	rw_err_clear();
+	int err = cap_disk_read(d, buf, j->off, j->count);
+	if (err) {
+		log_disk_error(tx, "read", err, rw_err_msg());
+		snprintf(msg, sizeof(msg), "read of disk '%s' failed: %s",
+			 d->meta.name, rw_strerror(err));
+		reply_error(tx, j->handle, cap_nbd_errno(err), msg);
+	} else if (tx->c->structured) {
+		reply_read_chunk(tx, j->handle, j->off, buf, j->count);
+	} else {
+		reply_simple(tx, j->handle, 0, buf, j->count);
+	}
+	free(buf);
+}
+
+/*
+ * Executes a batch of WRITE / TRIM / WRITE_ZEROES / FLUSH requests taken
+ * together (group commit, see the design note): one journal write out for
+ * all the writes, whose successful replies go out in one sendmsg() at
+ * once, then one fdatasync for all the flushes and FUA writes, answered
+ * in a second sendmsg().
+ * backlog: requests still queued behind the batch.
+ */
+static void execute_batch(struct worker *wk, struct job **v, size_t n,
+			  unsigned backlog)
 {
 	struct tx *tx = wk->tx;
 	struct cap_disk *d = tx->d;
-	char msg[256];
-	int err = 0;
+	struct cap_wreq q[MAX_BATCH];
+	struct nbd_simple_reply ok[MAX_BATCH];
+	size_t nw = 0, nok = 0;
+	unsigned nflush = 0;
+	int ferr = 0;
+	char *fmsg = NULL;
 
-	rw_err_clear();
-	switch (j->type) {
-	case NBD_CMD_READ: {
-		void *buf = malloc(j->count ? j->count : 1);
-		if (!buf) {
-			reply_error(tx, j->handle, NBD_ENOMEM, "out of memory");
-			return;
+	for (size_t i = 0; i < n; i++) {
+		struct job *j = v[i];
+		if (j->type == NBD_CMD_FLUSH) {
+			nflush++;
+			continue;
 		}
-		err = cap_disk_read(d, buf, j->off, j->count);
-		if (err) {
-			log_disk_error(tx, "read", err);
-			snprintf(msg, sizeof(msg), "read of disk '%s' failed: %s",
-				 d->meta.name, rw_strerror(err));
-			reply_error(tx, j->handle, cap_nbd_errno(err), msg);
-		} else if (tx->c->structured) {
-			reply_read_chunk(tx, j->handle, j->off, buf, j->count);
-		} else {
-			reply_simple(tx, j->handle, 0, buf, j->count);
-		}
-		free(buf);
-		return;
-	}
-	case NBD_CMD_WRITE:
-	case NBD_CMD_TRIM:
-	case NBD_CMD_WRITE_ZEROES: {
-		if (d->ro) {
-			snprintf(msg, sizeof(msg), "disk '%s' is a read-only "
-				 "export of a point in time", d->meta.name);
-			reply_error(tx, j->handle, NBD_EPERM, msg);
-			return;
-		}
+		if (d->ro)
+			continue;
 		uint8_t type = j->type == NBD_CMD_WRITE ? JR_WRITE :
 			       j->type == NBD_CMD_TRIM ? JR_TRIM : JR_ZERO;
 		struct jr_cctx *cc = NULL;
-		bool z = false;
-		uint64_t ans = 0;
-		if (type == JR_WRITE && wk->cc && backlog == 0) {
+		if (type == JR_WRITE && wk->cc && n == 1 && backlog == 0) {
 			unsigned b = atomic_load(&tx->backoff);
 			if (b)
 				atomic_store(&tx->backoff, b - 1);
 			else if (compression_affordable())
 				cc = wk->cc;
 		}
-		err = cap_disk_write(d, type, j->off, j->count, j->data,
-				     j->flags, cc, &z, &ans);
-		if (!err && cc)
-			note_compression(j->count, ans);
-		if (!err && cc) {
-			if (z)
-				atomic_store(&tx->streak, 0);
-			else if (atomic_fetch_add(&tx->streak, 1) + 1 >=
-				 INCOMPRESSIBLE_STREAK) {
-				atomic_store(&tx->streak, 0);
-				atomic_store(&tx->backoff, INCOMPRESSIBLE_BACKOFF);
-			}
+		/* FUA is honoured below, with the batch's one fdatasync. */
+		q[nw++] = (struct cap_wreq){
+			.type = type,
+			.flags = (uint16_t)(j->flags & ~NBD_CMD_FLAG_FUA),
+			.off = j->off, .len = j->count, .data = j->data, .cc = cc,
+		};
+	}
+	if (nw)
+		cap_disk_write_batch(d, q, nw);
+	for (size_t i = 0; i < nw; i++) {
+		if (q[i].err || !q[i].cc)
+			continue;
+		note_compression(q[i].len, q[i].append_ns);
+		if (q[i].compressed)
+			atomic_store(&tx->streak, 0);
+		else if (atomic_fetch_add(&tx->streak, 1) + 1 >=
+			 INCOMPRESSIBLE_STREAK) {
+			atomic_store(&tx->streak, 0);
+			atomic_store(&tx->backoff, INCOMPRESSIBLE_BACKOFF);
 		}
-		break;
 	}
-	case NBD_CMD_FLUSH:
-		err = d->ro ? 0 : cap_disk_flush(d);
-		break;
-	default:
-		err = -EINVAL; /* unreachable: validated by the reader */
-		break;
+
+	/*
+	 * First answer everything that needs no fdatasync: the client can
+	 * send its next requests while we sync, and they make the next
+	 * batch (and the next group commit) larger.
+	 */
+	bool sync = nflush > 0;
+	int wi[MAX_BATCH];    /* v[i] -> q index, -1: answered already */
+	size_t k = 0;
+	for (size_t i = 0; i < n; i++) {
+		struct job *j = v[i];
+		wi[i] = -1;
+		if (j->type == NBD_CMD_FLUSH) {
+			continue;
+		} else if (d->ro) {
+			char msg[256];
+			snprintf(msg, sizeof(msg), "disk '%s' is a read-only "
+				 "export of a point in time", d->meta.name);
+			reply_error(tx, j->handle, NBD_EPERM, msg);
+			continue;
+		}
+		struct cap_wreq *w = &q[k++];
+		if (w->err) {
+			reply_failure(tx, j, w->err, w->msg);
+		} else if (j->flags & NBD_CMD_FLAG_FUA) {
+			wi[i] = (int)(k - 1);
+			sync = true;
+		} else {
+			ok[nok++] = (struct nbd_simple_reply){
+				.magic = htobe32(NBD_SIMPLE_REPLY_MAGIC),
+				.handle = j->handle,
+			};
+		}
 	}
-	if (!err) {
-		reply_simple(tx, j->handle, 0, NULL, 0);
-		return;
+	if (nok) {
+		struct iovec iv = { .iov_base = ok, .iov_len = nok * sizeof(ok[0]) };
+		send_locked(tx, &iv, 1);
+		nok = 0;
 	}
-	if (err == -ENOTSUP) {
-		reply_error(tx, j->handle, NBD_ENOTSUP,
-			    "fast zero is not possible on this disk");
-		return;
+	if (sync && !d->ro) {
+		/* Every write of the batch is written out: one fdatasync
+		 * answers its FUA writes, and with one marker its flushes. */
+		rw_err_clear();
+		ferr = nflush ? cap_disk_flush_n(d, nflush) : jr_writer_flush(d->w);
+		if (ferr) {
+			const char *m = rw_err_msg();
+			fmsg = m && *m ? strdup(m) : NULL;
+		}
 	}
-	log_disk_error(tx, cmd_name(j->type), err);
-	const char *m = rw_err_msg();
-	snprintf(msg, sizeof(msg), "%s on disk '%s' failed: %s",
-		 cmd_name(j->type), d->meta.name, m && *m ? m : rw_strerror(err));
-	reply_error(tx, j->handle, cap_nbd_errno(err), msg);
+	for (size_t i = 0; sync && i < n; i++) {
+		struct job *j = v[i];
+		if (j->type != NBD_CMD_FLUSH && wi[i] < 0)
+			continue;
+		if (ferr) {
+			reply_failure(tx, j, ferr, fmsg);
+			continue;
+		}
+		ok[nok++] = (struct nbd_simple_reply){
+			.magic = htobe32(NBD_SIMPLE_REPLY_MAGIC),
+			.handle = j->handle,
+		};
+	}
+	for (size_t i = 0; i < nw; i++)
+		free(q[i].msg);
+	free(fmsg);
+	if (nok) {
+		struct iovec iv = { .iov_base = ok, .iov_len = nok * sizeof(ok[0]) };
+		send_locked(tx, &iv, 1);
+	}
+}
+
+/*
+ * Takes work from the queue (tx->mu held, queue not empty): a READ alone,
+ * or the run of non-READ requests at the front, at most MAX_BATCH of them
+ * and BATCH_BYTES of payload (a single larger one still goes alone).
+ */
+static size_t take_batch(struct tx *tx, struct job **v)
+{
+	size_t n = 0;
+	uint64_t bytes = 0;
+
+	while (tx->head && n < MAX_BATCH) {
+		struct job *j = tx->head;
+		bool rd = j->type == NBD_CMD_READ;
+		if (n && (rd || bytes + j->cost > BATCH_BYTES))
+			break;
+		tx->head = j->next;
+		if (!tx->head)
+			tx->tail = NULL;
+		tx->waiting--;
+		v[n++] = j;
+		bytes += j->cost;
+		if (rd)
+			break;
+	}
+	return n;
 }
 
 static void *worker_main(void *arg)
 {
 	struct worker *wk = arg;
 	struct tx *tx = wk->tx;
+	struct job *v[MAX_BATCH];
 
+	pthread_setname_np(pthread_self(), "rw-worker");
 	for (;;) {
 		pthread_mutex_lock(&tx->mu);
 		while (!tx->head && !tx->closing)
 			pthread_cond_wait(&tx->work_cv, &tx->mu);
-		struct job *j = tx->head;
-		if (!j) {
+		if (!tx->head) {
 			pthread_mutex_unlock(&tx->mu);
 			break;
 		}
-		tx->head = j->next;
-		if (!tx->head)
-			tx->tail = NULL;
-		tx->waiting--;
+		size_t n = take_batch(tx, v);
 		unsigned backlog = tx->waiting;
 		pthread_mutex_unlock(&tx->mu);
 
-		execute(wk, j, backlog);
+		rw_err_clear();
+		if (v[0]->type == NBD_CMD_READ)
+			execute_read(tx, v[0]);
+		else
+			execute_batch(wk, v, n, backlog);
 
+		uint64_t cost = 0;
+		for (size_t i = 0; i < n; i++)
+			cost += v[i]->cost;
 		pthread_mutex_lock(&tx->mu);
-		tx->inflight--;
-		tx->inflight_bytes -= j->cost;
-		pthread_cond_broadcast(&tx->space_cv);
+		tx->inflight -= (unsigned)n;
+		tx->inflight_bytes -= cost;
+		if (tx->admit_waiting)
+			pthread_cond_broadcast(&tx->space_cv);
 		pthread_mutex_unlock(&tx->mu);
-		free(j->data);
-		free(j);
+		for (size_t i = 0; i < n; i++) {
+			free(v[i]->data);
+			free(v[i]);
+		}
 	}
 	return NULL;
 }
@@ -413,8 +563,11 @@ static void admit(struct tx *tx, uint64_t cost)
 {
 	pthread_mutex_lock(&tx->mu);
 	while (tx->inflight >= MAX_INFLIGHT ||
-	       (tx->inflight && tx->inflight_bytes + cost > BUDGET))
+	       (tx->inflight && tx->inflight_bytes + cost > BUDGET)) {
+		tx->admit_waiting++;
 		pthread_cond_wait(&tx->space_cv, &tx->mu);
+		tx->admit_waiting--;
+	}
 	tx->inflight++;
 	tx->inflight_bytes += cost;
 	pthread_mutex_unlock(&tx->mu);
@@ -443,20 +596,111 @@ static void enqueue(struct tx *tx, struct job *j)
 	pthread_mutex_unlock(&tx->mu);
 }
 
+/*
+ * The reader's receive buffer and the batch it executes itself.  Small
+ * WRITEs (payload <= INLINE_MAX), FLUSH, TRIM and WRITE_ZEROES are never
+ * copied out of rb: their jobs point into it, and the batch runs (in the
+ * reader's thread) before the reader blocks for more input, before rb is
+ * compacted, and when it is full.  READs and large WRITEs go to the
+ * workers as before.
+ */
+struct rd {
+	struct tx *tx;
+	struct worker wk;      /* the reader's own compression context */
+	uint8_t *p;            /* RBUF_SIZE bytes */
+	uint8_t *rdbuf;        /* INLINE_MAX bytes: cached reads */
+	size_t start, end;     /* unparsed input: p[start, end) */
+	struct job jobs[MAX_BATCH];
+	struct job *v[MAX_BATCH];
+	size_t n;
+};
+
+static void rd_run(struct rd *rd)
+{
+	if (!rd->n)
+		return;
+	unsigned backlog = rd->end > rd->start; /* more input already here */
+	execute_batch(&rd->wk, rd->v, rd->n, backlog);
+	rd->n = 0;
+}
+
+/*
+ * Makes need (<= RBUF_SIZE) bytes available at rd->p + rd->start.  Reads
+ * without blocking while input is there; before it would block, runs the
+ * pending batch (a request never waits for input that may not come).
+ * Returns 0, -ECONNRESET at EOF, or -errno.
+ */
+static int rd_fill(struct rd *rd, size_t need)
+{
+	if (rd->start + need > RBUF_SIZE) {
+		rd_run(rd); /* its jobs point into the bytes about to move */
+		memmove(rd->p, rd->p + rd->start, rd->end - rd->start);
+		rd->end -= rd->start;
+		rd->start = 0;
+	}
+	while (rd->end - rd->start < need) {
+		ssize_t k = recv(rd->tx->c->fd, rd->p + rd->end,
+				 RBUF_SIZE - rd->end, MSG_DONTWAIT);
+		if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			rd_run(rd);
+			k = recv(rd->tx->c->fd, rd->p + rd->end,
+				 RBUF_SIZE - rd->end, 0);
+		}
+		if (k == 0)
+			return -ECONNRESET;
+		if (k < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		rd->end += (size_t)k;
+	}
+	return 0;
+}
+
+/* Takes up to len bytes of payload out of rb into dst (NULL: dropped);
+ * returns how many. */
+static size_t rd_take(struct rd *rd, void *dst, size_t len)
+{
+	size_t k = rd->end - rd->start;
+
+	if (k > len)
+		k = len;
+	if (dst && k)
+		memcpy(dst, rd->p + rd->start, k);
+	rd->start += k;
+	return k;
+}
+
+static void rd_add(struct rd *rd, uint64_t handle, const struct cap_req *r,
+		   void *data)
+{
+	struct job *j = &rd->jobs[rd->n];
+
+	*j = (struct job){
+		.handle = handle, .flags = r->flags, .type = r->type,
+		.off = r->offset, .count = r->count, .data = data,
+	};
+	rd->v[rd->n++] = j;
+	if (rd->n == MAX_BATCH)
+		rd_run(rd);
+}
+
 /* Reads requests until EOF, DISC, a protocol violation or shutdown.
  * Returns 0 for a clean end, or an error (with detail) for a violation. */
-static int read_loop(struct tx *tx)
+static int read_loop(struct rd *rd)
 {
+	struct tx *tx = rd->tx;
 	struct cap_conn *c = tx->c;
 	struct cap_disk *d = tx->d;
-	uint8_t h[sizeof(struct nbd_request)];
 	char msg[256];
 	int err;
 
 	for (;;) {
-		err = cap_recv_full(c->fd, h, sizeof(h), 0);
+		err = rd_fill(rd, sizeof(struct nbd_request));
 		if (err)
 			return err == -ECONNRESET ? 0 : err;
+		const uint8_t *h = rd->p + rd->start;
 		uint32_t magic = rw_get_be32(h);
 		if (magic != NBD_REQUEST_MAGIC)
 			return rw_err_set(-EPROTO, "bad request magic 0x%08x",
@@ -475,12 +719,49 @@ static int read_loop(struct tx *tx)
 			return 0;
 		uint32_t e = cap_req_check(&r, d->meta.size, c->structured,
 					   JR_MAX_WRITE);
+		if (!e && !d->ro && r.type == NBD_CMD_WRITE &&
+		    r.count <= INLINE_MAX) {
+			/* Header and payload stay in rb until the batch ran.
+			 * A client leaving mid-payload: nothing journaled. */
+			err = rd_fill(rd, sizeof(struct nbd_request) + r.count);
+			if (err == -ECONNRESET)
+				return rw_err_set(-ECONNRESET, "client left in "
+						  "the middle of a %u-byte write",
+						  r.count);
+			if (err)
+				return err;
+			void *data = rd->p + rd->start + sizeof(struct nbd_request);
+			rd->start += sizeof(struct nbd_request) + r.count;
+			note_arrival(r.count);
+			rd_add(rd, handle, &r, data);
+			continue;
+		}
+		rd->start += sizeof(struct nbd_request);
+		if (!e && r.type == NBD_CMD_READ && r.count <= INLINE_MAX &&
+		    !cap_disk_read_cached(d, rd->rdbuf, r.offset, r.count)) {
+			/* Cached: answered here, no worker hop. */
+			if (c->structured)
+				reply_read_chunk(tx, handle, r.offset, rd->rdbuf,
+						 r.count);
+			else
+				reply_simple(tx, handle, 0, rd->rdbuf, r.count);
+			continue;
+		}
+		if (!e && !d->ro && (r.type == NBD_CMD_FLUSH ||
+				     r.type == NBD_CMD_TRIM ||
+				     r.type == NBD_CMD_WRITE_ZEROES)) {
+			rd_add(rd, handle, &r, NULL);
+			continue;
+		}
+		/* Everything else may block the reader: run the batch first. */
+		rd_run(rd);
 		if (r.type == NBD_CMD_WRITE && r.count > JR_MAX_WRITE) {
 			if (r.count > DISCARD_MAX)
 				return rw_err_set(-EMSGSIZE, "write of %u bytes "
 						  "(limit %u); disconnecting",
 						  r.count, JR_MAX_WRITE);
-			err = cap_recv_discard(c->fd, r.count, 0);
+			size_t got = rd_take(rd, NULL, r.count);
+			err = cap_recv_discard(c->fd, r.count - got, 0);
 			if (err)
 				return err == -ECONNRESET ? 0 : err;
 			why(tx, &r, msg, sizeof(msg));
@@ -495,7 +776,8 @@ static int read_loop(struct tx *tx)
 			/* Validated: count <= JR_MAX_WRITE. */
 			data = malloc(r.count ? r.count : 1);
 			if (!data) {
-				err = cap_recv_discard(c->fd, r.count, 0);
+				size_t got = rd_take(rd, NULL, r.count);
+				err = cap_recv_discard(c->fd, r.count - got, 0);
 				unadmit(tx, cost);
 				if (err)
 					return err == -ECONNRESET ? 0 : err;
@@ -503,7 +785,9 @@ static int read_loop(struct tx *tx)
 					    "out of memory");
 				continue;
 			}
-			err = cap_recv_full(c->fd, data, r.count, 0);
+			size_t got = rd_take(rd, data, r.count);
+			err = cap_recv_full(c->fd, (uint8_t *)data + got,
+					    r.count - got, 0);
 			if (!err)
 				note_arrival(r.count);
 			if (err) {
@@ -577,11 +861,30 @@ int cap_conn_serve(struct cap_conn *c)
 		wk[i].started = true;
 		started++;
 	}
+	struct rd *rd = calloc(1, sizeof(*rd));
+	if (rd) {
+		rd->p = malloc(RBUF_SIZE);
+		rd->rdbuf = malloc(INLINE_MAX);
+	}
 	if (!started) {
 		err = rw_err_set(-EAGAIN, "cannot start worker threads");
+	} else if (!rd || !rd->p || !rd->rdbuf) {
+		err = rw_err_set(-ENOMEM, "cannot allocate the receive buffer");
 	} else {
-		err = read_loop(&tx);
+		rd->tx = &tx;
+		rd->wk.tx = &tx;
+		if (o->zstd_level > 0 && jr_cctx_new(&rd->wk.cc, o->zstd_level))
+			rd->wk.cc = NULL;
+		err = read_loop(rd);
+		/* Requests received in full before the end are executed. */
+		rd_run(rd);
+		jr_cctx_free(rd->wk.cc);
 	}
+	if (rd) {
+		free(rd->p);
+		free(rd->rdbuf);
+	}
+	free(rd);
 	if (err) {
 		const char *m = rw_err_msg();
 		rw_log(RW_LOG_WARN, "%s: disk '%s': %s; closing the connection",

@@ -17,28 +17,39 @@
  * that cap_server_stop() writes (async-signal-safe).  Each connection gets
  * a thread (handshake, then conn.c).  Above max_conns a new connection is
  * closed at once.  A housekeeping thread wakes every index_interval
- * (50 ms): it ticks the writers (segment age), indexes new records, and
- * every head_sync_interval fsyncs each head.img and records
- * head_synced_seq (disk.c).  Indexing reads the journal files (headers
- * only) with one long-lived jr_reader per disk, up to exactly the
- * writer's written_seq, and commits all disks in one LMDB transaction:
- * the index trails acknowledged writes by about one interval.  It never
- * reads past written_seq: the writer may be writing the bytes beyond it
- * at that moment, and a reader racing that write can misjudge a record
- * still being written (we saw ix_catch_up() report such a tail as
- * corrupt while a 1 GiB nbdcopy ran).
+ * (50 ms): it starts the kernel's writeback of freshly written journal
+ * bytes (disk.c, cap_disk_writeback), ticks the writers (segment age),
+ * indexes new records, and every head_sync_interval fsyncs each head.img
+ * and records head_synced_seq (disk.c).  Indexing takes the record
+ * headers the write path queued as jr_writer_append returned them
+ * (cap_disk_ix_take: only once no older record of the disk can still be
+ * in flight, in seq order) and commits all disks in one LMDB
+ * transaction: the index trails acknowledged writes by about one
+ * interval.  Should the queue ever fail to grow (ENOMEM), that disk is
+ * indexed from its journal files instead, with one long-lived jr_reader
+ * (headers only) up to exactly the writer's written_seq — never past it:
+ * the writer may be writing the bytes beyond it at that moment, and a
+ * reader racing that write can misjudge a record still being written (we
+ * saw ix_catch_up() report such a tail as corrupt while a 1 GiB nbdcopy
+ * ran).
  *
  * Shutdown: stop accepting, shut the read side of every connection (their
  * readers see EOF, workers answer what was in flight), join them, then
  * write out, flush, index, sync heads and close.
  *
- * Rejected alternatives: indexing from jr_appended results collected on
- * the write path saves re-reading headers, but concurrent appends finish
- * out of seq order and ix_batch_commit skips seqs at or below a disk's
- * last_indexed_seq, so a late straggler would silently never be indexed;
- * reading the files, which are in seq order by construction, cannot miss.
- * Calling ix_catch_up() every tick re-seeks every journal each time and
- * reads to the end of the file (see above).
+ * Why the queue and not the files: the journal reader moves whole
+ * 1 MiB windows through memory even for headers only, so indexing from
+ * the files copied every written byte a second time (perf: ~8% of the
+ * server's CPU at 64 KiB writes, a third of the housekeeping thread at
+ * 4 KiB).  The danger of indexing from append results is that
+ * concurrent appends finish out of seq order while ix_batch_commit skips
+ * seqs at or below a disk's last_indexed_seq, so a straggler could
+ * silently never be indexed; the in-flight lower bounds (the range locks'
+ * seq_lb, also an empty range around each FLUSH marker's append) close
+ * that hole: a record is taken only when nothing below it is in flight.
+ *
+ * Rejected alternative: calling ix_catch_up() every tick re-seeks every
+ * journal each time and reads to the end of the file (see above).
  */
 #include "capture/cap-int.h"
 #include "common/rw.h"
@@ -235,12 +246,17 @@ static void hk_error(struct cap_server *s, const char *what, const char *disk,
 }
 
 /*
- * Indexes every record written out so far.  Each disk keeps a journal
- * reader (headers only) positioned after the last record it indexed; it
- * reads exactly up to the writer's written_seq, never into the tail the
- * writer may be writing at that moment, and all disks' records go into
- * one LMDB transaction.  After any error the readers are reopened at the
- * next tick (seeking past what the index holds), so nothing is skipped.
+ * Indexes every record written out so far, all disks in one LMDB
+ * transaction.  A disk's records normally come from the queue its write
+ * path fills (cap_disk_ix_take: record headers as jr_writer_append
+ * returned them, in seq order, only once nothing older can still come);
+ * a batch that fails to commit is kept and retried at the next tick.
+ * A disk whose queue broke (out of memory) is indexed from its journal
+ * files instead: a reader (headers only) positioned after the last record
+ * indexed reads exactly up to the writer's written_seq, never into the
+ * tail the writer may be writing at that moment; after an error the
+ * readers are reopened at the next tick (seeking past what the index
+ * holds), so nothing is skipped.
  */
 static int hk_index(struct cap_server *s)
 {
@@ -249,16 +265,34 @@ static int hk_index(struct cap_server *s)
 	int err;
 
 	for (size_t i = 0; i < s->ndisks; i++) {
+		struct cap_disk *d = &s->disks[i];
+		bool current = false;
+		if (!d->from_files && cap_disk_ix_take(d, &current) < 0) {
+			/* the queue broke: what it held is in the files */
+			d->from_files = true;
+			d->ixw_n = 0;
+		}
+		d->hk_current = current;
 		struct jr_writer_stats st;
-		jr_writer_stats(s->disks[i].w, &st);
-		s->disks[i].hk_snap = st.written_seq;
+		jr_writer_stats(d->w, &st);
+		d->hk_snap = st.written_seq;
 	}
 	err = ix_batch_new(s->ix, &b);
 	if (err)
 		return err;
 	for (size_t i = 0; !err && i < s->ndisks; i++) {
 		struct cap_disk *d = &s->disks[i];
+		if (!d->from_files) {
+			for (size_t k = 0; !err && k < d->ixw_n; k++) {
+				err = ix_batch_add(b, &d->ixw[k].rec, &d->ixw[k].loc);
+				d->pending_seq = d->ixw[k].rec.seq;
+				d->pending_n++;
+				added++;
+			}
+			continue;
+		}
 		uint64_t upto = d->hk_snap;
+		d->hk_current = true;
 		if (d->indexed_seq >= upto)
 			continue;
 		if (!d->ixr) {
@@ -300,14 +334,17 @@ static int hk_index(struct cap_server *s)
 	for (size_t i = 0; i < s->ndisks; i++) {
 		struct cap_disk *d = &s->disks[i];
 		if (err) {
-			/* start over from what the index holds */
+			/* start over from what the index holds; a queued
+			 * batch stays in ixw for the next try */
 			jr_reader_close(d->ixr);
 			d->ixr = NULL;
 			d->pending_seq = d->indexed_seq;
 		} else {
-			d->indexed_seq = d->pending_seq;
+			d->ixw_n = 0;
+			if (d->pending_seq > d->indexed_seq)
+				d->indexed_seq = d->pending_seq;
 			atomic_fetch_add(&d->n_indexed, d->pending_n);
-			if (d->indexed_seq >= d->hk_snap)
+			if (d->hk_current)
 				atomic_store(&d->ix_current_ns, rw_clock_ns());
 		}
 		d->pending_n = 0;
@@ -330,6 +367,8 @@ static void *hk_main(void *arg)
 	struct cap_server *s = arg;
 	uint64_t last_sync = rw_mono_ns();
 
+	pthread_setname_np(pthread_self(), "rw-housekeep");
+
 	pthread_mutex_lock(&s->hk_mu);
 	while (!s->hk_stop) {
 		struct timespec ts;
@@ -343,6 +382,8 @@ static void *hk_main(void *arg)
 			break;
 		pthread_mutex_unlock(&s->hk_mu);
 
+		for (size_t i = 0; i < s->ndisks; i++)
+			cap_disk_writeback(&s->disks[i]);
 		for (size_t i = 0; i < s->ndisks; i++) {
 			rw_err_clear();
 			int err = jr_writer_tick(s->disks[i].w);
@@ -601,6 +642,7 @@ static void *conn_main(void *arg)
 	struct cap_conn *c = arg;
 	struct cap_server *s = c->srv;
 
+	pthread_setname_np(pthread_self(), "rw-conn");
 	rw_err_clear();
 	int err = cap_handshake(c);
 	if (err == 0) {

@@ -330,6 +330,139 @@ static void test_server_inprocess(void)
 	free(dir);
 }
 
+static int count_version(void *arg, uint64_t block, const struct ix_version *v)
+{
+	(void)v;
+	if (block == 2)
+		(*(int *)arg)++;
+	return 0;
+}
+
+/*
+ * Regression test for the batched write path (capture/conn.c): many
+ * pipelined writes to one block, a FLUSH among them and a FUA write at
+ * the end, sent in one go so the server executes them in batches.
+ * Every one is answered; head ends with the last; the journal holds them
+ * in the order sent (seq order = array order within a batch); and the
+ * index, filled from the write path's queue, holds every version before
+ * any catch-up could add what it missed.
+ */
+static void test_server_pipelined_batch(void)
+{
+	enum { N = 16 };
+	char *dir = tu_tmpdir("capb");
+	char store[512], sock[600], jdir[700];
+	struct ix *ix = NULL;
+	struct srv v = { 0 };
+	static uint8_t out[(N + 1) * (28 + 4096)];
+	uint8_t rbuf[4096], er[10];
+	size_t o = 0;
+
+	snprintf(store, sizeof(store), "%s/s", dir);
+	snprintf(sock, sizeof(sock), "%s/t.sock", dir);
+	snprintf(jdir, sizeof(jdir), "%s/disks/vm1/journal", store);
+	CU_ASSERT_EQUAL_FATAL(ix_store_init(store), 0);
+	CU_ASSERT_EQUAL_FATAL(ix_open(&ix, store, IX_LOCK), 0);
+	CU_ASSERT_EQUAL_FATAL(ix_disk_create(ix, "vm1", SIZE, 4096, NULL, NULL), 0);
+	ix_close(ix);
+	ix = NULL;
+	CU_ASSERT_EQUAL_FATAL(srv_start(&v, store, sock), 0);
+
+	int fd = dial(sock);
+	CU_ASSERT_FATAL(fd >= 0);
+	CU_ASSERT(greet(fd, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES) >= 0);
+	CU_ASSERT_EQUAL(send_opt(fd, NBD_OPT_EXPORT_NAME, "vm1", 3), 0);
+	CU_ASSERT_EQUAL(xfer(fd, er, 10, false), 0);
+
+	for (int i = 0; i < N; i++) {
+		uint8_t *h = out + o;
+		rw_put_be32(h, NBD_REQUEST_MAGIC);
+		rw_put_be16(h + 4, i == N - 1 ? NBD_CMD_FLAG_FUA : 0);
+		rw_put_be16(h + 6, NBD_CMD_WRITE);
+		rw_put_be64(h + 8, 100 + (uint64_t)i);
+		rw_put_be64(h + 16, 8192);
+		rw_put_be32(h + 24, 4096);
+		memset(h + 28, i + 1, 4096);
+		o += 28 + 4096;
+		if (i == N / 2) {
+			h = out + o;
+			rw_put_be32(h, NBD_REQUEST_MAGIC);
+			rw_put_be16(h + 4, 0);
+			rw_put_be16(h + 6, NBD_CMD_FLUSH);
+			rw_put_be64(h + 8, 200);
+			rw_put_be64(h + 16, 0);
+			rw_put_be32(h + 24, 0);
+			o += 28;
+		}
+	}
+	CU_ASSERT_EQUAL_FATAL(xfer(fd, out, o, true), 0);
+	bool seen[N + 1] = { false };
+	int nseen = 0;
+	for (int i = 0; i < N + 1; i++) {
+		uint8_t r[16];
+		if (xfer(fd, r, 16, false))
+			break;
+		CU_ASSERT_EQUAL(rw_get_be32(r), NBD_SIMPLE_REPLY_MAGIC);
+		CU_ASSERT_EQUAL(rw_get_be32(r + 4), 0);
+		uint64_t hd = rw_get_be64(r + 8);
+		int k = hd == 200 ? N : (int)(hd - 100);
+		CU_ASSERT_FATAL(k >= 0 && k <= N);
+		CU_ASSERT_FALSE(seen[k]);
+		if (!seen[k])
+			nseen++;
+		seen[k] = true;
+	}
+	CU_ASSERT_EQUAL(nseen, N + 1);
+	CU_ASSERT_EQUAL(request(fd, 0, NBD_CMD_READ, 1, 8192, 4096, NULL), 0);
+	CU_ASSERT_EQUAL(simple_reply(fd, 1, rbuf, 4096), 0);
+	CU_ASSERT_EQUAL(rbuf[0], N);
+	CU_ASSERT_EQUAL(rbuf[4095], N);
+	CU_ASSERT_EQUAL(request(fd, 0, NBD_CMD_DISC, 2, 0, 0, NULL), 0);
+	close(fd);
+	CU_ASSERT_EQUAL(srv_stop(&v), 0);
+
+	/* The journal: the writes in the order sent, and the flush. */
+	struct jr_reader *r = NULL;
+	struct jr_rec rec;
+	struct jr_loc loc;
+	const void *payload;
+	int nw = 0, nf = 0;
+	uint64_t last = 0;
+	CU_ASSERT_EQUAL_FATAL(jr_reader_open(&r, jdir, 0), 0);
+	while (jr_reader_next(r, &rec, &loc, &payload) == 1) {
+		CU_ASSERT(rec.seq > last);
+		last = rec.seq;
+		if (rec.type == JR_FLUSH)
+			nf++;
+		if (rec.type != JR_WRITE)
+			continue;
+		CU_ASSERT_EQUAL(rec.offset, 8192);
+		CU_ASSERT_FATAL(payload != NULL);
+		CU_ASSERT_EQUAL(((const uint8_t *)payload)[0], nw + 1);
+		nw++;
+	}
+	jr_reader_close(r);
+	CU_ASSERT_EQUAL(nw, N);
+	CU_ASSERT(nf >= 1);
+
+	/* The index, opened without catch-up: every version, up to the end. */
+	struct ix_disk m;
+	struct ix_read *rd = NULL;
+	int nv = 0;
+	CU_ASSERT_EQUAL_FATAL(ix_open(&ix, store, IX_RDONLY), 0);
+	CU_ASSERT_EQUAL(ix_disk_get(ix, "vm1", &m), 0);
+	CU_ASSERT_EQUAL(m.last_indexed_seq, last);
+	CU_ASSERT_EQUAL_FATAL(ix_read_begin(ix, &rd), 0);
+	CU_ASSERT_EQUAL(ix_versions_range(rd, m.id, 0, UINT64_MAX,
+					  count_version, &nv), 0);
+	CU_ASSERT_EQUAL(nv, N);
+	ix_read_end(rd);
+	ix_close(ix);
+
+	tu_rmrf(dir);
+	free(dir);
+}
+
 int main(void)
 {
 	rw_log_set_level(RW_LOG_ERROR);
@@ -338,6 +471,8 @@ int main(void)
 		     "error mapping and export flags", test_errno_and_flags,
 		     "in-process server: handshake, write, reopen",
 		     test_server_inprocess,
+		     "pipelined writes to one block sent in one go: journal and "
+		     "index in send order", test_server_pipelined_batch,
 		     NULL);
 	return tu_run();
 }
