@@ -81,6 +81,10 @@ struct cap_disk {
 	                                   * to have blocks; NULL = untracked */
 	size_t nreserved;                 /* words in reserved */
 	atomic_bool punch_ok;             /* fallocate punch/zero works */
+	atomic_bool over_budget;          /* journal over its budget with the
+	                                   * refuse policy: writes get ENOSPC */
+	uint64_t budget;                  /* that budget (bytes), for messages;
+	                                   * set before any thread starts */
 	atomic_int last_err;              /* last journal error logged */
 	uint64_t head_synced_seq;         /* housekeeping thread only */
 	struct jr_reader *ixr;            /* indexer's reader, housekeeping only */

@@ -100,6 +100,11 @@ struct cap_server_opts {
 	uint64_t lag_warn_ns, lag_crit_ns; /* capture lag thresholds; 0 = off */
 	unsigned history_warn_pct;      /* warn when compaction left less than
 					 * this % of retain_ns; 0 = off */
+	uint64_t max_journal;           /* journal budget per disk in bytes
+					 * (sum of its segment files); 0 = none */
+	bool refuse_over_budget;        /* over max_journal: refuse writes,
+					 * trims and zeroes with ENOSPC until a
+					 * compaction frees space */
 };
 
 /* Fills o with the defaults above (store_dir NULL). */
@@ -220,6 +225,8 @@ struct cap_disk_figures {
 	double flush_sum_s;
 	double compression_ratio;     /* logical / stored WRITE payload bytes */
 	bool accepting;               /* no sticky journal or head error */
+	uint64_t over_budget;         /* 1 while writes are refused because
+				       * the journal is over --max-journal */
 	/* store */
 	uint64_t index_lag_records;
 	double index_lag_s;

@@ -578,6 +578,14 @@ void cap_disk_write_batch(struct cap_disk *d, struct cap_wreq *v, size_t n)
 						"failed earlier (%s); restart the "
 						"server to recover", d->meta.name,
 						rw_strerror(herr)));
+		} else if (atomic_load(&d->over_budget)) {
+			/* --over-budget refuse: history is kept, new writes wait
+			 * for a compaction to free journal space. */
+			wreq_fail(q, rw_err_set(-ENOSPC, "disk '%s': the journal is over "
+						"its budget of %llu bytes (--over-budget "
+						"refuse); compact to free space",
+						d->meta.name,
+						(unsigned long long)d->budget));
 		} else if (q->type == JR_ZERO &&
 			   (q->flags & NBD_CMD_FLAG_FAST_ZERO) &&
 			   !atomic_load(&d->punch_ok)) {

@@ -265,6 +265,7 @@ static const struct fam fams[] = {
 	{ "rewind_flushes_total", "counter", "FLUSH requests since the server started.", U(flushes), true },
 	{ "rewind_zero_bytes_total", "counter", "Bytes of WRITE_ZEROES requests journaled since the server started.", U(zero_bytes), true },
 	{ "rewind_trim_bytes_total", "counter", "Bytes of TRIM requests journaled since the server started.", U(trim_bytes), true },
+	{ "rewind_journal_over_budget", "gauge", "1 while writes are refused with ENOSPC because the journal is over its budget (serve --max-journal with --over-budget refuse).", U(over_budget), true },
 	{ "rewind_compression_ratio", "gauge", "Logical over stored payload bytes of WRITE records since the server started (1 when none).", D(compression_ratio), true },
 	{ "rewind_health", "gauge", "Threshold state of the disk: 0 ok, 1 warning, 2 critical.", offsetof(struct cap_disk_figures, health), 'e', false },
 };
@@ -585,10 +586,15 @@ static int collect_disk(struct ix *ix, struct cap_server *s,
 			? (double)(now - cur) / 1e9 : 0;
 		/* records appended but not yet in the index's segment table */
 		f->journal_records += f->index_lag_records;
+		f->over_budget = atomic_load(&d->over_budget);
 		if (!f->accepting)
 			set_health(f, CAP_CRIT, "disk '%s' refuses writes: %s",
 				   m->name, rw_strerror(st.error ? st.error :
 				   atomic_load(&d->head_failed)));
+		else if (f->over_budget)
+			set_health(f, CAP_CRIT, "disk '%s' refuses writes: its journal is "
+				   "over the budget of %llu bytes (--over-budget refuse)",
+				   m->name, (unsigned long long)d->budget);
 		if (cfg->lag_crit_ns && f->capture_lag_s * 1e9 >= (double)cfg->lag_crit_ns)
 			set_health(f, CAP_CRIT, "disk '%s': capture lag %.1fs is "
 				   "over the critical threshold %.1fs", m->name,

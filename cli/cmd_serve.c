@@ -30,7 +30,8 @@ static struct cap_server *volatile the_server;
 /* Scheduled compaction (cli/serve_compact.c). */
 struct cli_compact_job;
 int cli_compact_job_start(struct cli_compact_job **out, const char *store,
-			  const char *retain, uint64_t every_ns);
+			  const char *retain, const char *max_journal,
+			  const char *over_budget, uint64_t every_ns);
 void cli_compact_job_stop(struct cli_compact_job *j);
 
 static void on_signal(int sig)
@@ -71,6 +72,12 @@ static void usage(FILE *f)
 		"                      (logged; crit makes /healthz answer 503)\n"
 		"  --history-warn PCT%% warn when compaction left less history than\n"
 		"                      PCT%% of --retain\n"
+		"  --max-journal SIZE  journal budget per disk (e.g. 50G), with:\n"
+		"  --over-budget compact|refuse   what happens above it: 'compact'\n"
+		"                      lets the scheduled compaction fold past\n"
+		"                      --retain until the journal fits; 'refuse'\n"
+		"                      keeps all history and answers writes with\n"
+		"                      ENOSPC until a compaction frees space\n"
 		"  --verbose           log every connection\n\n"
 		"Clients: nbd+unix:///DISK?socket=STORE/rewind.sock, "
 		"nbd://127.0.0.1:10809/DISK\n", JR_ZSTD_LEVEL_DEFAULT);
@@ -107,6 +114,8 @@ static int cmd_serve(int argc, char **argv)
 		{ "lag-warn", required_argument, NULL, 'W' },
 		{ "lag-crit", required_argument, NULL, 'C' },
 		{ "history-warn", required_argument, NULL, 'H' },
+		{ "max-journal", required_argument, NULL, 'J' },
+		{ "over-budget", required_argument, NULL, 'O' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -114,7 +123,7 @@ static int cmd_serve(int argc, char **argv)
 	struct cap_server *s = NULL;
 	unsigned v;
 	int c, err;
-	const char *retain = NULL;
+	const char *retain = NULL, *max_journal = NULL, *over_budget = NULL;
 	uint64_t retain_ns = 0, every_ns = 0;
 	struct cli_compact_job *job = NULL;
 
@@ -189,6 +198,17 @@ static int cmd_serve(int argc, char **argv)
 			o.history_warn_pct = (unsigned)pct;
 			break;
 		}
+		case 'J':
+			max_journal = optarg;
+			if (rw_parse_size(optarg, &o.max_journal) || !o.max_journal)
+				return cli_usage_error("serve", "invalid --max-journal '%s'", optarg);
+			break;
+		case 'O':
+			over_budget = optarg;
+			if (strcmp(optarg, "refuse") && strcmp(optarg, "compact"))
+				return cli_usage_error("serve", "--over-budget is 'compact' or 'refuse'");
+			o.refuse_over_budget = strcmp(optarg, "refuse") == 0;
+			break;
 		case 'h': usage(stdout); return 0;
 		default: return cli_usage_error("serve", "unknown option");
 		}
@@ -201,6 +221,12 @@ static int cmd_serve(int argc, char **argv)
 	o.retain_ns = retain_ns;
 	if (o.history_warn_pct && !retain)
 		return cli_usage_error("serve", "--history-warn needs --retain");
+	/* The policy over budget is the operator's choice, never implied. */
+	if (!max_journal != !over_budget)
+		return cli_usage_error("serve", "--max-journal and --over-budget go together");
+	if (over_budget && !o.refuse_over_budget && !retain)
+		return cli_usage_error("serve", "--over-budget compact needs the scheduled "
+				       "compaction (--retain and --compact-every)");
 	if (o.lag_warn_ns && o.lag_crit_ns && o.lag_warn_ns > o.lag_crit_ns)
 		return cli_usage_error("serve", "--lag-warn is above --lag-crit");
 	if (o.listen && !strchr(o.listen, ':'))
@@ -231,7 +257,8 @@ static int cmd_serve(int argc, char **argv)
 	/* Threads the server started inherit the blocked mask, so signals
 	 * land on this thread, which runs the accept loop. */
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	if (retain && (err = cli_compact_job_start(&job, o.store_dir, retain, every_ns)))
+	if (retain && (err = cli_compact_job_start(&job, o.store_dir, retain,
+						   max_journal, over_budget, every_ns)))
 		rw_log(RW_LOG_ERROR, "cannot start scheduled compaction: %s", rw_strerror(err));
 	else if (retain)
 		rw_log(RW_LOG_INFO, "scheduled compaction: history older than %s, "

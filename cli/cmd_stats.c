@@ -118,6 +118,7 @@ static void print_json(FILE *f, const struct cap_store_figures *fig,
 			fprintf(f, ",\"flush_duration_seconds\":null");
 		}
 		json_num(f, "compression_ratio", d->compression_ratio, l);
+		json_num(f, "journal_over_budget", (double)d->over_budget, l);
 		fprintf(f, "}");
 	}
 	fprintf(f, "]}\n");
@@ -180,6 +181,8 @@ static void print_text(FILE *f, const struct cap_store_figures *fig,
 		fprintf(f, "  errors             %s\n", na(l, buf));
 		snprintf(buf, sizeof(buf), "%.2f", d->compression_ratio);
 		fprintf(f, "  compression ratio  %s\n", na(l, buf));
+		fprintf(f, "  over budget        %s\n",
+			na(l, d->over_budget ? "yes: writes refused (ENOSPC)" : "no"));
 	}
 }
 

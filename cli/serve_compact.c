@@ -37,7 +37,8 @@
 
 struct cli_compact_job;
 int cli_compact_job_start(struct cli_compact_job **out, const char *store,
-			  const char *retain, uint64_t every_ns);
+			  const char *retain, const char *max_journal,
+			  const char *over_budget, uint64_t every_ns);
 void cli_compact_job_stop(struct cli_compact_job *j);
 
 extern char **environ;
@@ -49,13 +50,17 @@ struct cli_compact_job {
 	bool stop;
 	pid_t child;
 	char *store, *retain;
+	char *max_journal, *over_budget;   /* both or neither */
 	uint64_t every_ns;
 };
 
 static void run_once(struct cli_compact_job *j)
 {
 	char *argv[] = { (char *)"rewind", (char *)"compact", (char *)"--store",
-			 j->store, (char *)"--retain", j->retain, NULL };
+			 j->store, (char *)"--retain", j->retain,
+			 j->max_journal ? (char *)"--max-journal" : NULL,
+			 j->max_journal, (char *)"--over-budget", j->over_budget,
+			 NULL };
 	posix_spawn_file_actions_t fa;
 	posix_spawnattr_t at;
 	sigset_t none, dfl;
@@ -94,7 +99,11 @@ static void run_once(struct cli_compact_job *j)
 	pthread_mutex_unlock(&j->mu);
 	if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
 		return;
-	if (WIFEXITED(st))
+	if (WIFEXITED(st) && WEXITSTATUS(st) == 3)
+		rw_log(RW_LOG_WARN, "scheduled compaction of store '%s': a journal is over "
+		       "--max-journal and --over-budget refuse keeps its history",
+		       j->store);
+	else if (WIFEXITED(st))
 		rw_log(RW_LOG_WARN, "scheduled compaction of store '%s' exited with status %d",
 		       j->store, WEXITSTATUS(st));
 	else if (WIFSIGNALED(st))
@@ -132,7 +141,8 @@ static void *job_main(void *arg)
 }
 
 int cli_compact_job_start(struct cli_compact_job **out, const char *store,
-			  const char *retain, uint64_t every_ns)
+			  const char *retain, const char *max_journal,
+			  const char *over_budget, uint64_t every_ns)
 {
 	struct cli_compact_job *j = calloc(1, sizeof(*j));
 	pthread_condattr_t ca;
@@ -144,6 +154,14 @@ int cli_compact_job_start(struct cli_compact_job **out, const char *store,
 	j->store = strdup(store);
 	j->retain = strdup(retain);
 	j->every_ns = every_ns;
+	if (max_journal && over_budget) {
+		j->max_journal = strdup(max_journal);
+		j->over_budget = strdup(over_budget);
+		if (!j->max_journal || !j->over_budget) {
+			e = -ENOMEM;
+			goto fail;
+		}
+	}
 	if (!j->store || !j->retain) {
 		e = -ENOMEM;
 		goto fail;
@@ -164,6 +182,8 @@ int cli_compact_job_start(struct cli_compact_job **out, const char *store,
 fail:
 	free(j->store);
 	free(j->retain);
+	free(j->max_journal);
+	free(j->over_budget);
 	free(j);
 	return e;
 }
@@ -183,5 +203,7 @@ void cli_compact_job_stop(struct cli_compact_job *j)
 	pthread_mutex_destroy(&j->mu);
 	free(j->store);
 	free(j->retain);
+	free(j->max_journal);
+	free(j->over_budget);
 	free(j);
 }
