@@ -73,6 +73,8 @@ struct bench {
 	int verify;
 	unsigned threads;      /* appending threads, 1 = the shape */
 	unsigned pool;         /* writer compression workers (-p), 0 = none */
+	int compress_behind;   /* -c: a flush compresses queued records
+				* itself (raw_when_behind off) */
 };
 
 struct result {
@@ -97,7 +99,7 @@ static void usage(void)
 {
 	fprintf(stderr,
 		"usage: bench_journal [-m journal|zstd] [-v] [-t threads] [-p workers]\n"
-		"                     [-B batch_bytes] [-S segment_bytes] [--]\n"
+		"                     [-c] [-B batch_bytes] [-S segment_bytes] [--]\n"
 		"                     DIR DATA RECSIZE TOTAL FLUSH LEVEL BACKEND\n"
 		"  DIR      journal directory (created; should be empty)\n"
 		"  DATA     file whose contents the records carry, looped over\n"
@@ -105,7 +107,9 @@ static void usage(void)
 		"  TOTAL    logical bytes to append (e.g. 1G)\n"
 		"  FLUSH    jr_writer_flush every FLUSH logical bytes (0 = at close)\n"
 		"  LEVEL    zstd level, 0 = no compression\n"
-		"  BACKEND  uring | sync | auto\n");
+		"  BACKEND  uring | sync | auto\n"
+		"  -c       with -p: a flush compresses the records no worker has\n"
+		"           started instead of storing them raw\n");
 }
 
 static int die(const char *what, int err)
@@ -375,6 +379,7 @@ static int run_journal(const struct bench *b, struct result *r)
 	if (b->segment_bytes)
 		opts.segment_bytes = b->segment_bytes;
 	opts.compress_threads = b->pool;
+	opts.raw_when_behind = !b->compress_behind;
 
 	getrusage(RUSAGE_SELF, &ru0);
 	t0 = rw_mono_ns();
@@ -500,8 +505,11 @@ int main(int argc, char **argv)
 	long lvl;
 	int opt, ret;
 
-	while ((opt = getopt(argc, argv, "+m:vt:p:B:S:h")) != -1) {
+	while ((opt = getopt(argc, argv, "+m:vt:p:B:S:ch")) != -1) {
 		switch (opt) {
+		case 'c':
+			b.compress_behind = 1;
+			break;
 		case 'm':
 			b.mode = optarg;
 			break;

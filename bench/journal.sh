@@ -26,8 +26,12 @@
 # (nproc; 1 = no multi-thread row), SKIP_LEVELS=1.
 #
 # The target rows are the single appending thread, with the
-# writer's POOL compression workers (append queues, workers compress).
-# Each rep also runs, for comparison, the single appender compressing in
+# writer's POOL compression workers (append queues, workers compress; a
+# flush stores raw what no worker has started — raw_when_behind, the
+# default: compression never makes a flush wait, so the ratio printed is
+# what the journal really got).  Each rep also runs, for comparison, the
+# same with the flush compressing those records itself (-c: best ratio,
+# flush waits for zstd), the single appender compressing in
 # its own thread (no workers: the journal before the workers existed) and
 # THREADS appenders without workers (own zstd context each, same flush
 # count), as an NBD server with several requests in flight would.  Those
@@ -195,6 +199,7 @@ for bs in 4096 65536; do
 		if [ $((rep % 2)) -eq 1 ]; then
 			record fio "$bs" "$rep" fio_run "$bs"; msg+=" fio $(last)"
 			record rw "$bs" "$rep" rw_run "$bs" "$DEFAULT_LEVEL" -p "$POOL" "${v[@]}"; msg+=" rewind $(last)"
+			record cb "$bs" "$rep" rw_run "$bs" "$DEFAULT_LEVEL" -p "$POOL" -c "${v[@]}"; msg+=" compress-behind $(last)"
 			record nw "$bs" "$rep" rw_run "$bs" "$DEFAULT_LEVEL" "${v[@]}"; msg+=" no-workers $(last)"
 			record raw "$bs" "$rep" rw_run "$bs" 0 "${v[@]}"; msg+=" no-zstd $(last)"
 			if [ "$THREADS" -gt 1 ]; then
@@ -206,6 +211,7 @@ for bs in 4096 65536; do
 			fi
 			record raw "$bs" "$rep" rw_run "$bs" 0 "${v[@]}"; msg+=" no-zstd $(last)"
 			record nw "$bs" "$rep" rw_run "$bs" "$DEFAULT_LEVEL" "${v[@]}"; msg+=" no-workers $(last)"
+			record cb "$bs" "$rep" rw_run "$bs" "$DEFAULT_LEVEL" -p "$POOL" -c "${v[@]}"; msg+=" compress-behind $(last)"
 			record rw "$bs" "$rep" rw_run "$bs" "$DEFAULT_LEVEL" -p "$POOL" "${v[@]}"; msg+=" rewind $(last)"
 			record fio "$bs" "$rep" fio_run "$bs"; msg+=" fio $(last)"
 		fi
@@ -241,6 +247,7 @@ default = sys.argv[2]
 levels = sys.argv[3].split()
 pool = int(sys.argv[5])
 kinds = [('rw', 'zstd %s, %d workers' % (default, pool)),
+         ('cb', 'zstd %s, %d wk, flush zstd' % (default, pool)),
          ('nw', 'zstd %s, no workers' % default),
          ('raw', 'no compression')]
 if int(sys.argv[4]) > 1:

@@ -188,6 +188,15 @@ struct jr_writer_opts {
 	 * in seq order.  See jr_writer_append() for what changes for callers.
 	 */
 	unsigned compress_threads;
+	/*
+	 * With workers: a flush or write-out that finds records no worker
+	 * has started stores them raw rather than compressing them itself,
+	 * so a flush waits for the fdatasync and not for zstd — compression
+	 * never limits the guest (the capture rule; raw records stay valid
+	 * records, flagged as such).  Default true; false makes the flushing
+	 * thread compress what is left, for the best ratio.
+	 */
+	bool raw_when_behind;
 };
 
 #define JR_MAX_COMPRESS_THREADS 16u
@@ -238,6 +247,8 @@ struct jr_writer_stats {
 	uint64_t logical_bytes;     /* logical bytes of WRITE records since open */
 	uint64_t stored_bytes;      /* payload bytes stored since open */
 	uint64_t syncs;             /* fdatasyncs issued since open */
+	uint64_t raw_behind;        /* WRITE records a flush stored raw because
+				     * no worker had started them */
 	bool uring;                 /* true when the io_uring back end is in use */
 	int error;                  /* the sticky error, or 0 */
 };

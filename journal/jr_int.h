@@ -289,4 +289,8 @@ void jr_writer_seg_path(const struct jr_writer *w, uint64_t first, char *buf,
 /* Releases w's resources without flushing; NULL is a no-op. */
 void jr_writer_free(struct jr_writer *w);
 
+/* Tests only: while true, the compression workers claim no job, so a
+ * flush meets every record still queued (pool.c). */
+extern bool jr_test_hold_workers;
+
 #endif /* RW_JOURNAL_INT_H */

@@ -28,7 +28,9 @@
  * through memory and doubled the time spent in memcpy).
  *
  * A thread waiting in flush for its records helps: it claims queued jobs
- * and compresses them with the pool's one helper context instead of
+ * and, with raw_when_behind (the default), stores them raw — the flush
+ * then waits for the disk, not for zstd, as capture requires — or else
+ * compresses them with the pool's one helper context instead of
  * sleeping.  On a busy machine a worker's wake-up can take milliseconds,
  * while the flushing thread is already running; without the help, two
  * workers were slower than no workers under load.
@@ -49,6 +51,9 @@
  * larger than that is still admitted when the queue is empty). */
 #define JR_POOL_SLOTS 256u
 #define JR_POOL_MIN_BYTES (1u << 20)
+
+/* Tests only: while set, workers claim nothing (read under the mutex). */
+bool jr_test_hold_workers;
 
 struct worker_arg {
 	struct jr_writer *w;
@@ -102,14 +107,15 @@ void jr_pool_buf_put(struct jr_pool *p, uint8_t **buf, size_t *cap)
 }
 
 /* Compresses one claimed job (mutex not held) and encodes its header;
- * job->z was given by claim() (NULL: no memory, store raw). */
+ * job->z was given by claim() (NULL: no memory, store raw); raw: store it
+ * raw without trying. */
 static void compress_job(struct jr_writer *w, struct jr_cctx *cc,
-			 struct jr_job *job)
+			 struct jr_job *job, bool raw)
 {
 	size_t n = 0;
 	uint32_t len = job->rec.length;
 
-	if (job->z)
+	if (job->z && !raw)
 		n = jr_zstd_compress(cc, job->level, job->z, job->z_cap,
 				     job->raw, len);
 	/* n == 0: no memory, or it did not pay: store raw. */
@@ -172,13 +178,14 @@ static void *worker_main(void *arg)
 	pthread_mutex_lock(&w->mu);
 	for (;;) {
 		unsigned n = 0;
-		while (!p->stop && !(n = claim(p, jobs)))
+		while (!p->stop && (__atomic_load_n(&jr_test_hold_workers, __ATOMIC_SEQ_CST) ||
+					   !(n = claim(p, jobs))))
 			pthread_cond_wait(&p->work_cv, &w->mu);
 		if (!n)
 			break; /* stop, and nothing claimed */
 		pthread_mutex_unlock(&w->mu);
 		for (unsigned i = 0; i < n; i++)
-			compress_job(w, cc, jobs[i]);
+			compress_job(w, cc, jobs[i], false);
 		pthread_mutex_lock(&w->mu);
 		for (unsigned i = 0; i < n; i++)
 			jobs[i]->state = JR_JOB_DONE;
@@ -196,12 +203,17 @@ bool jr_pool_help(struct jr_writer *w)
 	struct jr_job *jobs[JR_POOL_CLAIM_MAX];
 	unsigned n;
 
+	bool raw = w->o.raw_when_behind;
+
 	if (!p || p->helping || p->stop || !(n = claim(p, jobs)))
 		return false;
 	p->helping = true;
+	if (raw)
+		for (unsigned i = 0; i < n; i++)
+			w->st.raw_behind += jobs[i]->rec.type == JR_WRITE;
 	pthread_mutex_unlock(&w->mu);
 	for (unsigned i = 0; i < n; i++)
-		compress_job(w, p->help_cc, jobs[i]);
+		compress_job(w, p->help_cc, jobs[i], raw);
 	pthread_mutex_lock(&w->mu);
 	for (unsigned i = 0; i < n; i++)
 		jobs[i]->state = JR_JOB_DONE;

@@ -53,6 +53,7 @@ void jr_writer_opts_default(struct jr_writer_opts *o)
 	o->segment_age_ns = 600ull * 1000000000ull;
 	o->batch_bytes = 1u << 20;
 	o->backend = JR_BACKEND_AUTO;
+	o->raw_when_behind = true;
 }
 
 void jr_writer_seg_path(const struct jr_writer *w, uint64_t first, char *buf,

@@ -10,6 +10,7 @@
  */
 #include "common/rw.h"
 #include "journal/jr.h"
+#include "journal/jr_int.h"
 #include "tests/testutil.h"
 
 #include <errno.h>
@@ -219,6 +220,7 @@ static int read_all(const char *dir, unsigned flags, struct model *m,
 
 /* Compression workers of the writers open_writer opens (0 = none). */
 static unsigned g_pool;
+static bool g_raw_behind;      /* jr_writer_opts.raw_when_behind */
 
 static struct jr_writer *open_writer(const char *dir, enum jr_backend b,
 				     uint64_t seg_bytes, struct jr_clock *clk,
@@ -231,6 +233,7 @@ static struct jr_writer *open_writer(const char *dir, enum jr_backend b,
 	o.disk_id = 7;
 	o.backend = b;
 	o.compress_threads = g_pool;
+	o.raw_when_behind = g_raw_behind;
 	if (seg_bytes)
 		o.segment_bytes = seg_bytes;
 	o.batch_bytes = 16 * 1024;
@@ -1937,7 +1940,7 @@ static void *pool_thread(void *p)
  * seq order with an unbroken prev_seq chain, and every flush covered all
  * that its thread appended before it.
  */
-static void pool_order(enum jr_backend b)
+static void pool_order(enum jr_backend b, bool raw_behind)
 {
 	char *tmp = tu_tmpdir("jr-pool");
 	char *dir = jdir(tmp);
@@ -1949,8 +1952,10 @@ static void pool_order(enum jr_backend b)
 
 	jr_clock_new(&clk, 1, 0);
 	g_pool = 2;
+	g_raw_behind = raw_behind;
 	struct jr_writer *w = open_writer(dir, b, 512 * 1024, clk, NULL, &err);
 	g_pool = 0;
+	g_raw_behind = false;
 	CU_ASSERT_FATAL(w != NULL);
 	for (int i = 0; i < 4; i++) {
 		args[i] = (struct pool_arg){ .w = w, .dir = dir, .id = i,
@@ -2001,8 +2006,79 @@ static void pool_order(enum jr_backend b)
 		CU_ASSERT(all.v[i].seen);
 		nzstd += (all.v[i].flags & JR_F_ZSTD) != 0;
 	}
-	CU_ASSERT(nzstd > 100);
+	/* Flushing threads compress what they meet; or, raw_when_behind,
+	 * store it raw: then every raw-behind record is one that is not
+	 * compressed. */
+	if (!raw_behind) {
+		CU_ASSERT(nzstd > 100);
+	} else {
+		CU_ASSERT(nzstd + ws.raw_behind <= all.n);
+	}
 	model_free(&all);
+	jr_clock_free(clk);
+	tu_rmrf(tmp);
+	free(dir);
+	free(tmp);
+}
+
+/*
+ * raw_when_behind, deterministically: with the workers held, a flush
+ * meets every queued record and stores it raw (flagged raw, counted in
+ * raw_behind, bytes intact); released, the workers compress again.
+ */
+static void test_pool_raw_behind(void)
+{
+	char *tmp = tu_tmpdir("jr-rawb");
+	char *dir = jdir(tmp);
+	struct jr_clock *clk;
+	struct jr_cctx *cc = NULL;
+	struct jr_writer_stats ws;
+	struct jr_reader *r = NULL;
+	struct jr_rec rec;
+	const void *payload;
+	uint8_t buf[16384];
+	int err, nraw = 0, n = 0;
+
+	for (size_t i = 0; i < sizeof(buf); i++)
+		buf[i] = (uint8_t)("rewind journal "[i % 15]);
+	jr_clock_new(&clk, 1, 0);
+	CU_ASSERT_EQUAL_FATAL(jr_cctx_new(&cc, JR_ZSTD_LEVEL_DEFAULT), 0);
+	g_pool = 2;
+	g_raw_behind = true;
+	struct jr_writer *w = open_writer(dir, JR_BACKEND_SYNC, 0, clk, NULL, &err);
+	g_pool = 0;
+	g_raw_behind = false;
+	CU_ASSERT_FATAL(w != NULL);
+	for (int round = 0; round < 2; round++) {
+		__atomic_store_n(&jr_test_hold_workers, round == 0, __ATOMIC_SEQ_CST);
+		for (int i = 0; i < 20; i++) {
+			struct jr_append a = { JR_WRITE, (uint64_t)i * sizeof(buf),
+					       sizeof(buf), buf };
+			struct jr_appended out;
+			CU_ASSERT_EQUAL(jr_writer_append(w, &a, cc, &out), 0);
+		}
+		CU_ASSERT_EQUAL(jr_writer_flush(w), 0);
+		if (round == 0) {
+			jr_writer_stats(w, &ws);
+			CU_ASSERT_EQUAL(ws.raw_behind, 20);
+		}
+	}
+	jr_writer_stats(w, &ws);
+	CU_ASSERT(ws.raw_behind >= 20 && ws.raw_behind <= 40);
+	CU_ASSERT_EQUAL(jr_writer_close(w), 0);
+	CU_ASSERT_EQUAL_FATAL(jr_reader_open(&r, dir, 0), 0);
+	while (jr_reader_next(r, &rec, NULL, &payload) == 1) {
+		if (rec.type != JR_WRITE)
+			continue;
+		CU_ASSERT_EQUAL(rec.length, sizeof(buf));
+		CU_ASSERT(payload && memcmp(payload, buf, sizeof(buf)) == 0);
+		if (n++ < 20)
+			nraw += !(rec.flags & JR_F_ZSTD);
+	}
+	jr_reader_close(r);
+	CU_ASSERT_EQUAL(n, 40);
+	CU_ASSERT_EQUAL(nraw, 20);  /* held: the flush stored all of them raw */
+	jr_cctx_free(cc);
 	jr_clock_free(clk);
 	tu_rmrf(tmp);
 	free(dir);
@@ -2011,8 +2087,10 @@ static void pool_order(enum jr_backend b)
 
 static void test_pool_order(void)
 {
-	pool_order(JR_BACKEND_SYNC);
-	pool_order(uring_or_sync());
+	pool_order(JR_BACKEND_SYNC, false);
+	pool_order(uring_or_sync(), false);
+	pool_order(JR_BACKEND_SYNC, true);
+	pool_order(uring_or_sync(), true);
 }
 
 /*
@@ -2135,6 +2213,7 @@ int main(void)
 		     "incompressible payloads are not compressed, partly random "
 		     "ones are", test_incompressible_skip,
 		     "round trip with compression workers", test_roundtrip_pool,
+		     "workers: a flush stores raw what no worker started", test_pool_raw_behind,
 		     "workers: many appenders, seq order, flush covers earlier "
 		     "appends", test_pool_order,
 		     "workers: a write fault hit by a worker is sticky",
