@@ -234,6 +234,9 @@ struct cap_conn {
 	struct cap_disk *disk;            /* chosen export */
 	bool structured;
 	bool no_zeroes;
+	bool base_alloc;                  /* base:allocation selected (SET_META
+	                                   * _CONTEXT) for meta_export */
+	char meta_export[IX_NAME_MAX + 1];
 	uint16_t eflags;
 
 	pthread_t thread;

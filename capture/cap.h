@@ -64,6 +64,18 @@ struct cap_ro_export {
 	uint64_t size;
 	uint32_t block_size;
 	int (*read)(void *arg, void *buf, uint64_t off, uint32_t len);
+	/*
+	 * Optional: block status for the base:allocation metadata context.
+	 * Calls fn for consecutive extents covering [off, off+len) in order,
+	 * flags NBD_STATE_HOLE (1) | NBD_STATE_ZERO (2) or 0 for data; fn
+	 * returns 0 to go on or 1 to stop early.  Thread-safe like read().
+	 * Returns 0, fn's 1, or a negative error.  NULL: the export offers no
+	 * metadata context.
+	 */
+	int (*extents)(void *arg, uint64_t off, uint64_t len,
+		       int (*fn)(void *fa, uint64_t off, uint64_t len,
+				 unsigned flags),
+		       void *fa);
 	void *arg;
 };
 

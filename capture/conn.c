@@ -296,6 +296,116 @@ static void why(const struct tx *tx, const struct cap_req *r, char *buf,
 			 tx->d->meta.name, (unsigned long long)tx->d->meta.size);
 }
 
+/* ------------------------------------------------------- block status */
+
+/* Descriptors of one BLOCK_STATUS reply, coalesced as they come. */
+#define BS_MAX_DESC 2048u
+
+struct bs_ctx {
+	uint8_t *p;          /* 4-byte context id, then (length, flags) pairs */
+	uint32_t n;          /* descriptors so far */
+	uint32_t last_flags;
+	uint64_t left;       /* bytes of the request not described yet */
+	bool one;            /* NBD_CMD_FLAG_REQ_ONE */
+};
+
+/* rs/cap extents callback: appends or extends a descriptor.  Lengths fit
+ * in 32 bits: together they never pass the request's 32-bit length. */
+static int bs_extent(void *arg, uint64_t off, uint64_t len, unsigned flags)
+{
+	struct bs_ctx *b = arg;
+
+	(void)off;
+	flags &= NBD_STATE_HOLE | NBD_STATE_ZERO;
+	if (len > b->left)
+		len = b->left;
+	if (!len)
+		return 1;
+	if (b->n && flags == b->last_flags) {
+		uint8_t *last = b->p + 4 + 8 * (size_t)(b->n - 1);
+		rw_put_be32(last, (uint32_t)(rw_get_be32(last) + len));
+	} else {
+		if (b->n == BS_MAX_DESC || (b->one && b->n == 1))
+			return 1; /* enough: the client asks again from there */
+		uint8_t *e = b->p + 4 + 8 * (size_t)b->n;
+		rw_put_be32(e, (uint32_t)len);
+		rw_put_be32(e + 4, flags);
+		b->last_flags = flags;
+		b->n++;
+	}
+	b->left -= len;
+	return 0;
+}
+
+/*
+ * NBD_CMD_BLOCK_STATUS for the base:allocation context (read-only exports
+ * with an extents callback; handshake.c): one BLOCK_STATUS chunk of at
+ * most BS_MAX_DESC descriptors (one with REQ_ONE) covering a prefix of
+ * the range, as the protocol allows.
+ */
+static void block_status(struct tx *tx, uint64_t handle,
+			 const struct cap_req *r)
+{
+	struct cap_disk *d = tx->d;
+	struct cap_conn *c = tx->c;
+	char msg[256];
+
+	if (!c->structured || !c->base_alloc || !d->ro || !d->ro->extents) {
+		reply_error(tx, handle, NBD_EINVAL,
+			    "block status needs the base:allocation metadata "
+			    "context (NBD_OPT_SET_META_CONTEXT)");
+		return;
+	}
+	if (r->flags & ~(uint16_t)(NBD_CMD_FLAG_REQ_ONE | NBD_CMD_FLAG_FUA)) {
+		snprintf(msg, sizeof(msg), "invalid flags 0x%x for block-status",
+			 r->flags);
+		reply_error(tx, handle, NBD_EINVAL, msg);
+		return;
+	}
+	if (!r->count || !rw_range_ok(r->offset, r->count, d->meta.size)) {
+		snprintf(msg, sizeof(msg), "block-status at offset %llu length %u "
+			 "is %s disk '%s' (%llu bytes)",
+			 (unsigned long long)r->offset, r->count,
+			 r->count ? "beyond the end of" : "empty on",
+			 d->meta.name, (unsigned long long)d->meta.size);
+		reply_error(tx, handle, NBD_EINVAL, msg);
+		return;
+	}
+	struct bs_ctx b = {
+		.p = malloc(4 + 8 * (size_t)BS_MAX_DESC),
+		.left = r->count,
+		.one = (r->flags & NBD_CMD_FLAG_REQ_ONE) != 0,
+	};
+	if (!b.p) {
+		reply_error(tx, handle, NBD_ENOMEM, "out of memory");
+		return;
+	}
+	rw_err_clear();
+	int err = d->ro->extents(d->ro->arg, r->offset, r->count, bs_extent, &b);
+	if (err < 0 || b.n == 0) {
+		snprintf(msg, sizeof(msg), "block-status on disk '%s' failed: %s",
+			 d->meta.name, err < 0 && *rw_err_msg() ? rw_err_msg()
+			 : rw_strerror(err < 0 ? err : -EIO));
+		reply_error(tx, handle, NBD_EIO, msg);
+		free(b.p);
+		return;
+	}
+	rw_put_be32(b.p, NBD_META_ID_BASE_ALLOC);
+	struct nbd_structured_reply h = {
+		.magic = htobe32(NBD_STRUCTURED_REPLY_MAGIC),
+		.flags = htobe16(NBD_REPLY_FLAG_DONE),
+		.type = htobe16(NBD_REPLY_TYPE_BLOCK_STATUS),
+		.handle = handle,
+		.length = htobe32(4 + 8 * b.n),
+	};
+	struct iovec v[2] = {
+		{ .iov_base = &h, .iov_len = sizeof(h) },
+		{ .iov_base = b.p, .iov_len = 4 + 8 * (size_t)b.n },
+	};
+	send_locked(tx, v, 2);
+	free(b.p);
+}
+
 /* Logs a failure of the disk once per distinct error, naming the disk;
  * the detail comes from the journal (segment, seq) or the head file. */
 static void log_disk_error(struct tx *tx, const char *what, int err,
@@ -717,6 +827,11 @@ static int read_loop(struct rd *rd)
 
 		if (r.type == NBD_CMD_DISC)
 			return 0;
+		if (r.type == NBD_CMD_BLOCK_STATUS) {
+			rd->start += sizeof(struct nbd_request);
+			block_status(tx, handle, &r);
+			continue;
+		}
 		uint32_t e = cap_req_check(&r, d->meta.size, c->structured,
 					   JR_MAX_WRITE);
 		if (!e && !d->ro && r.type == NBD_CMD_WRITE &&

@@ -10,8 +10,10 @@
  * looked up as keys in the server's disk table — never used as paths.
  * The whole handshake runs against one absolute deadline (wire.c).
  *
- * Supported: EXPORT_NAME, ABORT, LIST, INFO, GO, STRUCTURED_REPLY.
- * Everything else (STARTTLS, meta contexts, extended headers) is
+ * Supported: EXPORT_NAME, ABORT, LIST, INFO, GO, STRUCTURED_REPLY,
+ * LIST_META_CONTEXT and SET_META_CONTEXT (base:allocation on read-only
+ * exports that can tell holes).  Everything else (STARTTLS, extended
+ * headers) is
  * NBD_REP_ERR_UNSUP with its data skipped, which every client handles by
  * falling back.  The empty export name means the store's only disk when
  * it has exactly one.
@@ -157,6 +159,9 @@ static int opt_info_go(struct cap_conn *c, uint32_t opt, const uint8_t *data,
 	}
 	if (opt == NBD_OPT_GO) {
 		c->disk = d;
+		/* A context selected for another export does not carry over. */
+		if (c->base_alloc && strcmp(c->meta_export, d->meta.name))
+			c->base_alloc = false;
 		return 1;
 	}
 	return 0;
@@ -198,6 +203,94 @@ static int opt_export_name(struct cap_conn *c, const uint8_t *data,
 	}
 	c->disk = d;
 	return 1;
+}
+
+/*
+ * NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT.  Data: export
+ * name, number of queries, queries (each a counted string that must start
+ * with a namespace).  The one context is base:allocation, offered on the
+ * read-only exports that can tell holes (an extents callback; rewind
+ * export).  "base:allocation" selects or lists it, "base:" lists it, LIST
+ * with no query lists everything; other namespaces match nothing.  SET
+ * replaces the selection, which then holds for GO on that same export.
+ * Both need structured replies first.  Returns 0 or a socket error.
+ */
+static int opt_meta_context(struct cap_conn *c, uint32_t opt,
+			    const uint8_t *data, uint32_t len)
+{
+	char name[NBD_MAX_STRING + 1];
+	bool want = false;
+	uint32_t nlen, nq;
+	size_t pos;
+
+	if (!c->structured)
+		return send_error(c, opt, NBD_REP_ERR_INVALID,
+				  "negotiate structured replies first");
+	if (len < 8)
+		return send_error(c, opt, NBD_REP_ERR_INVALID, "option too short");
+	nlen = rw_get_be32(data);
+	if (nlen > NBD_MAX_STRING || nlen > len - 8)
+		return send_error(c, opt, NBD_REP_ERR_INVALID,
+				  "export name length out of range");
+	memcpy(name, data + 4, nlen);
+	name[nlen] = '\0';
+	if (memchr(name, '\0', nlen))
+		return send_error(c, opt, NBD_REP_ERR_INVALID,
+				  "export name contains NUL");
+	nq = rw_get_be32(data + 4 + nlen);
+	pos = 8 + (size_t)nlen;
+	for (uint32_t i = 0; i < nq; i++) {
+		if (len - pos < 4)
+			return send_error(c, opt, NBD_REP_ERR_INVALID,
+					  "query count does not match length");
+		uint32_t ql = rw_get_be32(data + pos);
+		pos += 4;
+		if (ql > len - pos)
+			return send_error(c, opt, NBD_REP_ERR_INVALID,
+					  "query length out of range");
+		const char *q = (const char *)data + pos;
+		if (!memchr(q, ':', ql) || memchr(q, '\0', ql))
+			return send_error(c, opt, NBD_REP_ERR_INVALID,
+					  "a query must start with a namespace");
+		if ((ql == sizeof(NBD_META_BASE_ALLOCATION) - 1 &&
+		     !memcmp(q, NBD_META_BASE_ALLOCATION, ql)) ||
+		    (opt == NBD_OPT_LIST_META_CONTEXT && ql == 5 &&
+		     !memcmp(q, "base:", 5)))
+			want = true;
+		pos += ql;
+	}
+	if (pos != len)
+		return send_error(c, opt, NBD_REP_ERR_INVALID,
+				  "trailing data after the queries");
+	if (opt == NBD_OPT_LIST_META_CONTEXT && nq == 0)
+		want = true;
+	struct cap_disk *d = lookup(c, name);
+	if (!d) {
+		char msg[160];
+		snprintf(msg, sizeof(msg), "no such disk '%.64s'%s", name,
+			 nlen > 64 ? "..." : "");
+		return send_error(c, opt, NBD_REP_ERR_UNKNOWN, msg);
+	}
+	if (opt == NBD_OPT_SET_META_CONTEXT)
+		c->base_alloc = false;
+	if (want && d->ro && d->ro->extents) {
+		uint8_t buf[4 + sizeof(NBD_META_BASE_ALLOCATION)];
+		uint32_t id = 0;  /* LIST: reserved, zero */
+		if (opt == NBD_OPT_SET_META_CONTEXT) {
+			id = NBD_META_ID_BASE_ALLOC;
+			c->base_alloc = true;
+			snprintf(c->meta_export, sizeof(c->meta_export), "%s",
+				 d->meta.name);
+		}
+		rw_put_be32(buf, id);
+		memcpy(buf + 4, NBD_META_BASE_ALLOCATION,
+		       sizeof(NBD_META_BASE_ALLOCATION) - 1);
+		int err = send_reply(c, opt, NBD_REP_META_CONTEXT, buf,
+				     (uint32_t)(4 + sizeof(NBD_META_BASE_ALLOCATION) - 1));
+		if (err)
+			return err;
+	}
+	return send_reply(c, opt, NBD_REP_ACK, NULL, 0);
 }
 
 static int opt_list(struct cap_conn *c, uint32_t len)
@@ -287,6 +380,10 @@ int cap_handshake(struct cap_conn *c)
 				c->structured = true;
 				err = send_reply(c, opt, NBD_REP_ACK, NULL, 0);
 			}
+			break;
+		case NBD_OPT_LIST_META_CONTEXT:
+		case NBD_OPT_SET_META_CONTEXT:
+			err = opt_meta_context(c, opt, data, len);
 			break;
 		case NBD_OPT_INFO:
 		case NBD_OPT_GO:

@@ -78,6 +78,12 @@ struct nbd_export_name_reply {
 #define NBD_REP_SERVER             2
 #define NBD_REP_INFO               3
 #define NBD_REP_META_CONTEXT       4
+/* base:allocation, the one metadata context served (read-only exports
+ * with an extents callback), and its id; its status flags. */
+#define NBD_META_BASE_ALLOCATION   "base:allocation"
+#define NBD_META_ID_BASE_ALLOC     1u
+#define NBD_STATE_HOLE             (1u << 0)
+#define NBD_STATE_ZERO             (1u << 1)
 #define NBD_REP_FLAG_ERROR         (1u << 31)
 #define NBD_REP_ERR_UNSUP          (NBD_REP_FLAG_ERROR | 1)
 #define NBD_REP_ERR_POLICY         (NBD_REP_FLAG_ERROR | 2)

@@ -78,6 +78,26 @@ static int pool_read(void *arg, void *buf, uint64_t off, uint32_t len)
 	return err;
 }
 
+/* Block status (base:allocation): holes and zeroes as-of the point, with
+ * the same horizon check around it as a read. */
+static int pool_extents(void *arg, uint64_t off, uint64_t len,
+			int (*fn)(void *fa, uint64_t off, uint64_t len,
+				  unsigned flags),
+			void *fa)
+{
+	struct pool *p = arg;
+	int err = horizon_ok(p);
+
+	if (!err)
+		err = rs_asof_extents(p->x, off, len, fn, fa);
+	if (err >= 0) {
+		int e2 = horizon_ok(p);
+		if (e2)
+			err = e2;
+	}
+	return err;
+}
+
 static struct cap_server *volatile the_server;
 
 static void on_signal(int sig)
@@ -165,7 +185,7 @@ static int cmd_export(int argc, char **argv)
 		sock = sockbuf;
 	}
 	struct cap_ro_export ex = { p.d.name, p.d.size, p.d.block_size,
-				    pool_read, &p };
+				    pool_read, pool_extents, &p };
 	struct cap_server_opts o;
 	cap_server_opts_default(&o);
 	o.store_dir = store;
