@@ -98,6 +98,9 @@ struct jr_scan {
 };
 
 #define JR_SCAN_WINDOW (1u << 20)
+/* Window of a header-only read: big records are not copied just to find
+ * the next header (64 KiB still holds a run of small records). */
+#define JR_SCAN_HDR_WINDOW (64u << 10)
 
 void jr_scan_init(struct jr_scan *sc, int fd);
 void jr_scan_fini(struct jr_scan *sc);
@@ -105,6 +108,9 @@ void jr_scan_fini(struct jr_scan *sc);
 void jr_scan_invalidate(struct jr_scan *sc);
 ssize_t jr_scan_fill(struct jr_scan *sc, uint64_t off, size_t n,
 		     const uint8_t **p);
+/* The same, reading at least `window` bytes when it must read. */
+ssize_t jr_scan_fill_w(struct jr_scan *sc, uint64_t off, size_t n,
+		       size_t window, const uint8_t **p);
 
 enum jr_scan_res {
 	JR_SCAN_OK,   /* a complete, valid record */

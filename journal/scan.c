@@ -44,11 +44,17 @@ void jr_scan_invalidate(struct jr_scan *sc)
 ssize_t jr_scan_fill(struct jr_scan *sc, uint64_t off, size_t n,
 		     const uint8_t **p)
 {
+	return jr_scan_fill_w(sc, off, n, JR_SCAN_WINDOW, p);
+}
+
+ssize_t jr_scan_fill_w(struct jr_scan *sc, uint64_t off, size_t n,
+		       size_t window, const uint8_t **p)
+{
 	if (off >= sc->boff && n <= sc->blen && off - sc->boff <= sc->blen - n) {
 		*p = sc->buf + (off - sc->boff);
 		return (ssize_t)n;
 	}
-	size_t want = n > JR_SCAN_WINDOW ? n : JR_SCAN_WINDOW;
+	size_t want = n > window ? n : window;
 	if (want > sc->cap) {
 		uint8_t *nb = realloc(sc->buf, want);
 		if (!nb)
@@ -57,7 +63,7 @@ ssize_t jr_scan_fill(struct jr_scan *sc, uint64_t off, size_t n,
 		sc->cap = want;
 	}
 	sc->blen = 0;
-	ssize_t r = rw_sys_pread_full(sc->fd, sc->buf, sc->cap, (off_t)off);
+	ssize_t r = rw_sys_pread_full(sc->fd, sc->buf, want, (off_t)off);
 	if (r < 0)
 		return r;
 	sc->boff = off;
@@ -86,7 +92,8 @@ int jr_scan_record(struct jr_scan *sc, uint64_t off, bool verify,
 
 	*why = NULL;
 	*payload = NULL;
-	n = jr_scan_fill(sc, off, JR_HDR_SIZE, &p);
+	n = jr_scan_fill_w(sc, off, JR_HDR_SIZE,
+			   verify ? JR_SCAN_WINDOW : JR_SCAN_HDR_WINDOW, &p);
 	if (n < 0)
 		return (int)n;
 	if (n == 0)
