@@ -522,7 +522,7 @@ static int open_dbs(struct ix *ix, MDB_txn *txn, void *arg)
 	k.mv_data = (void *)"format";
 	rc = mdb_get(txn, ix->db_state, &k, &d);
 	if (rc == 0 && (d.mv_size != 4 || rw_get_le32(d.mv_data) != IX_INDEX_FORMAT))
-		return rw_err_set(RW_EVERSION, "store '%s': index format %u, this rewind reads %u; remove '%s/index' and run 'rewind reindex' to rebuild it from the journals",
+		return rw_err_set(RW_EVERSION, "store '%s': index format %u, this rewind reads %u; remove '%s/index' and run 'rewind reindex' to rebuild it from the journals (marks live only in the index: note them first with an older rewind)",
 				  ix->dir, d.mv_size == 4 ? rw_get_le32(d.mv_data) : 0,
 				  IX_INDEX_FORMAT, ix->dir);
 	return rc == MDB_NOTFOUND ? 0 : rc;
