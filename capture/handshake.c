@@ -96,6 +96,46 @@ static int send_info_name(struct cap_conn *c, uint32_t opt, const char *name)
 	return send_reply(c, opt, NBD_REP_INFO, buf, (uint32_t)(2 + n));
 }
 
+/*
+ * The counted export name that starts an option's data, which must be
+ * followed by at least `after` more bytes: copied into name (NUL-ended).
+ * Returns 0 with *nlen, 1 when an error reply was sent (keep haggling), or
+ * a negative socket error.
+ */
+static int option_name(struct cap_conn *c, uint32_t opt, const uint8_t *data,
+		       uint32_t len, uint32_t after,
+		       char name[NBD_MAX_STRING + 1], uint32_t *nlen)
+{
+	int err;
+
+	if (len < 4 + after) {
+		err = send_error(c, opt, NBD_REP_ERR_INVALID, "option too short");
+	} else if ((*nlen = rw_get_be32(data)) > NBD_MAX_STRING ||
+		   *nlen > len - 4 - after) {
+		err = send_error(c, opt, NBD_REP_ERR_INVALID,
+				 "export name length out of range");
+	} else {
+		memcpy(name, data + 4, *nlen);
+		name[*nlen] = '\0';
+		if (!memchr(name, '\0', *nlen))
+			return 0;
+		err = send_error(c, opt, NBD_REP_ERR_INVALID,
+				 "export name contains NUL");
+	}
+	return err ? err : 1;
+}
+
+/* The NBD_REP_ERR_UNKNOWN answer for an export name no disk has. */
+static int send_unknown(struct cap_conn *c, uint32_t opt, const char *name,
+			uint32_t nlen)
+{
+	char msg[160];
+
+	snprintf(msg, sizeof(msg), "no such disk '%.64s'%s", name,
+		 nlen > 64 ? "..." : "");
+	return send_error(c, opt, NBD_REP_ERR_UNKNOWN, msg);
+}
+
 /* NBD_OPT_INFO / NBD_OPT_GO.  Returns 1 when GO succeeded (transmission
  * starts), 0 to keep haggling, negative on a socket error. */
 static int opt_info_go(struct cap_conn *c, uint32_t opt, const uint8_t *data,
@@ -103,31 +143,18 @@ static int opt_info_go(struct cap_conn *c, uint32_t opt, const uint8_t *data,
 {
 	char name[NBD_MAX_STRING + 1];
 	struct cap_disk *d;
-	int err;
+	uint32_t nlen;
+	int err = option_name(c, opt, data, len, 2, name, &nlen);
 
-	if (len < 6)
-		return send_error(c, opt, NBD_REP_ERR_INVALID,
-				  "option too short");
-	uint32_t nlen = rw_get_be32(data);
-	if (nlen > NBD_MAX_STRING || nlen > len - 6)
-		return send_error(c, opt, NBD_REP_ERR_INVALID,
-				  "export name length out of range");
+	if (err)
+		return err > 0 ? 0 : err;
 	uint16_t nreq = rw_get_be16(data + 4 + nlen);
 	if ((uint32_t)nreq * 2 != len - 6 - nlen)
 		return send_error(c, opt, NBD_REP_ERR_INVALID,
 				  "info request count does not match length");
-	memcpy(name, data + 4, nlen);
-	name[nlen] = '\0';
-	if (memchr(name, '\0', nlen))
-		return send_error(c, opt, NBD_REP_ERR_INVALID,
-				  "export name contains NUL");
 	d = lookup(c, name);
-	if (!d) {
-		char msg[160];
-		snprintf(msg, sizeof(msg), "no such disk '%.64s'%s", name,
-			 nlen > 64 ? "..." : "");
-		return send_error(c, opt, NBD_REP_ERR_UNKNOWN, msg);
-	}
+	if (!d)
+		return send_unknown(c, opt, name, nlen);
 
 	/*
 	 * GO takes the disk before anything is acknowledged, so a rollback
@@ -222,21 +249,13 @@ static int opt_meta_context(struct cap_conn *c, uint32_t opt,
 	bool want = false;
 	uint32_t nlen, nq;
 	size_t pos;
+	int err;
 
 	if (!c->structured)
 		return send_error(c, opt, NBD_REP_ERR_INVALID,
 				  "negotiate structured replies first");
-	if (len < 8)
-		return send_error(c, opt, NBD_REP_ERR_INVALID, "option too short");
-	nlen = rw_get_be32(data);
-	if (nlen > NBD_MAX_STRING || nlen > len - 8)
-		return send_error(c, opt, NBD_REP_ERR_INVALID,
-				  "export name length out of range");
-	memcpy(name, data + 4, nlen);
-	name[nlen] = '\0';
-	if (memchr(name, '\0', nlen))
-		return send_error(c, opt, NBD_REP_ERR_INVALID,
-				  "export name contains NUL");
+	if ((err = option_name(c, opt, data, len, 4, name, &nlen)))
+		return err > 0 ? 0 : err;
 	nq = rw_get_be32(data + 4 + nlen);
 	pos = 8 + (size_t)nlen;
 	for (uint32_t i = 0; i < nq; i++) {
@@ -265,12 +284,8 @@ static int opt_meta_context(struct cap_conn *c, uint32_t opt,
 	if (opt == NBD_OPT_LIST_META_CONTEXT && nq == 0)
 		want = true;
 	struct cap_disk *d = lookup(c, name);
-	if (!d) {
-		char msg[160];
-		snprintf(msg, sizeof(msg), "no such disk '%.64s'%s", name,
-			 nlen > 64 ? "..." : "");
-		return send_error(c, opt, NBD_REP_ERR_UNKNOWN, msg);
-	}
+	if (!d)
+		return send_unknown(c, opt, name, nlen);
 	if (opt == NBD_OPT_SET_META_CONTEXT)
 		c->base_alloc = false;
 	if (want && d->ro && d->ro->extents) {
@@ -285,8 +300,8 @@ static int opt_meta_context(struct cap_conn *c, uint32_t opt,
 		rw_put_be32(buf, id);
 		memcpy(buf + 4, NBD_META_BASE_ALLOCATION,
 		       sizeof(NBD_META_BASE_ALLOCATION) - 1);
-		int err = send_reply(c, opt, NBD_REP_META_CONTEXT, buf,
-				     (uint32_t)(4 + sizeof(NBD_META_BASE_ALLOCATION) - 1));
+		err = send_reply(c, opt, NBD_REP_META_CONTEXT, buf,
+				 (uint32_t)(4 + sizeof(NBD_META_BASE_ALLOCATION) - 1));
 		if (err)
 			return err;
 	}
