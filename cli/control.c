@@ -99,16 +99,20 @@ struct cli_control {
 	pthread_t thread;
 };
 
-static void write_all(int fd, const char *p, size_t len)
+/* Writes all len bytes.  0 or -errno (-EIO when the peer took nothing). */
+static int write_all(int fd, const char *p, size_t len)
 {
 	size_t off = 0;
 
 	while (off < len) {
 		ssize_t k = write(fd, p + off, len - off);
+		if (k < 0 && errno == EINTR)
+			continue;
 		if (k <= 0)
-			break;
+			return k < 0 ? -errno : -EIO;
 		off += (size_t)k;
 	}
+	return 0;
 }
 
 static void stats_reply(struct cli_control *cc, int fd, bool json,
@@ -316,34 +320,41 @@ void cli_control_stop(struct cli_control *cc)
 	free(cc);
 }
 
-int cli_control_call(const char *store_dir, const char *req, char *resp,
-		     size_t respsz)
+/*
+ * Connects to STORE/control.sock (its path into path) and sends req.
+ * Returns the socket, or -errno.
+ */
+static int control_send(const char *store_dir, const char *req,
+			char path[4096])
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	char path[4096];
 	int err, fd;
 
-	if ((err = control_path(store_dir, path, sizeof(path))))
+	if ((err = control_path(store_dir, path, 4096)))
 		return err;
 	memcpy(sa.sun_path, path, strlen(path) + 1);
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa))) {
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)))
 		err = -errno;
+	else
+		err = write_all(fd, req, strlen(req));
+	if (err) {
 		close(fd);
 		return err;
 	}
-	size_t len = strlen(req), off = 0;
-	while (off < len) {
-		ssize_t k = write(fd, req + off, len - off);
-		if (k <= 0) {
-			err = k < 0 ? -errno : -EIO;
-			close(fd);
-			return err;
-		}
-		off += (size_t)k;
-	}
+	return fd;
+}
+
+int cli_control_call(const char *store_dir, const char *req, char *resp,
+		     size_t respsz)
+{
+	char path[4096];
+	int fd = control_send(store_dir, req, path);
+
+	if (fd < 0)
+		return fd;
 	size_t n = 0;
 	for (;;) {
 		ssize_t k = read(fd, resp + n, respsz - 1 - n);
@@ -365,25 +376,15 @@ int cli_control_call(const char *store_dir, const char *req, char *resp,
 
 int cli_control_fetch(const char *store_dir, const char *req, char **out)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	char path[4096];
 	char *buf = NULL;
 	size_t n = 0, cap = 0;
-	int err, fd;
+	int err = 0, fd;
 
 	*out = NULL;
-	if ((err = control_path(store_dir, path, sizeof(path))))
-		return err;
-	memcpy(sa.sun_path, path, strlen(path) + 1);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	fd = control_send(store_dir, req, path);
 	if (fd < 0)
-		return -errno;
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa))) {
-		err = -errno;
-		close(fd);
-		return err;
-	}
-	write_all(fd, req, strlen(req));
+		return fd;
 	for (;;) {
 		if (cap - n < 4096) {
 			char *b = realloc(buf, cap ? cap * 2 : 16384);

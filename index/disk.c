@@ -258,22 +258,6 @@ static int rm_tree(const char *path)
 	return rmdir(path) ? -errno : 0;
 }
 
-static bool all_zero(const uint8_t *p, size_t n)
-{
-	size_t i = 0;
-
-	for (; i + 8 <= n; i += 8) {
-		uint64_t w;
-		memcpy(&w, p + i, 8);
-		if (w)
-			return false;
-	}
-	for (; i < n; i++)
-		if (p[i])
-			return false;
-	return true;
-}
-
 /* Copies the data of src into both fds, keeping holes. */
 static int import_copy(const char *src, int sfd, uint64_t size, uint32_t bs,
 		       int fd1, int fd2, const char *dst1, const char *dst2)
@@ -316,7 +300,7 @@ static int import_copy(const char *src, int sfd, uint64_t size, uint32_t bs,
 				break;
 			for (size_t b = 0; b < (size_t)n; b += bs) {
 				size_t len = (size_t)n - b < bs ? (size_t)n - b : bs;
-				if (all_zero(buf + b, len))
+				if (rw_all_zero(buf + b, len))
 					continue;
 				rc = rw_sys_pwrite_full(fd1, buf + b, len, o + (off_t)b);
 				if (rc < 0) {

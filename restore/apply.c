@@ -139,7 +139,7 @@ int rs_apply_write(struct rs_apply *a, uint64_t off, const uint8_t *p,
 
 	for (size_t o = 0; o < len; o += bs) {
 		size_t part = len - o < bs ? len - o : bs;
-		bool z = rs_all_zero(p + o, part);
+		bool z = rw_all_zero(p + o, part);
 		if (o > run && z != run_zero) {
 			if ((err = put(a, off + run, run_zero ? NULL : p + run,
 				       o - run)))

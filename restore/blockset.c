@@ -48,18 +48,3 @@ int rs_blockset_add(void *arg, uint64_t block, const struct ix_version *v)
 	return 0;
 }
 
-bool rs_all_zero(const uint8_t *p, size_t n)
-{
-	size_t i = 0;
-
-	for (; i + 8 <= n; i += 8) {
-		uint64_t w;
-		memcpy(&w, p + i, 8);
-		if (w)
-			return false;
-	}
-	for (; i < n; i++)
-		if (p[i])
-			return false;
-	return true;
-}

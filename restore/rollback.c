@@ -312,14 +312,14 @@ int rs_rollback(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 		for (size_t a = 0; a < n;) {
 			uint64_t off = w[a].block * bs;
 			uint64_t part0 = d->size - off < bs ? d->size - off : bs;
-			bool z = rs_all_zero(r.win + a * bs, part0);
+			bool z = rw_all_zero(r.win + a * bs, part0);
 			uint64_t len = part0;
 			size_t b = a + 1;
 			while (b < n && w[b].block == w[b - 1].block + 1 &&
 			       len + bs <= RUN_MAX) {
 				uint64_t o = w[b].block * bs;
 				uint64_t part = d->size - o < bs ? d->size - o : bs;
-				if (rs_all_zero(r.win + b * bs, part) != z)
+				if (rw_all_zero(r.win + b * bs, part) != z)
 					break;
 				len += part;
 				b++;

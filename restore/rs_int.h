@@ -42,9 +42,6 @@ static inline bool rs_blockset_has(const struct rs_blockset *s, uint64_t block)
 	return s->w[block / 64] & (1ull << (block % 64));
 }
 
-/* True when the n bytes at p are all zero. */
-bool rs_all_zero(const uint8_t *p, size_t n);
-
 /* ------------------------------------------------------------ block map */
 
 /* Where one block's bytes as-of S come from. */

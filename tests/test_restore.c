@@ -465,7 +465,7 @@ static void test_block_map(void)
 			if (e->src == RS_SRC_BASE &&
 			    memcmp(want, W.snap[0] + e->block * BS, BS))
 				bad++;
-			if (e->src == RS_SRC_ZERO && !rs_all_zero(want, BS))
+			if (e->src == RS_SRC_ZERO && !rw_all_zero(want, BS))
 				bad++;
 			if (e->src != RS_SRC_BASE && (e->seq == 0 || e->seq > s))
 				bad++;
@@ -656,7 +656,7 @@ static int ext_cb(void *arg, uint64_t off, uint64_t len, unsigned flags)
 	c->next = off + len;
 	if (flags & RS_EXT_ZERO) {
 		c->zero_bytes += len;
-		if (!rs_all_zero(c->want + off, len))
+		if (!rw_all_zero(c->want + off, len))
 			c->bad++;
 	}
 	return 0;
