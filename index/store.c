@@ -546,9 +546,9 @@ static int put_format(struct ix *ix, MDB_txn *txn, void *arg)
 
 /*
  * An index of an older format (>= IX_INDEX_FORMAT_MIN): its derived tables
- * are dropped (one transaction, marks and disk state kept), then the
- * format is recorded; the caller's catch-up rebuilds them from the
- * journals.  A crash between the two steps leaves the old format number
+ * are dropped (one transaction, marks and disk state kept), the format is
+ * recorded, and they are rebuilt from the journals before the open
+ * returns.  A crash between the two steps leaves the old format number
  * over empty tables, and the next open drops them again.  Only an open
  * holding the store lock may do this (a server of an older rewind may be
  * using the index); others say what to run.
@@ -563,7 +563,9 @@ static int upgrade(struct ix *ix, unsigned from)
 	rc = ix_clear_derived(ix);
 	if (rc == 0)
 		rc = ix_write(ix, put_format, NULL, "recording the index format");
-	return rc;
+	if (rc == 0)
+		rc = ix_catch_up(ix, NULL, NULL); /* no opener sees it empty */
+	return rc < 0 ? rc : 0;
 }
 
 static uint64_t initial_mapsize(void)

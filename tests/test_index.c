@@ -1132,7 +1132,8 @@ static void test_format_upgrade(void)
 	CU_ASSERT_EQUAL(ix_open(&ix, w.store, IX_RDONLY), RW_EVERSION);
 	CU_ASSERT_EQUAL(ix_open(&ix, w.store, 0), RW_EVERSION);
 	CU_ASSERT_EQUAL_FATAL(ix_open(&ix, w.store, IX_LOCK), 0);
-	CU_ASSERT_EQUAL(ix_catch_up(ix, NULL, NULL), (int)w.n);
+	/* The open re-indexed everything: a catch-up finds nothing left. */
+	CU_ASSERT_EQUAL(ix_catch_up(ix, NULL, NULL), 0);
 	CU_ASSERT_EQUAL_FATAL(ix_read_begin(ix, &rd), 0);
 	CU_ASSERT_EQUAL(ix_mark_get(rd, w.disks[0].id, "kept", &got), 0);
 	ix_read_end(rd);
