@@ -62,6 +62,8 @@ struct ix {
 	 * map growth would wait for itself.
 	 */
 	pthread_rwlock_t txlock;
+	pthread_mutex_t sum_lock;  /* guards the list of summaries */
+	struct ix_sum *sums;       /* summary.c, one per disk looked up */
 };
 
 struct ix_read {
@@ -70,11 +72,36 @@ struct ix_read {
 	MDB_cursor *cv;          /* versions cursor, opened lazily */
 	MDB_cursor *cm;          /* vmap cursor, same */
 	MDB_cursor *ct;          /* time map cursor, opened lazily */
-	uint32_t hz_disk;        /* cached horizon of the last disk asked */
-	uint64_t hz_seq;
+	uint32_t hz_disk;        /* cached state of the last disk asked: */
+	uint64_t hz_seq;         /* base_seq */
+	uint64_t hz_last;        /* last_indexed_seq */
+	uint64_t hz_blocks;      /* size in blocks */
+	struct ix_sum *sum;      /* summary of disk sum_disk (NULL: none) */
+	uint32_t sum_disk;
 	bool hz_valid;
 	bool locked;
 };
+
+/* ------------------------------------------------------- summary.c */
+
+/*
+ * The process's summary of disk (created on first use with valid_upto =
+ * last_indexed, the caller's snapshot's last_indexed_seq of the disk).
+ * Returns it (owned by ix, freed by ix_close) or NULL when out of memory
+ * (lookups then take the exact path).
+ */
+struct ix_sum *ix_sum_get(struct ix *ix, uint32_t disk, uint64_t size_blocks,
+			  uint64_t last_indexed);
+/*
+ * Whether block may have a version with seq <= seq: 0 = certainly none,
+ * 1 = maybe (look it up), or an LMDB/rewind code from building the
+ * block's group with cursor cm (vmap) of a snapshot whose disk
+ * last_indexed_seq is snap_last.
+ */
+int ix_sum_test(struct ix_sum *s, MDB_cursor *cm, uint64_t snap_last,
+		uint64_t block, uint64_t seq);
+/* Frees every summary of ix (ix_close). */
+void ix_sum_free_all(struct ix *ix);
 
 /* ------------------------------------------------------- LMDB plumbing */
 

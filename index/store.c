@@ -591,6 +591,7 @@ int ix_open(struct ix **out, const char *dir, unsigned flags)
 		return -ENOMEM;
 	ix->lock_fd = -1;
 	pthread_rwlock_init(&ix->txlock, NULL);
+	pthread_mutex_init(&ix->sum_lock, NULL);
 	ix->flags = flags;
 	ix->dir = strdup(dir);
 	if (!ix->dir) {
@@ -698,6 +699,8 @@ void ix_close(struct ix *ix)
 	if (ix->lock_fd >= 0)
 		close(ix->lock_fd);
 	pthread_rwlock_destroy(&ix->txlock);
+	ix_sum_free_all(ix);
+	pthread_mutex_destroy(&ix->sum_lock);
 	free(ix->dir);
 	free(ix);
 }
