@@ -10,8 +10,10 @@
  * worth when that was longer.  The index rate is versions / time spent
  * committing: at or above 300,000 the index keeps up with that load;
  * below it the batches (and the index's lag) would keep growing;
- * then random as-of lookups from one thread; then the LMDB data file size
- * divided by the versions.  A second part compares the two candidate
+ * then random as-of lookups from one thread (a fresh read handle: the
+ * time includes building the lookup summary of every group it lands in,
+ * index/summary.c); then the LMDB data file size divided by the
+ * versions.  A second part compares the two candidate
  * layouts of the versions table in bare LMDB (one key per version vs
  * MDB_DUPSORT), on random blocks and on a hot set, which is how the
  * layout in FORMAT.md was chosen.
