@@ -107,6 +107,87 @@ int ix_cdec_next(struct ix_cdec *d)
 	return 1;
 }
 
+/* Skips one varint of p[0..len) at *pos.  0 or RW_ECORRUPT. */
+static inline int skip_varint(const uint8_t *p, size_t len, size_t *pos)
+{
+	size_t i = *pos, end = i + 10 < len ? i + 10 : len;
+
+	for (; i < end; i++) {
+		if (!(p[i] & 0x80)) {
+			*pos = i + 1;
+			return 0;
+		}
+	}
+	return RW_ECORRUPT;
+}
+
+int ix_chunk_block(const MDB_val *k, const MDB_val *v, uint64_t block,
+		   uint64_t seq, uint64_t above, struct ix_version *ring,
+		   size_t ring_cap, size_t *found)
+{
+	const uint8_t *p = v->mv_data;
+	size_t len = v->mv_size, pos = 0, locpos = 0, n = 0;
+	uint64_t first, span, cur, group, blk = 0;
+	unsigned type = 0, want = (unsigned)(block % IX_GROUP_BLOCKS);
+
+	*found = 0;
+	if (k->mv_size != IX_VKEY || len == 0 || len > IX_CHUNK_HARD ||
+	    ix_get_varint(p, len, &pos, &span) || pos == len)
+		return RW_ECORRUPT;
+	first = rw_get_be64((const uint8_t *)k->mv_data + 12);
+	group = rw_get_be64((const uint8_t *)k->mv_data + 4);
+	if (block / IX_GROUP_BLOCKS != group || span > UINT64_MAX - first)
+		return RW_ECORRUPT;
+	cur = first;
+	while (pos < len) {
+		uint8_t h = p[pos++];
+		bool hit;
+		if ((h & 3u) == 0) {
+			/* A later block of the record before: same seq, loc. */
+			if (n == 0)
+				return RW_ECORRUPT;
+			blk += 1 + (h >> 3);
+			if (blk >= IX_GROUP_BLOCKS)
+				return RW_ECORRUPT;
+		} else {
+			uint64_t delta, prev = blk;
+			if ((h & 0xf8u) || pos >= len)
+				return RW_ECORRUPT;
+			blk = p[pos++];
+			if (ix_get_varint(p, len, &pos, &delta) ||
+			    delta > UINT64_MAX - cur ||
+			    (n == 0 ? delta != 0 : delta == 0 && blk <= prev))
+				return RW_ECORRUPT;
+			cur += delta;
+			if (cur > first + span)
+				return RW_ECORRUPT;
+			if (cur > seq)
+				break;
+			type = h & 3u;
+			locpos = pos; /* seq − segment, offset: decoded on a hit */
+			if (skip_varint(p, len, &pos) || skip_varint(p, len, &pos))
+				return RW_ECORRUPT;
+		}
+		n++;
+		hit = blk == want && cur > above;
+		if (hit) {
+			struct ix_version *o = &ring[*found % ring_cap];
+			uint64_t segd, off;
+			size_t lp = locpos;
+			if (ix_get_varint(p, len, &lp, &segd) ||
+			    ix_get_varint(p, len, &lp, &off) || segd > cur)
+				return RW_ECORRUPT;
+			o->seq = cur;
+			o->loc.segment = cur - segd;
+			o->loc.offset = off;
+			o->type = (uint8_t)type;
+			o->partial = (h & 4u) != 0;
+			(*found)++;
+		}
+	}
+	return 0;
+}
+
 /* Encodes e after prev (NULL for a chunk's first entry).  Returns bytes. */
 static size_t enc_entry(uint8_t out[IX_CENT_MAX], const struct ix_ventry *e,
 			const struct ix_ventry *prev)

@@ -199,6 +199,16 @@ struct ix_cdec {
 int ix_cdec_init(struct ix_cdec *d, const MDB_val *k, const MDB_val *v);
 int ix_cdec_next(struct ix_cdec *d);
 
+/*
+ * The versions of block in the chunk (k, v) with seq <= seq and seq >
+ * above, oldest first, into ring (entry i at ring[i % ring_cap]; only the
+ * newest ring_cap survive), *found = how many.  A lookup's scan: the
+ * location varints are decoded only for the block's entries.  0 or
+ * RW_ECORRUPT (bounds, reserved bits, seq order, the span).
+ */
+int ix_chunk_block(const MDB_val *k, const MDB_val *v, uint64_t block,
+		   uint64_t seq, uint64_t above, struct ix_version *ring,
+		   size_t ring_cap, size_t *found);
 /* Encodes n >= 1 entries (one group, sorted by (seq, block)) as one chunk
  * value, header included, into out (room for IX_CHDR_MAX + n *
  * IX_CENT_MAX).  Returns its length. */

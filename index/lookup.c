@@ -192,21 +192,14 @@ int ix_block_asof(struct ix_read *rd, uint32_t disk, uint64_t block,
 		if (mv.mv_size != IX_CMAP)
 			return corrupt_chunk(rd, disk, &k);
 		if (ix_chunk_has(&mv, block)) {
-			struct ix_cdec d;
 			MDB_val vk = k;
 			rc = mdb_cursor_get(rd->cv, &vk, &v, MDB_SET_KEY);
-			if (rc == MDB_NOTFOUND || (rc == 0 && ix_cdec_init(&d, &vk, &v)))
+			if (rc == MDB_NOTFOUND ||
+			    (rc == 0 && ix_chunk_block(&vk, &v, block, seq, hz,
+						       ring, ASOF_RING, &m)))
 				return corrupt_chunk(rd, disk, &k);
 			if (rc)
 				break;
-			while ((rc = ix_cdec_next(&d)) > 0) {
-				if (d.cur.seq > seq)
-					break;
-				if (d.block == block && d.cur.seq > hz)
-					ring[m++ % ASOF_RING] = d.cur;
-			}
-			if (rc < 0)
-				return corrupt_chunk(rd, disk, &k);
 		}
 		/* Newest first, while the versions found are partial. */
 		for (size_t j = m; j > 0; j--) {
