@@ -4,14 +4,19 @@
  * Only blocks with a version after the target seq differ from the target,
  * so only they are rewritten: the cost is the history undone, not the
  * disk.  Their content as-of the target is assembled in block order, a
- * window of up to 64 MiB at a time, from the block map (map.c): inside a
- * window each needed record is read once (in journal order) and its
- * blocks copied into place, zeroed blocks cost nothing, never-written
- * blocks come from base in large reads, and only blocks whose newest
- * version is partial go through a view.  The writes go to a sink that
- * journals them as ordinary records (capture's write path), which is what
- * makes a rollback undoable: rolling back to a moment just before the
- * rollback restores every rewritten block.
+ * window of up to 64 MiB at a time: inside a window each needed record is
+ * read once (in journal order) and its blocks copied into place, blocks
+ * that are zero as-of the target (a ZERO/TRIM, or base where base is
+ * empty) are only flagged — never memset, never scanned — so their window
+ * pages are not even touched; never-written blocks of a non-empty base
+ * come from it in large reads, and only blocks whose newest version is
+ * partial go through a view.  Each window is handed over as one array of
+ * runs (rs_rollback_runs: the offline path, inplace.c, journals a window
+ * with one write-out and one fdatasync) or run by run to a sink
+ * (rs_rollback: a server's write path).  Either way the rewrites become
+ * ordinary journal records, which is what makes a rollback undoable:
+ * rolling back to a moment just before the rollback restores every
+ * rewritten block.
  *
  * Rewriting through a private path (straight into head, with a special
  * "rollback" record type) was rejected: it would need its own recovery and
@@ -45,8 +50,11 @@ struct rb {
 	struct jr_reader *jr;
 	struct rs_view *v;
 	uint8_t *rec;          /* JR_MAX_WRITE, a decoded record */
-	uint8_t *win;          /* one slot of block_size per window entry */
+	uint8_t *win;          /* one slot of block_size per window entry;
+				* a zero entry's slot is never touched */
+	bool *zero;            /* per window entry: zero as-of the target */
 	size_t *idx;           /* scratch: record entries of a window */
+	struct rs_run *runs;   /* the runs of a window */
 };
 
 static int slot_cmp_seq(const void *a, const void *b, void *arg)
@@ -72,12 +80,13 @@ static int fill_window(struct rb *r, const struct rs_ent *w, size_t n)
 		uint8_t *slot = r->win + i * bs;
 		uint64_t boff = w[i].block * bs;
 		uint64_t part = d->size - boff < bs ? d->size - boff : bs;
+		r->zero[i] = false;
 		switch (w[i].src) {
 		case RS_SRC_REC:
 			r->idx[nrec++] = i;
 			break;
 		case RS_SRC_ZERO:
-			memset(slot, 0, bs);
+			r->zero[i] = true;
 			break;
 		case RS_SRC_MIXED: {
 			const uint8_t *blk;
@@ -97,9 +106,9 @@ static int fill_window(struct rb *r, const struct rs_ent *w, size_t n)
 			uint64_t end = (w[k - 1].block + 1) * bs;
 			if (end > d->size)
 				end = d->size;
-			if (r->base_empty) {
-				memset(slot, 0, (k - i) * bs);
-			} else {
+			for (size_t t = i; t < k; t++)
+				r->zero[t] = r->base_empty;
+			if (!r->base_empty) {
 				ssize_t got = rw_sys_pread_full(r->base_fd, slot,
 								end - boff,
 								(off_t)boff);
@@ -234,10 +243,16 @@ static int block_entry(struct rb *r, struct ix_read *rd, uint64_t block,
 	return 0;
 }
 
-int rs_rollback(struct ix *ix, const struct ix_disk *d, uint64_t seq,
-		uint64_t upto, rs_sink_fn sink, void *arg,
-		rs_progress_fn progress, void *parg,
-		struct rs_rollback_stats *st)
+/* Whether window entry i is zero as-of the target (flagged or all-zero bytes). */
+static bool entry_zero(const struct rb *r, size_t i, uint64_t part)
+{
+	return r->zero[i] || rw_all_zero(r->win + i * r->d->block_size, part);
+}
+
+int rs_rollback_runs(struct ix *ix, const struct ix_disk *d, uint64_t seq,
+		     uint64_t upto, rs_runs_fn fn, void *arg,
+		     rs_progress_fn progress, void *parg,
+		     struct rs_rollback_stats *st)
 {
 	struct rs_rollback_stats s = { 0 };
 	struct rs_blockset c = { 0 };
@@ -264,10 +279,12 @@ int rs_rollback(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 	if (wmax > c.set)
 		wmax = (size_t)c.set;
 	r.win = malloc(wmax * bs);
+	r.zero = malloc(wmax * sizeof(*r.zero));
 	r.idx = malloc(wmax * sizeof(*r.idx));
+	r.runs = malloc(wmax * sizeof(*r.runs));
 	r.rec = malloc(JR_MAX_WRITE);
 	w = malloc(wmax * sizeof(*w));
-	if (!r.win || !r.idx || !r.rec || !w) {
+	if (!r.win || !r.zero || !r.idx || !r.runs || !r.rec || !w) {
 		err = -ENOMEM;
 		goto out;
 	}
@@ -309,34 +326,38 @@ int rs_rollback(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 		if ((err = fill_window(&r, w, n)))
 			goto out;
 		/* Runs: contiguous blocks, all data or all zero. */
+		size_t nruns = 0;
 		for (size_t a = 0; a < n;) {
 			uint64_t off = w[a].block * bs;
 			uint64_t part0 = d->size - off < bs ? d->size - off : bs;
-			bool z = rw_all_zero(r.win + a * bs, part0);
+			bool z = entry_zero(&r, a, part0);
 			uint64_t len = part0;
 			size_t b = a + 1;
 			while (b < n && w[b].block == w[b - 1].block + 1 &&
 			       len + bs <= RUN_MAX) {
 				uint64_t o = w[b].block * bs;
 				uint64_t part = d->size - o < bs ? d->size - o : bs;
-				if (rw_all_zero(r.win + b * bs, part) != z)
+				if (entry_zero(&r, b, part) != z)
 					break;
 				len += part;
 				b++;
 			}
-			if ((err = sink(arg, off, (uint32_t)len,
-					z ? NULL : r.win + a * bs)))
-				goto out;
+			r.runs[nruns++] = (struct rs_run){
+				.off = off, .len = (uint32_t)len,
+				.data = z ? NULL : r.win + a * bs,
+			};
 			s.blocks += b - a;
 			if (z)
 				s.zero_bytes += len;
 			else
 				s.data_bytes += len;
-			done += b - a;
-			if (progress)
-				progress(parg, done, c.set);
 			a = b;
 		}
+		if ((err = fn(arg, r.runs, nruns)))
+			goto out;
+		done += n;
+		if (progress)
+			progress(parg, done, c.set);
 	}
 done:
 	if (st)
@@ -349,9 +370,39 @@ out:
 	if (r.base_fd >= 0)
 		close(r.base_fd);
 	free(r.win);
+	free(r.zero);
 	free(r.idx);
+	free(r.runs);
 	free(r.rec);
 	free(w);
 	rs_blockset_free(&c);
 	return err;
+}
+
+struct one_by_one {
+	rs_sink_fn sink;
+	void *arg;
+};
+
+static int runs_to_sink(void *arg, const struct rs_run *runs, size_t n)
+{
+	struct one_by_one *o = arg;
+	int err;
+
+	for (size_t i = 0; i < n; i++)
+		if ((err = o->sink(o->arg, runs[i].off, runs[i].len,
+				   runs[i].data)))
+			return err;
+	return 0;
+}
+
+int rs_rollback(struct ix *ix, const struct ix_disk *d, uint64_t seq,
+		uint64_t upto, rs_sink_fn sink, void *arg,
+		rs_progress_fn progress, void *parg,
+		struct rs_rollback_stats *st)
+{
+	struct one_by_one o = { sink, arg };
+
+	return rs_rollback_runs(ix, d, seq, upto, runs_to_sink, &o, progress,
+				parg, st);
 }
