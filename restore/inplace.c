@@ -22,12 +22,12 @@
  * - Per window of runs (rollback.c): head space for the data runs is
  *   reserved first (fallocate), so a full file system fails before
  *   anything is journaled; the runs are appended as ordinary WRITE / ZERO
- *   records and made durable with one write-out and one fdatasync; only
- *   then is head written: adjacent data runs with one pwritev, adjacent
- *   zero runs with one fallocate (ZERO_RANGE, see zero()).
- * - End: a FLUSH record (as after a server's rollback), the records
- *   indexed in one transaction, head fsynced once, then head_synced_seq
- *   moved to the last record.
+ *   records, followed by a FLUSH record (as after a server's rollback),
+ *   and made durable with one write-out and one fdatasync; only then is
+ *   head written: adjacent data runs with one pwritev, adjacent zero runs
+ *   with one fallocate (ZERO_RANGE, see zero()); its writeback starts.
+ * - End: the records indexed in one transaction, head fsynced once, then
+ *   head_synced_seq moved to the last record.
  *
  * Crash safety: head is written only after the records holding the same
  * bytes are durable, and head_synced_seq moves only after head's fsync,
@@ -230,10 +230,19 @@ static int window(void *arg, const struct rs_run *runs, size_t n)
 		if ((err = journal(p, runs[i].data ? JR_WRITE : JR_ZERO,
 				   runs[i].off, runs[i].len, runs[i].data)))
 			return err;
-	/* Durable before head changes: see the design note. */
-	if ((err = jr_writer_flush(p->w)))
+	/*
+	 * Durable before head changes (see the design note), and marked so
+	 * in the history as a server's rollback is: a FLUSH record covered
+	 * by the same fdatasync.
+	 */
+	if ((err = journal(p, JR_FLUSH, 0, 0, NULL)) ||
+	    (err = jr_writer_flush(p->w)))
 		return err;
-	return head_write(p, runs, n);
+	if ((err = head_write(p, runs, n)))
+		return err;
+	/* Start head's writeback now; the fsync at the end waits for it. */
+	(void)sync_file_range(p->head_fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+	return 0;
 }
 
 /*
@@ -331,10 +340,7 @@ int rs_rollback_store(const char *dir, const char *name,
 		goto out;
 	if (!p.records)
 		goto out;
-	/* The rollback is durable here: say so in the history. */
-	if ((err = journal(&p, JR_FLUSH, 0, 0, NULL)) ||
-	    (err = jr_writer_flush(p.w)) ||
-	    (err = ix_batch_commit(p.b)))
+	if ((err = ix_batch_commit(p.b)))
 		goto out;
 	if ((err = rw_sys_fsync(p.head_fd))) {
 		err = rw_err_set(err, "cannot fsync '%s': %s", p.head_path,
