@@ -25,9 +25,10 @@
  *   records, followed by a FLUSH record (as after a server's rollback),
  *   and made durable with one write-out and one fdatasync; only then is
  *   head written: adjacent data runs with one pwritev, adjacent zero runs
- *   with one fallocate (ZERO_RANGE, see zero()); its writeback starts.
- * - End: the records indexed in one transaction, head fsynced once, then
- *   head_synced_seq moved to the last record.
+ *   with one fallocate (ZERO_RANGE, see zero()).
+ * - End: head fsynced once, then the records indexed and head_synced_seq
+ *   moved to the last of them in one index transaction: three syncs in
+ *   all for a rollback of one window (journal, head, index).
  *
  * Crash safety: head is written only after the records holding the same
  * bytes are durable, and head_synced_seq moves only after head's fsync,
@@ -238,11 +239,7 @@ static int window(void *arg, const struct rs_run *runs, size_t n)
 	if ((err = journal(p, JR_FLUSH, 0, 0, NULL)) ||
 	    (err = jr_writer_flush(p->w)))
 		return err;
-	if ((err = head_write(p, runs, n)))
-		return err;
-	/* Start head's writeback now; the fsync at the end waits for it. */
-	(void)sync_file_range(p->head_fd, 0, 0, SYNC_FILE_RANGE_WRITE);
-	return 0;
+	return head_write(p, runs, n);
 }
 
 /*
@@ -340,14 +337,14 @@ int rs_rollback_store(const char *dir, const char *name,
 		goto out;
 	if (!p.records)
 		goto out;
-	if ((err = ix_batch_commit(p.b)))
-		goto out;
+	/* Head durable, then records and head_synced_seq in one commit. */
 	if ((err = rw_sys_fsync(p.head_fd))) {
 		err = rw_err_set(err, "cannot fsync '%s': %s", p.head_path,
 				 rw_strerror(err));
 		goto out;
 	}
-	if ((err = ix_disk_set_head_synced(p.ix, p.d.id, p.last_seq)))
+	if ((err = ix_batch_set_head_synced(p.b, p.d.id, p.last_seq)) ||
+	    (err = ix_batch_commit(p.b)))
 		goto out;
 	res->last_seq = p.last_seq;
 out:
