@@ -5,7 +5,10 @@
  * so only they are rewritten: the cost is the history undone, not the
  * disk.  Their content as-of the target is assembled in block order, a
  * window of up to 64 MiB at a time: inside a window each needed record is
- * read once (in journal order) and its blocks copied into place, blocks
+ * read once (in journal order; from 8 records on, a second thread with
+ * its own reader takes every other one — reading and checksumming whole
+ * records is most of a rollback's CPU time, and a host has more than one
+ * core) and its blocks copied into place, blocks
  * that are zero as-of the target (a ZERO/TRIM, or base where base is
  * empty) are only flagged — never memset, never scanned — so their window
  * pages are not even touched; never-written blocks of a non-empty base
@@ -33,12 +36,16 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #define RUN_MAX (1u << 20)
+/* Records in a window from which a second thread reads half of them. */
+#define PARALLEL_GROUPS 8
 #define WINDOW_BYTES (64u << 20)
 
 struct rb {
@@ -54,7 +61,12 @@ struct rb {
 				* a zero entry's slot is never touched */
 	bool *zero;            /* per window entry: zero as-of the target */
 	size_t *idx;           /* scratch: record entries of a window */
+	size_t *grp;           /* scratch: where each record's entries start */
+	bool *vanished;        /* scratch: per record, gone from the journal */
 	struct rs_run *runs;   /* the runs of a window */
+	const char *jdir;
+	struct jr_reader *jr2; /* the second reader (PARALLEL_GROUPS) */
+	uint8_t *rec2;
 };
 
 static int slot_cmp_seq(const void *a, const void *b, void *arg)
@@ -66,6 +78,63 @@ static int slot_cmp_seq(const void *a, const void *b, void *arg)
 	if (x->seq != y->seq)
 		return x->seq < y->seq ? -1 : 1;
 	return x->block < y->block ? -1 : x->block > y->block;
+}
+
+/*
+ * Reads the records of groups first, first + step, ... (a group: the
+ * window entries of one record, r->idx[grp[g]..grp[g+1])) and copies
+ * their blocks into the window.  A record that vanished is only flagged.
+ */
+struct part {
+	struct rb *r;
+	const struct rs_ent *w;
+	struct jr_reader *jr;
+	uint8_t *rec;
+	size_t first, step, ngrp;
+	int err;                /* part_main: the error, message in msg */
+	char msg[512];
+};
+
+static int part_read(struct part *p)
+{
+	struct rb *r = p->r;
+	const struct ix_disk *d = r->d;
+	uint64_t bs = d->block_size;
+	int err;
+
+	for (size_t g = p->first; g < p->ngrp; g += p->step) {
+		size_t j = r->grp[g], k = r->grp[g + 1];
+		struct jr_rec rec;
+		err = jr_reader_read_at(p->jr, &p->w[r->idx[j]].loc, &rec,
+					p->rec, JR_MAX_WRITE);
+		if (err == RW_ENOTFOUND || err == -ENOENT) {
+			rw_err_clear();
+			r->vanished[g] = true;
+			continue;
+		}
+		if (err)
+			return err;
+		for (size_t t = j; t < k; t++) {
+			const struct rs_ent *e = &p->w[r->idx[t]];
+			uint64_t boff = e->block * bs;
+			uint64_t part = d->size - boff < bs ? d->size - boff : bs;
+			if ((err = rs_rec_check(d, e, &rec, part)))
+				return err;
+			memcpy(r->win + r->idx[t] * bs, p->rec + (boff - rec.offset),
+			       part);
+		}
+	}
+	return 0;
+}
+
+static void *part_main(void *arg)
+{
+	struct part *p = arg;
+
+	p->err = part_read(p);
+	if (p->err)
+		snprintf(p->msg, sizeof(p->msg), "%s", rw_err_msg());
+	return NULL;
 }
 
 /* Fills the slots of entries w[0..n) (the window) with their bytes. */
@@ -127,43 +196,55 @@ static int fill_window(struct rb *r, const struct rs_ent *w, size_t n)
 	}
 	/* Records in journal order, each read once for the window. */
 	qsort_r(r->idx, nrec, sizeof(*r->idx), slot_cmp_seq, (void *)w);
-	for (size_t j = 0; j < nrec;) {
-		const struct rs_ent *e0 = &w[r->idx[j]];
-		struct jr_rec rec;
-		size_t k = j + 1;
-		while (k < nrec && w[r->idx[k]].seq == e0->seq)
-			k++;
-		err = jr_reader_read_at(r->jr, &e0->loc, &rec, r->rec,
-					JR_MAX_WRITE);
-		if (err == RW_ENOTFOUND || err == -ENOENT) {
-			/* Folded into base under us: a view finds it there. */
-			rw_err_clear();
-			if (!r->v && (err = rs_view_open(&r->v, r->ix, d, r->seq)))
-				return err;
-			for (size_t t = j; t < k; t++) {
-				const uint8_t *blk;
-				const struct rs_ent *e = &w[r->idx[t]];
-				uint64_t boff = e->block * bs;
-				if ((err = rs_view_block(r->v, e->block, &blk)))
-					return err;
-				memcpy(r->win + r->idx[t] * bs, blk,
-				       d->size - boff < bs ? d->size - boff : bs);
-			}
-			j = k;
-			continue;
+	size_t ngrp = 0;
+	for (size_t j = 0; j < nrec; j++)
+		if (!j || w[r->idx[j]].seq != w[r->idx[j - 1]].seq)
+			r->grp[ngrp++] = j;
+	r->grp[ngrp] = nrec;
+	memset(r->vanished, 0, ngrp * sizeof(*r->vanished));
+	struct part p0 = { .r = r, .w = w, .jr = r->jr, .rec = r->rec,
+			   .first = 0, .step = 1, .ngrp = ngrp };
+	struct part p1 = p0;
+	pthread_t th;
+	bool two = false;
+	if (ngrp >= PARALLEL_GROUPS) {
+		/* A second reader on the other core takes every other record. */
+		if (!r->jr2 && jr_reader_open(&r->jr2, r->jdir, 0) == 0)
+			r->rec2 = malloc(JR_MAX_WRITE);
+		if (r->jr2 && r->rec2) {
+			p0.step = p1.step = 2;
+			p1.first = 1;
+			p1.jr = r->jr2;
+			p1.rec = r->rec2;
+			two = pthread_create(&th, NULL, part_main, &p1) == 0;
+			if (!two)
+				p0.step = 1;
 		}
-		if (err)
+		rw_err_clear();
+	}
+	err = part_read(&p0);
+	if (two) {
+		pthread_join(th, NULL);
+		if (!err && p1.err)
+			err = rw_err_set(p1.err, "%s", p1.msg);
+	}
+	if (err)
+		return err;
+	/* Records folded into base under us: a view finds them there. */
+	for (size_t g = 0; g < ngrp; g++) {
+		if (!r->vanished[g])
+			continue;
+		if (!r->v && (err = rs_view_open(&r->v, r->ix, d, r->seq)))
 			return err;
-		for (size_t t = j; t < k; t++) {
+		for (size_t t = r->grp[g]; t < r->grp[g + 1]; t++) {
+			const uint8_t *blk;
 			const struct rs_ent *e = &w[r->idx[t]];
 			uint64_t boff = e->block * bs;
-			uint64_t part = d->size - boff < bs ? d->size - boff : bs;
-			if ((err = rs_rec_check(d, e, &rec, part)))
+			if ((err = rs_view_block(r->v, e->block, &blk)))
 				return err;
-			memcpy(r->win + r->idx[t] * bs, r->rec + (boff - rec.offset),
-			       part);
+			memcpy(r->win + r->idx[t] * bs, blk,
+			       d->size - boff < bs ? d->size - boff : bs);
 		}
-		j = k;
 	}
 	return 0;
 }
@@ -281,10 +362,14 @@ int rs_rollback_runs(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 	r.win = malloc(wmax * bs);
 	r.zero = malloc(wmax * sizeof(*r.zero));
 	r.idx = malloc(wmax * sizeof(*r.idx));
+	r.grp = malloc((wmax + 1) * sizeof(*r.grp));
+	r.vanished = malloc(wmax * sizeof(*r.vanished));
 	r.runs = malloc(wmax * sizeof(*r.runs));
+	r.jdir = jdir;
 	r.rec = malloc(JR_MAX_WRITE);
 	w = malloc(wmax * sizeof(*w));
-	if (!r.win || !r.zero || !r.idx || !r.runs || !r.rec || !w) {
+	if (!r.win || !r.zero || !r.idx || !r.grp || !r.vanished || !r.runs ||
+	    !r.rec || !w) {
 		err = -ENOMEM;
 		goto out;
 	}
@@ -367,6 +452,10 @@ out:
 	ix_read_end(rd);
 	rs_view_close(r.v);
 	jr_reader_close(r.jr);
+	jr_reader_close(r.jr2);
+	free(r.rec2);
+	free(r.grp);
+	free(r.vanished);
 	if (r.base_fd >= 0)
 		close(r.base_fd);
 	free(r.win);
