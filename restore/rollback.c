@@ -40,10 +40,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #define RUN_MAX (1u << 20)
+#define NO_SLOT SIZE_MAX
 /* Records in a window from which a second thread reads half of them. */
 #define PARALLEL_GROUPS 8
 #define WINDOW_BYTES (64u << 20)
@@ -57,9 +59,9 @@ struct rb {
 	struct jr_reader *jr;
 	struct rs_view *v;
 	uint8_t *rec;          /* JR_MAX_WRITE, a decoded record */
-	uint8_t *win;          /* one slot of block_size per window entry;
-				* a zero entry's slot is never touched */
-	bool *zero;            /* per window entry: zero as-of the target */
+	uint8_t *win;          /* slots of block_size for the window's data
+				* entries, in entry order (NO_SLOT: zero) */
+	size_t *slot;          /* per window entry: its slot, or NO_SLOT */
 	size_t *idx;           /* scratch: record entries of a window */
 	size_t *grp;           /* scratch: where each record's entries start */
 	bool *vanished;        /* scratch: per record, gone from the journal */
@@ -78,6 +80,23 @@ static int slot_cmp_seq(const void *a, const void *b, void *arg)
 	if (x->seq != y->seq)
 		return x->seq < y->seq ? -1 : 1;
 	return x->block < y->block ? -1 : x->block > y->block;
+}
+
+/*
+ * Large scratch buffers (the window, the decoded records): 2 MiB aligned
+ * and marked for transparent huge pages, so filling 5.5 MiB of window
+ * costs three page faults, not 1400 (perf: page faults were a tenth of
+ * a rollback's CPU time).  The window's data slots are packed (zero
+ * entries take none), so only the pages holding data are touched.
+ */
+static void *big_alloc(size_t n)
+{
+	void *p = NULL;
+
+	if (posix_memalign(&p, 2u << 20, n))
+		return NULL;
+	(void)madvise(p, n, MADV_HUGEPAGE);
+	return p;
 }
 
 /*
@@ -120,8 +139,8 @@ static int part_read(struct part *p)
 			uint64_t part = d->size - boff < bs ? d->size - boff : bs;
 			if ((err = rs_rec_check(d, e, &rec, part)))
 				return err;
-			memcpy(r->win + r->idx[t] * bs, p->rec + (boff - rec.offset),
-			       part);
+			memcpy(r->win + r->slot[r->idx[t]] * bs,
+			       p->rec + (boff - rec.offset), part);
 		}
 	}
 	return 0;
@@ -142,20 +161,21 @@ static int fill_window(struct rb *r, const struct rs_ent *w, size_t n)
 {
 	const struct ix_disk *d = r->d;
 	uint64_t bs = d->block_size;
-	size_t nrec = 0;
+	size_t nrec = 0, next = 0;
 	int err;
 
 	for (size_t i = 0; i < n; i++) {
-		uint8_t *slot = r->win + i * bs;
+		uint8_t *slot = r->win + next * bs;
 		uint64_t boff = w[i].block * bs;
 		uint64_t part = d->size - boff < bs ? d->size - boff : bs;
-		r->zero[i] = false;
+		r->slot[i] = next++;
 		switch (w[i].src) {
 		case RS_SRC_REC:
 			r->idx[nrec++] = i;
 			break;
 		case RS_SRC_ZERO:
-			r->zero[i] = true;
+			r->slot[i] = NO_SLOT;
+			next--;
 			break;
 		case RS_SRC_MIXED: {
 			const uint8_t *blk;
@@ -175,8 +195,9 @@ static int fill_window(struct rb *r, const struct rs_ent *w, size_t n)
 			uint64_t end = (w[k - 1].block + 1) * bs;
 			if (end > d->size)
 				end = d->size;
+			next--;
 			for (size_t t = i; t < k; t++)
-				r->zero[t] = r->base_empty;
+				r->slot[t] = r->base_empty ? NO_SLOT : next++;
 			if (!r->base_empty) {
 				ssize_t got = rw_sys_pread_full(r->base_fd, slot,
 								end - boff,
@@ -210,7 +231,7 @@ static int fill_window(struct rb *r, const struct rs_ent *w, size_t n)
 	if (ngrp >= PARALLEL_GROUPS) {
 		/* A second reader on the other core takes every other record. */
 		if (!r->jr2 && jr_reader_open(&r->jr2, r->jdir, 0) == 0)
-			r->rec2 = malloc(JR_MAX_WRITE);
+			r->rec2 = big_alloc(JR_MAX_WRITE);
 		if (r->jr2 && r->rec2) {
 			p0.step = p1.step = 2;
 			p1.first = 1;
@@ -242,7 +263,7 @@ static int fill_window(struct rb *r, const struct rs_ent *w, size_t n)
 			uint64_t boff = e->block * bs;
 			if ((err = rs_view_block(r->v, e->block, &blk)))
 				return err;
-			memcpy(r->win + r->idx[t] * bs, blk,
+			memcpy(r->win + r->slot[r->idx[t]] * bs, blk,
 			       d->size - boff < bs ? d->size - boff : bs);
 		}
 	}
@@ -327,7 +348,8 @@ static int block_entry(struct rb *r, struct ix_read *rd, uint64_t block,
 /* Whether window entry i is zero as-of the target (flagged or all-zero bytes). */
 static bool entry_zero(const struct rb *r, size_t i, uint64_t part)
 {
-	return r->zero[i] || rw_all_zero(r->win + i * r->d->block_size, part);
+	return r->slot[i] == NO_SLOT ||
+	       rw_all_zero(r->win + r->slot[i] * r->d->block_size, part);
 }
 
 int rs_rollback_runs(struct ix *ix, const struct ix_disk *d, uint64_t seq,
@@ -359,16 +381,16 @@ int rs_rollback_runs(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 		goto done;
 	if (wmax > c.set)
 		wmax = (size_t)c.set;
-	r.win = malloc(wmax * bs);
-	r.zero = malloc(wmax * sizeof(*r.zero));
+	r.win = big_alloc(wmax * bs);
+	r.slot = malloc(wmax * sizeof(*r.slot));
 	r.idx = malloc(wmax * sizeof(*r.idx));
 	r.grp = malloc((wmax + 1) * sizeof(*r.grp));
 	r.vanished = malloc(wmax * sizeof(*r.vanished));
 	r.runs = malloc(wmax * sizeof(*r.runs));
 	r.jdir = jdir;
-	r.rec = malloc(JR_MAX_WRITE);
+	r.rec = big_alloc(JR_MAX_WRITE);
 	w = malloc(wmax * sizeof(*w));
-	if (!r.win || !r.zero || !r.idx || !r.grp || !r.vanished || !r.runs ||
+	if (!r.win || !r.slot || !r.idx || !r.grp || !r.vanished || !r.runs ||
 	    !r.rec || !w) {
 		err = -ENOMEM;
 		goto out;
@@ -429,7 +451,7 @@ int rs_rollback_runs(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 			}
 			r.runs[nruns++] = (struct rs_run){
 				.off = off, .len = (uint32_t)len,
-				.data = z ? NULL : r.win + a * bs,
+				.data = z ? NULL : r.win + r.slot[a] * bs,
 			};
 			s.blocks += b - a;
 			if (z)
@@ -459,7 +481,7 @@ out:
 	if (r.base_fd >= 0)
 		close(r.base_fd);
 	free(r.win);
-	free(r.zero);
+	free(r.slot);
 	free(r.idx);
 	free(r.runs);
 	free(r.rec);
