@@ -12,7 +12,9 @@
  *
  * - Open: the store lock, then every disk's journal with durable_seq set
  *   to the disk's head_synced_seq (jr.h), so a journal that was shut down
- *   cleanly costs one header read per record of its last segment.  Every
+ *   cleanly costs one header read per record of its last segment — on a
+ *   thread of its own, while the rollback reads the index and the records
+ *   it needs; the first write waits for it.  Every
  *   journal is opened, not only the rolled back disk's, because seqs are
  *   store-wide: the clock must start after the newest record of any of
  *   them.  A store that was not shut down cleanly — a journal holds
@@ -59,6 +61,8 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
@@ -77,6 +81,13 @@ struct ip {
 	int zero_mode;           /* zero(): first fallocate mode to try */
 	uint64_t last_seq;       /* newest record appended (0: none) */
 	uint64_t records;
+	/* The journals are opened on a thread of their own (opener()). */
+	struct jr_clock *clk;
+	const char *name;
+	pthread_t opener;
+	bool opening;            /* opener running, not joined yet */
+	int open_err;            /* its result (1: not clean) */
+	char open_msg[1024];
 };
 
 static int head_err(struct ip *p, int err, const char *what, uint64_t off)
@@ -220,12 +231,14 @@ static int head_write(struct ip *p, const struct rs_run *runs, size_t n)
 	return 0;
 }
 
+static int journals_ready(struct ip *p);
+
 static int window(void *arg, const struct rs_run *runs, size_t n)
 {
 	struct ip *p = arg;
 	int err;
 
-	if ((err = reserve(p, runs, n)))
+	if ((err = journals_ready(p)) || (err = reserve(p, runs, n)))
 		return err;
 	for (size_t i = 0; i < n; i++)
 		if ((err = journal(p, runs[i].data ? JR_WRITE : JR_ZERO,
@@ -283,12 +296,54 @@ static int open_journals(struct ix *ix, const char *name, struct jr_clock *clk,
 	return err;
 }
 
+static void *opener(void *arg)
+{
+	struct ip *p = arg;
+
+	p->open_err = open_journals(p->ix, p->name, p->clk, &p->w);
+	if (p->open_err < 0)
+		snprintf(p->open_msg, sizeof(p->open_msg), "%s", rw_err_msg());
+	return NULL;
+}
+
+/*
+ * Waits for the journals (opener()) and moves the clock past the newest
+ * seq the index holds — seqs are store-wide.  Returns 0, 1 when the
+ * store is not clean, or error.
+ */
+static int journals_ready(struct ip *p)
+{
+	struct ix_read *rd = NULL;
+	uint64_t lseq, lts;
+	int err;
+
+	if (!p->opening)
+		return p->open_err;
+	pthread_join(p->opener, NULL);
+	p->opening = false;
+	if (p->open_err < 0)
+		return rw_err_set(p->open_err, "%s", p->open_msg);
+	if (p->open_err)
+		return p->open_err;
+	if (!p->w)
+		return p->open_err = rw_err_set(RW_ENOTFOUND, "disk '%s' has "
+						"no journal", p->name);
+	if ((err = ix_read_begin(p->ix, &rd)))
+		return p->open_err = err;
+	err = ix_latest(rd, &lseq, &lts);
+	ix_read_end(rd);
+	if (!err)
+		jr_clock_observe(p->clk, lseq, lts);
+	else if (err != RW_ENOTFOUND)
+		return p->open_err = err;
+	rw_err_clear();
+	return 0;
+}
+
 int rs_rollback_store(const char *dir, const char *name,
 		      const struct rw_when *when, struct rs_rollback_result *res)
 {
-	struct ip p = { .head_fd = -1, .prealloc_ok = true };
-	struct jr_clock *clk = NULL;
-	struct ix_read *rd = NULL;
+	struct ip p = { .head_fd = -1, .prealloc_ok = true, .name = name };
 	uint64_t ts;
 	int err;
 
@@ -298,24 +353,18 @@ int rs_rollback_store(const char *dir, const char *name,
 		goto out;
 	}
 	if ((err = ix_disk_get(p.ix, name, &p.d)) ||
-	    (err = jr_clock_new(&clk, 1, 0)) ||
-	    (err = open_journals(p.ix, name, clk, &p.w)))
+	    (err = jr_clock_new(&p.clk, 1, 0)))
 		goto out;
-	if (!p.w) {
-		err = rw_err_set(RW_ENOTFOUND, "disk '%s' has no journal", name);
-		goto out;
-	}
-	/* Seqs are store-wide: continue after the newest one indexed too. */
-	uint64_t lseq, lts;
-	if ((err = ix_read_begin(p.ix, &rd)))
-		goto out;
-	err = ix_latest(rd, &lseq, &lts);
-	ix_read_end(rd);
-	if (!err)
-		jr_clock_observe(clk, lseq, lts);
-	else if (err != RW_ENOTFOUND)
-		goto out;
-	rw_err_clear();
+	/*
+	 * Recovering the journals (a header read per record of each last
+	 * segment) needs nothing the rollback computes, and the rollback's
+	 * reads need only the index: overlap them.  The first window joins
+	 * (journals_ready) before anything is written, so a store found not
+	 * clean is left untouched.
+	 */
+	p.opening = pthread_create(&p.opener, NULL, opener, &p) == 0;
+	if (!p.opening)
+		opener(&p);
 	if ((err = rs_resolve(p.ix, &p.d, when, &res->seq, &ts)))
 		goto out;
 	res->before_seq = res->last_seq = p.d.last_indexed_seq;
@@ -333,9 +382,8 @@ int rs_rollback_store(const char *dir, const char *name,
 	if ((err = ix_batch_new(p.ix, &p.b)))
 		goto out;
 	if ((err = rs_rollback_runs(p.ix, &p.d, res->seq, p.d.last_indexed_seq,
-				    window, &p, NULL, NULL, &res->st)))
-		goto out;
-	if (!p.records)
+				    window, &p, NULL, NULL, &res->st)) ||
+	    (err = journals_ready(&p)) || !p.records)
 		goto out;
 	/* Head durable, then records and head_synced_seq in one commit. */
 	if ((err = rw_sys_fsync(p.head_fd))) {
@@ -348,6 +396,10 @@ int rs_rollback_store(const char *dir, const char *name,
 		goto out;
 	res->last_seq = p.last_seq;
 out:
+	if (p.opening) {
+		pthread_join(p.opener, NULL);
+		p.opening = false;
+	}
 	ix_batch_free(p.b);
 	if (p.head_fd >= 0)
 		close(p.head_fd);
@@ -356,7 +408,7 @@ out:
 		if (!err)
 			err = e;
 	}
-	jr_clock_free(clk);
+	jr_clock_free(p.clk);
 	ix_close(p.ix);
 	return err;
 }
