@@ -610,6 +610,9 @@ static void test_rollback_over_base(void)
 	struct world W;
 	int bad = 0;
 
+	/* Every window's lookups on two threads (the path of large ones). */
+	rs_rollback_parallel_lookups = 2;
+
 	world_setup_base(&W, 41, true);
 	struct sink_ctx c = { &W, 0 };
 	uint64_t last = W.seq[NOPS];
@@ -638,6 +641,7 @@ static void test_rollback_over_base(void)
 	}
 	CU_ASSERT_EQUAL(bad, 0);
 	world_teardown(&W);
+	rs_rollback_parallel_lookups = 1024;
 }
 
 struct ext_check {
@@ -865,7 +869,9 @@ static void test_rollback_store(void)
 
 static void test_rollback_store_over_base(void)
 {
+	rs_rollback_parallel_lookups = 2;
 	test_rollback_store_and_undo(true);
+	rs_rollback_parallel_lookups = 1024;
 }
 
 int main(void)
