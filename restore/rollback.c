@@ -6,7 +6,7 @@
  * disk.  Their content as-of the target is assembled in block order, a
  * window of up to 64 MiB at a time: inside a window each needed record is
  * read once (in journal order; from 8 records on, a second thread with
- * its own reader takes every other one — reading and checksumming whole
+ * its own reader shares them — reading and checksumming whole
  * records is most of a rollback's CPU time, and a host has more than one
  * core) and its blocks copied into place, blocks
  * that are zero as-of the target (a ZERO/TRIM, or base where base is
@@ -37,6 +37,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,16 +104,19 @@ static void *big_alloc(size_t n)
 }
 
 /*
- * Reads the records of groups first, first + step, ... (a group: the
- * window entries of one record, r->idx[grp[g]..grp[g+1])) and copies
- * their blocks into the window.  A record that vanished is only flagged.
+ * Reads records and copies their blocks into the window, taking the next
+ * group (the window entries of one record, r->idx[grp[g]..grp[g+1])) from
+ * a counter shared with the other reader, so the two stay busy whatever
+ * the sizes of the records (4 KiB to 32 MiB).  A record that vanished is
+ * only flagged.
  */
 struct part {
 	struct rb *r;
 	const struct rs_ent *w;
 	struct jr_reader *jr;
 	uint8_t *rec;
-	size_t first, step, ngrp;
+	atomic_size_t *next;    /* the next group to read */
+	size_t ngrp;
 	int err;                /* part_main: the error, message in msg */
 	char msg[512];
 };
@@ -124,7 +128,7 @@ static int part_read(struct part *p)
 	uint64_t bs = d->block_size;
 	int err;
 
-	for (size_t g = p->first; g < p->ngrp; g += p->step) {
+	for (size_t g; (g = atomic_fetch_add(p->next, 1)) < p->ngrp;) {
 		size_t j = r->grp[g], k = r->grp[g + 1];
 		struct jr_rec rec;
 		err = jr_reader_read_at(p->jr, &p->w[r->idx[j]].loc, &rec,
@@ -226,23 +230,21 @@ static int fill_window(struct rb *r, const struct rs_ent *w, size_t n)
 			r->grp[ngrp++] = j;
 	r->grp[ngrp] = nrec;
 	memset(r->vanished, 0, ngrp * sizeof(*r->vanished));
+	atomic_size_t ticket;
+	atomic_init(&ticket, 0);
 	struct part p0 = { .r = r, .w = w, .jr = r->jr, .rec = r->rec,
-			   .first = 0, .step = 1, .ngrp = ngrp };
+			   .next = &ticket, .ngrp = ngrp };
 	struct part p1 = p0;
 	pthread_t th;
 	bool two = false;
 	if (ngrp >= PARALLEL_GROUPS) {
-		/* A second reader on the other core takes every other record. */
+		/* A second reader on the other core shares the records. */
 		if (!r->jr2 && jr_reader_open(&r->jr2, r->jdir, 0) == 0)
 			r->rec2 = big_alloc(JR_MAX_WRITE);
 		if (r->jr2 && r->rec2) {
-			p0.step = p1.step = 2;
-			p1.first = 1;
 			p1.jr = r->jr2;
 			p1.rec = r->rec2;
 			two = pthread_create(&th, NULL, part_main, &p1) == 0;
-			if (!two)
-				p0.step = 1;
 		}
 		rw_err_clear();
 	}
