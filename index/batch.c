@@ -47,7 +47,6 @@ struct vent {
 struct bdisk {
 	struct ix_disk d;
 	uint64_t batch_last;   /* newest seq added for this disk */
-	uint64_t head_synced;  /* ix_batch_set_head_synced (0: leave as is) */
 };
 
 struct ix_batch {
@@ -100,16 +99,6 @@ static struct bdisk *bdisk_find(struct ix_batch *b, uint32_t id, bool add)
 	memset(&b->disks[b->nd], 0, sizeof(b->disks[0]));
 	b->disks[b->nd].d.id = id;
 	return &b->disks[b->nd++];
-}
-
-int ix_batch_set_head_synced(struct ix_batch *b, uint32_t disk, uint64_t seq)
-{
-	struct bdisk *bd = bdisk_find(b, disk, true);
-
-	if (!bd)
-		return -ENOMEM;
-	bd->head_synced = seq;
-	return 0;
 }
 
 int ix_batch_add(struct ix_batch *b, const struct jr_rec *rec,
@@ -417,17 +406,12 @@ static int commit_fn(struct ix *ix, MDB_txn *txn, void *arg)
 		rc = segments_update(ix, txn, b, bd, keep);
 		if (rc)
 			goto out;
-		bool put = false;
 		if (bd->batch_last > bd->d.last_indexed_seq) {
 			bd->d.last_indexed_seq = bd->batch_last;
-			put = true;
+			rc = ix_disk_store(ix, txn, &bd->d);
+			if (rc)
+				goto out;
 		}
-		if (bd->head_synced > bd->d.head_synced_seq) {
-			bd->d.head_synced_seq = bd->head_synced;
-			put = true;
-		}
-		if (put && (rc = ix_disk_store(ix, txn, &bd->d)))
-			goto out;
 		ix_step("put");
 	}
 out:

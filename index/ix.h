@@ -159,14 +159,6 @@ int ix_batch_commit(struct ix_batch *b);
 void ix_batch_free(struct ix_batch *b);
 
 /*
- * Has the next commit of b (one with records) also raise disk's
- * head_synced_seq to seq, in the same transaction — for a writer that
- * synced head.img after the journal and before indexing, which saves a
- * transaction (an fdatasync) of its own.  Never lowers it.  0 or -ENOMEM.
- */
-int ix_batch_set_head_synced(struct ix_batch *b, uint32_t disk, uint64_t seq);
-
-/*
  * Called for every record catch-up replays, so the caller can also apply
  * it to head.img.  Return 0 to continue, negative to stop with that error.
  */

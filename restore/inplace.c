@@ -28,9 +28,11 @@
  *   and made durable with one write-out and one fdatasync; only then is
  *   head written: adjacent data runs with one pwritev, adjacent zero runs
  *   with one fallocate (ZERO_RANGE, see zero()).
- * - End: head fsynced once, then the records indexed and head_synced_seq
- *   moved to the last of them in one index transaction: three syncs in
- *   all for a rollback of one window (journal, head, index).
+ *   Once the journal sync returns, a thread indexes the window's records
+ *   (one transaction) while head is written.
+ * - End: head fsynced once, then head_synced_seq moved to the last
+ *   record (a small transaction of its own: it may only follow head's
+ *   fsync, and the records' commit is hidden behind the head writes).
  *
  * Crash safety: head is written only after the records holding the same
  * bytes are durable, and head_synced_seq moves only after head's fsync,
@@ -88,6 +90,11 @@ struct ip {
 	bool opening;            /* opener running, not joined yet */
 	int open_err;            /* its result (1: not clean) */
 	char open_msg[1024];
+	/* A window's records are indexed on a thread while head is written. */
+	pthread_t committer;
+	bool committing;         /* committer running, not joined yet */
+	int commit_err;
+	char commit_msg[1024];
 };
 
 static int head_err(struct ip *p, int err, const char *what, uint64_t off)
@@ -233,12 +240,36 @@ static int head_write(struct ip *p, const struct rs_run *runs, size_t n)
 
 static int journals_ready(struct ip *p);
 
+static void *committer(void *arg)
+{
+	struct ip *p = arg;
+
+	p->commit_err = ix_batch_commit(p->b);
+	if (p->commit_err)
+		snprintf(p->commit_msg, sizeof(p->commit_msg), "%s",
+			 rw_err_msg());
+	return NULL;
+}
+
+/* Waits for the index commit of the previous window.  0 or its error. */
+static int commit_join(struct ip *p)
+{
+	if (!p->committing)
+		return 0;
+	pthread_join(p->committer, NULL);
+	p->committing = false;
+	if (p->commit_err)
+		return rw_err_set(p->commit_err, "%s", p->commit_msg);
+	return 0;
+}
+
 static int window(void *arg, const struct rs_run *runs, size_t n)
 {
 	struct ip *p = arg;
 	int err;
 
-	if ((err = journals_ready(p)) || (err = reserve(p, runs, n)))
+	if ((err = journals_ready(p)) || (err = commit_join(p)) ||
+	    (err = reserve(p, runs, n)))
 		return err;
 	for (size_t i = 0; i < n; i++)
 		if ((err = journal(p, runs[i].data ? JR_WRITE : JR_ZERO,
@@ -251,6 +282,10 @@ static int window(void *arg, const struct rs_run *runs, size_t n)
 	 */
 	if ((err = journal(p, JR_FLUSH, 0, 0, NULL)) ||
 	    (err = jr_writer_flush(p->w)))
+		return err;
+	/* The records are durable: index them while head is written. */
+	p->committing = pthread_create(&p->committer, NULL, committer, p) == 0;
+	if (!p->committing && (err = ix_batch_commit(p->b)))
 		return err;
 	return head_write(p, runs, n);
 }
@@ -385,17 +420,18 @@ int rs_rollback_store(const char *dir, const char *name,
 				    window, &p, NULL, NULL, &res->st)) ||
 	    (err = journals_ready(&p)) || !p.records)
 		goto out;
-	/* Head durable, then records and head_synced_seq in one commit. */
+	/* Head durable, then head_synced_seq says so. */
 	if ((err = rw_sys_fsync(p.head_fd))) {
 		err = rw_err_set(err, "cannot fsync '%s': %s", p.head_path,
 				 rw_strerror(err));
 		goto out;
 	}
-	if ((err = ix_batch_set_head_synced(p.b, p.d.id, p.last_seq)) ||
-	    (err = ix_batch_commit(p.b)))
+	if ((err = commit_join(&p)) ||
+	    (err = ix_disk_set_head_synced(p.ix, p.d.id, p.last_seq)))
 		goto out;
 	res->last_seq = p.last_seq;
 out:
+	commit_join(&p);
 	if (p.opening) {
 		pthread_join(p.opener, NULL);
 		p.opening = false;
