@@ -19,7 +19,12 @@
  *      built by an rs_view;
  *   4. fsync base.img, then base_seq = H durably;
  *   5. drop index entries <= base_seq (ix_compact_drop);
- *   6. unlink the released segment files, fsync the journal directory.
+ *   6. unlink the released segment files, fsync the journal directory;
+ *   7. (opts.recompress) recompress the raw WRITE records of the sealed
+ *      segments that stay, each segment copied, synced and renamed over
+ *      the original with every record at its old offset
+ *      (journal/rewrite.c): the index is not touched, and a crash leaves
+ *      each segment old or new, both valid.
  * A run that finds horizon > base_seq finishes that fold first (resume).
  *
  * Why views stay exact while this runs: lookups filter versions by
@@ -45,9 +50,7 @@
  * a view in block order (one index lookup per block, and a large record
  * read again for every run of its blocks); copying base to a new
  * file then renaming (doubles space, and a concurrent view would hold the
- * old file open).  Not done: recompressing raw (uncompressed) records of
- * sealed segments that stay (rewrite to .tmp, fsync, rename, re-point the
- * index) — optional, left for later.
+ * old file open).
  */
 #include "restore/rs.h"
 #include "restore/rs_int.h"
@@ -115,7 +118,9 @@ int rs_compact_plan(struct ix *ix, const char *name,
 		return err;
 
 	/* 1. The cutoff. */
-	if (o->before) {
+	if (o->recompress_only) {
+		h = d.horizon_seq;
+	} else if (o->before) {
 		switch (o->before->kind) {
 		case RW_WHEN_SEQ:
 			h = o->before->seq;
@@ -149,6 +154,8 @@ int rs_compact_plan(struct ix *ix, const char *name,
 	}
 	if (h > d.last_indexed_seq)
 		h = d.last_indexed_seq;
+	if (o->recompress_only)
+		h = d.horizon_seq;
 
 	/* Over the journal budget: free whole segments, oldest first. */
 	if (o->max_journal && p->journal_bytes > o->max_journal) {
@@ -313,6 +320,24 @@ out:
 	return err;
 }
 
+/* ------------------------------------------------------- recompress */
+
+static int recompress(struct ix *ix, const struct ix_disk *d,
+		      const struct rs_compact_opts *o, struct rs_compact_stats *st)
+{
+	struct jr_recompress_opts ro = { .level = o->zstd_level,
+					 .dry_run = o->dry_run };
+	uint64_t t0 = rw_mono_ns();
+	char jdir[4096];
+	int err;
+
+	if ((err = ix_disk_path(ix, d->name, "journal", jdir, sizeof(jdir))))
+		return err;
+	err = jr_recompress_journal(jdir, &ro, &st->rz);
+	st->rz_ns = rw_mono_ns() - t0;
+	return err;
+}
+
 /* ------------------------------------------------------------- run */
 
 int rs_compact_lock(struct ix *ix, int *fd_out)
@@ -352,8 +377,11 @@ int rs_compact_run(struct ix *ix, const char *name,
 		return err;
 	if ((err = rs_compact_plan(ix, name, o, &s.plan)))
 		goto out;
-	if (o->dry_run)
+	if (o->dry_run) {
+		if (o->recompress)
+			err = recompress(ix, &s.plan.disk, o, &s);
 		goto out;
+	}
 	d = s.plan.disk;
 	/* 2. The new horizon, durably, before anything is folded. */
 	if (s.plan.horizon_seq > d.horizon_seq) {
@@ -390,6 +418,13 @@ int rs_compact_run(struct ix *ix, const char *name,
 	s.bytes_freed = us.bytes;
 	if ((err = step(o, RS_STEP_UNLINKED)))
 		goto out;
+	/* 7. Raw records of the segments that stay. */
+	if (o->recompress) {
+		if ((err = recompress(ix, &d, o, &s)))
+			goto out;
+		if ((err = step(o, RS_STEP_RECOMPRESSED)))
+			goto out;
+	}
 out:
 	if (lock >= 0)
 		close(lock);
