@@ -145,6 +145,18 @@ static int bad(const struct rz *z, uint64_t off, uint64_t seq, const char *why)
 }
 
 /*
+ * Whether the raw WRITE rec could free a whole block at all: its
+ * compressed form (a frame is at least a few bytes) plus a PAD header
+ * must leave a block's worth of the payload.  A 4 KiB record never does:
+ * it is not even compressed to find out.
+ */
+static bool could_free(const struct rz *z, const struct jr_rec *rec)
+{
+	return rec->type == JR_WRITE && !(rec->flags & JR_F_ZSTD) &&
+	       rec->length >= z->blk + JR_HDR_SIZE + 16;
+}
+
+/*
  * Tries the raw WRITE rec (payload p) at off: when its compressed form
  * frees a whole block, queues the compressed record and its PAD, adds
  * the freed bytes to *freed and returns 1; 0 to copy it as it is.
@@ -156,7 +168,7 @@ static int try_record(struct rz *z, int level, uint64_t off,
 	size_t bound = jr_zstd_bound(rec->length);
 	int err;
 
-	if (rec->length < JR_MIN_COMPRESS + JR_HDR_SIZE)
+	if (!could_free(z, rec))
 		return 0;
 	if ((err = grow(&z->zbuf, &z->zcap, bound)))
 		return err;
@@ -354,6 +366,46 @@ int jr_segment_recompress(const char *dir, uint64_t first_seq,
 	if (!(z.obuf = malloc(RZ_OBUF))) {
 		err = -ENOMEM;
 		goto out;
+	}
+	/* A header-only pass first: most segments of small random writes
+	 * hold no record that could free a block, and are only counted. */
+	{
+		bool any = false, clean = false;
+		uint8_t prev = 0;
+		struct jr_rec rec;
+		const uint8_t *p;
+		const char *why;
+		for (uint64_t q = JR_SEG_HDR_SIZE;;) {
+			int res = jr_scan_record(&z.sc, q, false, &rec, &p, &why);
+			if (res < 0) {
+				err = rw_err_set(res, "cannot read segment '%s': %s",
+						 path, rw_strerror(res));
+				goto out;
+			}
+			if (res != JR_SCAN_OK) {
+				/* Anything but a seal at the end: the verifying
+				 * pass below says what is wrong. */
+				clean = res == JR_SCAN_END && prev == JR_SEAL;
+				break;
+			}
+			prev = rec.type;
+			if (could_free(&z, &rec)) {
+				any = true;
+				break;
+			}
+			if (rec.type == JR_WRITE) {
+				s.writes++;
+				s.raw += !(rec.flags & JR_F_ZSTD);
+				s.logical += rec.length;
+				s.stored_before += rec.stored_len;
+				s.stored_after += rec.stored_len;
+			}
+			q += jr_rec_total(&rec);
+		}
+		if (!any && clean)
+			goto out; /* nothing to gain: counted, left as it is */
+		s.writes = s.raw = s.logical = s.stored_before = s.stored_after = 0;
+		jr_scan_invalidate(&z.sc);
 	}
 	if (!o->dry_run) {
 		(void)unlink(z.tmp); /* leftover of an interrupted run */
