@@ -220,6 +220,9 @@ struct rs_compact_opts {
 	 * interrupted fold is still finished) and only recompress.
 	 */
 	bool recompress, recompress_only;
+	/* Background work (the scheduled job; implied by the idle I/O
+	 * class): the fold writes base out in small paced steps. */
+	bool background;
 	int zstd_level;                /* for recompression; 0 = default */
 	/* Tests: called after each step; a non-zero return stops the run
 	 * with that error (as a crash would, minus the process exit). */
