@@ -275,11 +275,13 @@ static bool io_idle(void)
  * Background pacing of the fold (o->background: the scheduled job, or a
  * run under the idle I/O class).  Every PACE_STEP bytes written to base,
  * the fold writes them out itself and waits (sync_file_range), under its
- * idle I/O class, then rests as long as that took: at most PACE_STEP of
- * base is ever in flight and the fold holds the disk at most half the
- * time, so a guest's writes and its journal's fdatasyncs never queue
- * behind a whole fold's writeback (as they did behind the one fsync at the
- * end: p99 of a concurrent fio 1.4-2.7x).  A foreground run is not paced.
+ * idle I/O class, then rests as long as the whole step took (at most
+ * 200 ms): at most PACE_STEP of base is ever in flight and the fold works
+ * at most half the time, so a guest's writes and its journal's
+ * fdatasyncs never queue behind a whole fold's writeback (as they did
+ * behind the one fsync at the end: p99 of a concurrent fio 1.4-2.7x).
+ * Resting only as long as the writeback took measured the same within
+ * the noise of the shared machine.  A foreground run is not paced.
  */
 #define PACE_STEP (8u << 20)
 
@@ -288,6 +290,7 @@ struct pace {
 	uint64_t next;          /* data_bytes at which the next step is due */
 	uint64_t ns;            /* time spent waiting for writeback */
 	uint64_t rest_ns;       /* and resting */
+	uint64_t last;          /* when the last rest ended */
 };
 
 static void pace_sleep(uint64_t ns)
@@ -314,10 +317,14 @@ static void pace_fn(void *arg, uint64_t done, uint64_t total)
 			      SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
 	uint64_t took = rw_mono_ns() - t0;
 	p->ns += took;
+	/* Rest as long as the whole step took (reading and decoding
+	 * records too): at most half the time, of CPU and disk alike. */
+	took = rw_mono_ns() - p->last;
 	if (took > 200000000u)
 		took = 200000000u;
 	pace_sleep(took);
 	p->rest_ns += took;
+	p->last = rw_mono_ns();
 }
 
 static int fold(struct ix *ix, const struct ix_disk *d, uint64_t h,
@@ -346,6 +353,7 @@ static int fold(struct ix *ix, const struct ix_disk *d, uint64_t h,
 	if (a.no_kick) {
 		pace.a = &a;
 		pace.next = PACE_STEP;
+		pace.last = rw_mono_ns();
 		a.progress = pace_fn;
 		a.parg = &pace;
 	}
