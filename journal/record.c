@@ -10,7 +10,8 @@
  * (the crc still has to be checked against the payload).
  *
  * The crc is one CRC32C over header bytes 0..59 followed by the stored
- * payload (a PAD's crc covers its header only: its body is a hole).  Rejected alternative: separate header and payload crcs.  They
+ * payload (a PAD's crc covers its header only: its body is a hole).
+ * Rejected alternative: separate header and payload crcs.  They
  * would let a reader skip payload verification cheaply, but the
  * JR_READ_HEADERS mode already trades that off explicitly, and one crc
  * keeps the classification rules in FORMAT.md simple.

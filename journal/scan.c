@@ -8,9 +8,9 @@
  * Both writer recovery and readers use it, so the torn-versus-corrupt
  * rules of FORMAT.md are implemented exactly once.  A PAD record (only in
  * version-2 segments, see rewrite.c) is classified like any record, but
- * its body is never read: it is a hole that no crc covers.  mmap was rejected: a
- * file truncated or still being appended by another process turns reads
- * into SIGBUS, and errors must come back as codes.
+ * its body is never read: it is a hole that no crc covers.
+ * mmap was rejected: a file truncated or still being appended by another
+ * process turns reads into SIGBUS, and errors must come back as codes.
  */
 #include "journal/jr_int.h"
 
