@@ -3,7 +3,8 @@
  * server compacts its own store on a schedule.
  *
  * How: a thread wakes every I (monotonic condvar) and runs the same job
- * as `rewind compact --store STORE --retain D` in a child process
+ * as `rewind compact --store STORE --retain D --background` (idle I/O and
+ * CPU priority, paced writeback: the guest comes first) in a child process
  * (posix_spawn of /proc/self/exe), waits for it, and logs a failure; the
  * child logs what it folded and freed.  Stopping wakes the thread, sends
  * SIGTERM to a running child (compaction is crash-safe: the next run
@@ -58,6 +59,7 @@ static void run_once(struct cli_compact_job *j)
 {
 	char *argv[] = { (char *)"rewind", (char *)"compact", (char *)"--store",
 			 j->store, (char *)"--retain", j->retain,
+			 (char *)"--background",
 			 j->max_journal ? (char *)"--max-journal" : NULL,
 			 j->max_journal, (char *)"--over-budget", j->over_budget,
 			 NULL };

@@ -78,6 +78,10 @@ enum jr_type {
 	JR_FLUSH = 4,   /* the guest flushed here: every earlier record of the
 			 * journal was made durable by the flush that made this
 			 * one durable; offset 0, length 0, no payload */
+	JR_PAD = 14,    /* filler after a recompressed record, only in
+			 * version-2 segments (journal/rewrite.c): no seq of
+			 * its own, stored_len bytes of body (a hole) that no
+			 * crc covers; readers skip it; see FORMAT.md */
 	JR_SEAL = 15,   /* last record of a sealed segment; see FORMAT.md */
 };
 
@@ -128,7 +132,7 @@ int jr_rec_verify(const struct jr_rec *rec, const uint8_t hdr[JR_HDR_SIZE],
 /* Writes the segment file name for first_seq ("%020llu") into buf[32]. */
 void jr_segment_name(uint64_t first_seq, char buf[32]);
 
-/* Returns "write", "zero", "trim", "flush", "seal" or "?". */
+/* Returns "write", "zero", "trim", "flush", "pad", "seal" or "?". */
 const char *jr_type_name(uint8_t type);
 
 /* ---------------------------------------------------------- compression */
@@ -361,5 +365,72 @@ int jr_reader_read_at(struct jr_reader *r, const struct jr_loc *loc,
 int jr_segments_list(const char *dir, struct jr_seginfo **out);
 
 void jr_reader_close(struct jr_reader *r);
+
+/* -------------------------------------------------------- recompression */
+
+/*
+ * Recompression of sealed segments (journal/rewrite.c, FORMAT.md "PAD
+ * record"): a raw WRITE whose zstd form frees at least one whole
+ * file-system block is rewritten at the same offset as a compressed
+ * record followed by a PAD record whose body is a hole, in a copy of the
+ * segment (version 2) that is verified, synced and renamed over the
+ * original.  Every record keeps its (segment, offset): locations held by
+ * the index and by readers stay valid.  A crash leaves the original or
+ * the copy.  Only segments that have a successor are rewritten.
+ */
+enum jr_rz_stage {
+	JR_RZ_WRITTEN = 1, /* the copy is written, not yet synced */
+	JR_RZ_SYNCED,      /* synced and checked, not yet renamed */
+};
+
+struct jr_recompress_opts {
+	int level;      /* zstd level, 0 = JR_ZSTD_LEVEL_DEFAULT */
+	bool dry_run;   /* measure what would be freed; write nothing */
+	/* Tests: called at each stage; a non-zero return aborts with it. */
+	int (*hook)(void *arg, enum jr_rz_stage stage);
+	void *hook_arg;
+};
+
+struct jr_recompress_stats {
+	uint64_t segments;      /* segments examined */
+	uint64_t already;       /* of which rewritten by an earlier run */
+	uint64_t rewritten;     /* of which replaced by a copy (a dry run: 0) */
+	uint64_t writes;        /* WRITE records examined */
+	uint64_t raw;           /* of which stored raw */
+	uint64_t recompressed;  /* of which now (dry run: would be) compressed */
+	uint64_t logical;       /* logical bytes of the WRITE records */
+	uint64_t stored_before; /* their stored payload bytes, before */
+	uint64_t stored_after;  /* and after */
+	uint64_t alloc_before;  /* bytes allocated to the files (st_blocks) */
+	uint64_t alloc_after;   /* after (a dry run: the estimate) */
+};
+
+/*
+ * Recompresses segment first_seq of the journal in dir (see above); o
+ * may be NULL.  A segment rewritten before (version 2) is only counted
+ * (st->already).  Returns 0 with *st filled (may be NULL), RW_EBUSY when
+ * the segment has no successor, RW_ENOTFOUND when it does not exist,
+ * RW_ECORRUPT naming the segment and offset when a record is bad (the
+ * segment is left as it is), or -errno; on failure the original stays.
+ */
+int jr_segment_recompress(const char *dir, uint64_t first_seq,
+			  const struct jr_recompress_opts *o,
+			  struct jr_recompress_stats *st);
+
+/*
+ * Recompresses every segment but the last that the watermark file
+ * (dir/recompressed) does not list as examined, oldest first, then
+ * advances the watermark (not in a dry run).  Removes leftovers of an
+ * interrupted run first.  *total (may be NULL) sums the segments' stats.
+ * 0 or the first error (the segments done before it stay done).
+ */
+int jr_recompress_journal(const char *dir, const struct jr_recompress_opts *o,
+			  struct jr_recompress_stats *total);
+
+/* Removes <segment>.rz copies an interrupted run left.  0 or -errno. */
+int jr_recompress_cleanup(const char *dir);
+
+/* The watermark: first seq of the newest segment examined, 0 if none. */
+int jr_recompress_mark_get(const char *dir, uint64_t *through);
 
 #endif /* RW_JOURNAL_H */

@@ -19,7 +19,8 @@
 /* ------------------------------------------------------ segment header */
 
 #define JR_SEG_MAGIC "RWJSEG\r\n"
-#define JR_SEG_VERSION 1u
+#define JR_SEG_VERSION 1u      /* what the writer creates */
+#define JR_SEG_VERSION_PAD 2u  /* a recompressed copy: may hold PAD records */
 #define JR_SEG_HDR_SIZE 64u
 #define JR_REC_MAGIC 0x524A5752u /* "RWJR" as little-endian bytes */
 

@@ -13,7 +13,9 @@
  * re-listed whenever the reader runs out of data, which is how it follows
  * rollover; a segment that has a successor but ends without a SEAL is
  * corrupt, but only after a fresh look at its bytes, because the writer
- * seals before it creates the successor.
+ * seals before it creates the successor.  PAD records (version-2
+ * segments rewritten by rewrite.c) are skipped: they only fill the space
+ * a recompressed record gave up, so every record keeps its offset.
  *
  * Rejected alternative: inotify to follow the writer.  It is Linux-only
  * plumbing for something a caller polling jr_reader_next() already does,
@@ -186,6 +188,21 @@ static int next_rec(struct jr_reader *r, struct jr_rec *rec,
 		if (res < 0)
 			return rw_err_set(res, "cannot read segment '%s': %s",
 					  r->path, rw_strerror(res));
+		if (res == JR_SCAN_OK && rec->type == JR_PAD) {
+			/* Filler after a recompressed record: no seq of its
+			 * own, skipped like free space. */
+			const char *bad = NULL;
+			if (r->h.version < JR_SEG_VERSION_PAD)
+				bad = "pad record in a version-1 segment";
+			else if (rec->disk_id != r->h.disk_id)
+				bad = "disk id differs from the segment's";
+			else if (!r->seg_nrec || rec->seq != r->last_seq)
+				bad = "pad does not follow the last record";
+			if (bad)
+				return corrupt(r, bad);
+			r->pos += jr_rec_total(rec);
+			continue;
+		}
 		if (res == JR_SCAN_OK) {
 			const char *bad = NULL;
 			if (rec->disk_id != r->h.disk_id)
@@ -427,6 +444,11 @@ int jr_reader_read_at(struct jr_reader *r, const struct jr_loc *loc,
 		goto out;
 	}
 	if (jr_rec_decode_why(hdr, rec, &why)) {
+		err = RW_ECORRUPT;
+		goto out;
+	}
+	if (rec->type == JR_PAD) {
+		why = "a pad record, not a record, at this offset";
 		err = RW_ECORRUPT;
 		goto out;
 	}

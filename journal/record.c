@@ -10,7 +10,8 @@
  * (the crc still has to be checked against the payload).
  *
  * The crc is one CRC32C over header bytes 0..59 followed by the stored
- * payload.  Rejected alternative: separate header and payload crcs.  They
+ * payload (a PAD's crc covers its header only: its body is a hole).
+ * Rejected alternative: separate header and payload crcs.  They
  * would let a reader skip payload verification cheaply, but the
  * JR_READ_HEADERS mode already trades that off explicitly, and one crc
  * keeps the classification rules in FORMAT.md simple.
@@ -42,7 +43,7 @@ uint32_t jr_rec_encode(struct jr_rec *rec, uint8_t hdr[JR_HDR_SIZE],
 	rw_put_le32(hdr + 48, rec->disk_id);
 	/* 52..59 reserved, zero */
 	uint32_t crc = rw_crc32c(0, hdr, 60);
-	if (rec->stored_len && payload)
+	if (rec->stored_len && payload && rec->type != JR_PAD)
 		crc = rw_crc32c(crc, payload, rec->stored_len);
 	rw_put_le32(hdr + 60, crc);
 	rec->crc = crc;
@@ -126,11 +127,20 @@ int jr_rec_decode_why(const uint8_t hdr[JR_HDR_SIZE], struct jr_rec *rec,
 			goto out;
 		}
 		break;
+	case JR_PAD:
+		/* stored_len is the body (bounded above like any payload). */
+		if (rec->length || rec->flags || rec->offset ||
+		    rec->prev_seq != rec->seq) {
+			w = "malformed pad record";
+			goto out;
+		}
+		break;
 	default:
 		w = "unknown record type";
 		goto out;
 	}
-	if (rec->prev_seq >= rec->seq && rec->type != JR_SEAL) {
+	if (rec->prev_seq >= rec->seq && rec->type != JR_SEAL &&
+	    rec->type != JR_PAD) {
 		w = "prev_seq is not below seq";
 		goto out;
 	}
@@ -154,7 +164,8 @@ int jr_rec_verify(const struct jr_rec *rec, const uint8_t hdr[JR_HDR_SIZE],
 {
 	uint32_t crc = rw_crc32c(0, hdr, 60);
 
-	if (rec->stored_len) {
+	/* A PAD's body is a punched hole: its crc covers the header only. */
+	if (rec->stored_len && rec->type != JR_PAD) {
 		if (!payload)
 			return RW_ECORRUPT;
 		crc = rw_crc32c(crc, payload, rec->stored_len);
@@ -199,6 +210,8 @@ const char *jr_type_name(uint8_t type)
 		return "trim";
 	case JR_FLUSH:
 		return "flush";
+	case JR_PAD:
+		return "pad";
 	case JR_SEAL:
 		return "seal";
 	default:
@@ -241,7 +254,9 @@ int jr_seghdr_decode(const uint8_t buf[JR_SEG_HDR_SIZE], struct jr_seghdr *h,
 	 * crc elsewhere), so an unknown version wins over a crc mismatch,
 	 * except for the obviously damaged version 0.
 	 */
-	if (h->version != JR_SEG_VERSION && (crc_ok || h->version > 1)) {
+	bool known = h->version == JR_SEG_VERSION ||
+		     h->version == JR_SEG_VERSION_PAD;
+	if (!known && (crc_ok || h->version > JR_SEG_VERSION_PAD)) {
 		*why = "unsupported segment version";
 		return RW_EVERSION;
 	}

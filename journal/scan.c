@@ -6,9 +6,11 @@
  * The window is one buffer (1 MiB, grown only for a record whose header
  * was already bounds-checked) refilled with pread at the offset asked for.
  * Both writer recovery and readers use it, so the torn-versus-corrupt
- * rules of FORMAT.md are implemented exactly once.  mmap was rejected: a
- * file truncated or still being appended by another process turns reads
- * into SIGBUS, and errors must come back as codes.
+ * rules of FORMAT.md are implemented exactly once.  A PAD record (only in
+ * version-2 segments, see rewrite.c) is classified like any record, but
+ * its body is never read: it is a hole that no crc covers.
+ * mmap was rejected: a file truncated or still being appended by another
+ * process turns reads into SIGBUS, and errors must come back as codes.
  */
 #include "journal/jr_int.h"
 
@@ -115,9 +117,17 @@ int jr_scan_record(struct jr_scan *sc, uint64_t off, bool verify,
 	if (jr_rec_decode_why(hdr, rec, why))
 		return JR_SCAN_BAD;
 	size_t total = (size_t)jr_rec_total(rec);
-	if (!verify) {
-		/* Headers only: the payload must be in the file, which the
-		 * cached size usually proves without a syscall. */
+	if (rec->type == JR_PAD && jr_rec_verify(rec, hdr, NULL)) {
+		/* Its crc covers the header only: checked even without
+		 * verify, since a wrong stored_len would misplace every
+		 * record after it. */
+		*why = "record checksum mismatch";
+		return JR_SCAN_BAD;
+	}
+	if (!verify || rec->type == JR_PAD) {
+		/* Headers only (and a PAD's body, a hole nothing covers):
+		 * the payload must be in the file, which the cached size
+		 * usually proves without a syscall. */
 		uint64_t size = sc->fsize;
 		if (size < off || size - off < total) {
 			int err = file_size(sc->fd, &size);

@@ -19,7 +19,12 @@
  *      built by an rs_view;
  *   4. fsync base.img, then base_seq = H durably;
  *   5. drop index entries <= base_seq (ix_compact_drop);
- *   6. unlink the released segment files, fsync the journal directory.
+ *   6. unlink the released segment files, fsync the journal directory;
+ *   7. (opts.recompress) recompress the raw WRITE records of the sealed
+ *      segments that stay, each segment copied, synced and renamed over
+ *      the original with every record at its old offset
+ *      (journal/rewrite.c): the index is not touched, and a crash leaves
+ *      each segment old or new, both valid.
  * A run that finds horizon > base_seq finishes that fold first (resume).
  *
  * Why views stay exact while this runs: lookups filter versions by
@@ -45,9 +50,7 @@
  * a view in block order (one index lookup per block, and a large record
  * read again for every run of its blocks); copying base to a new
  * file then renaming (doubles space, and a concurrent view would hold the
- * old file open).  Not done: recompressing raw (uncompressed) records of
- * sealed segments that stay (rewrite to .tmp, fsync, rename, re-point the
- * index) — optional, left for later.
+ * old file open).
  */
 #include "restore/rs.h"
 #include "restore/rs_int.h"
@@ -64,6 +67,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 static int step(const struct rs_compact_opts *o, enum rs_compact_step s)
@@ -115,7 +119,9 @@ int rs_compact_plan(struct ix *ix, const char *name,
 		return err;
 
 	/* 1. The cutoff. */
-	if (o->before) {
+	if (o->recompress_only) {
+		h = d.horizon_seq;
+	} else if (o->before) {
 		switch (o->before->kind) {
 		case RW_WHEN_SEQ:
 			h = o->before->seq;
@@ -149,6 +155,8 @@ int rs_compact_plan(struct ix *ix, const char *name,
 	}
 	if (h > d.last_indexed_seq)
 		h = d.last_indexed_seq;
+	if (o->recompress_only)
+		h = d.horizon_seq;
 
 	/* Over the journal budget: free whole segments, oldest first. */
 	if (o->max_journal && p->journal_bytes > o->max_journal) {
@@ -247,11 +255,11 @@ out:
 
 /*
  * True when this process runs with the idle I/O class (ionice -c 3, as
- * rewind-compact@.service and `serve --compact-every` run compaction):
- * then the fold leaves writeback to the final fsync instead of starting
- * it early.  Spread-out writeback during a long fold raised a concurrent
- * guest's p99 write latency (bench-compact (b)) more than one flush at
- * the end; a foreground compaction keeps the overlap, which is faster.
+ * rewind-compact@.service runs compaction; `serve --compact-every` passes
+ * --background, which sets it): then the fold does not start writeback
+ * early without waiting (unbounded writeback raised a concurrent guest's
+ * p99 write latency, bench-compact (b)); it paces it (pace_fn).  A
+ * foreground compaction keeps the overlap, which is fastest.
  */
 static bool io_idle(void)
 {
@@ -263,9 +271,66 @@ static bool io_idle(void)
 #endif
 }
 
+/*
+ * Background pacing of the fold (o->background: the scheduled job, or a
+ * run under the idle I/O class).  Every PACE_STEP bytes written to base,
+ * the fold writes them out itself and waits (sync_file_range), under its
+ * idle I/O class, then rests as long as the whole step took (at most
+ * 200 ms): at most PACE_STEP of base is ever in flight and the fold works
+ * at most half the time, so a guest's writes and its journal's
+ * fdatasyncs never queue behind a whole fold's writeback (as they did
+ * behind the one fsync at the end: p99 of a concurrent fio 1.4-2.7x).
+ * Resting only as long as the writeback took measured the same within
+ * the noise of the shared machine.  A foreground run is not paced.
+ */
+#define PACE_STEP (8u << 20)
+
+struct pace {
+	struct rs_apply *a;
+	uint64_t next;          /* data_bytes at which the next step is due */
+	uint64_t ns;            /* time spent waiting for writeback */
+	uint64_t rest_ns;       /* and resting */
+	uint64_t last;          /* when the last rest ended */
+};
+
+static void pace_sleep(uint64_t ns)
+{
+	struct timespec ts = { (time_t)(ns / 1000000000u),
+			       (long)(ns % 1000000000u) };
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
+static void pace_fn(void *arg, uint64_t done, uint64_t total)
+{
+	struct pace *p = arg;
+	uint64_t t0;
+
+	(void)done;
+	(void)total;
+	if (p->a->data_bytes < p->next)
+		return;
+	p->next = p->a->data_bytes + PACE_STEP;
+	t0 = rw_mono_ns();
+	/* Advisory: an error shows up again in the final fsync. */
+	(void)sync_file_range(p->a->fd, 0, 0, SYNC_FILE_RANGE_WAIT_BEFORE |
+			      SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
+	uint64_t took = rw_mono_ns() - t0;
+	p->ns += took;
+	/* Rest as long as the whole step took (reading and decoding
+	 * records too): at most half the time, of CPU and disk alike. */
+	took = rw_mono_ns() - p->last;
+	if (took > 200000000u)
+		took = 200000000u;
+	pace_sleep(took);
+	p->rest_ns += took;
+	p->last = rw_mono_ns();
+}
+
 static int fold(struct ix *ix, const struct ix_disk *d, uint64_t h,
 		const struct rs_compact_opts *o, struct rs_compact_stats *st)
 {
+	struct pace pace = { 0 };
 	struct rs_map m = { 0 };
 	struct rs_apply a;
 	bool apply_ready = false;
@@ -284,7 +349,14 @@ static int fold(struct ix *ix, const struct ix_disk *d, uint64_t h,
 		goto out;
 	apply_ready = true;
 	a.punch = true; /* base holds data anywhere */
-	a.no_kick = io_idle();
+	a.no_kick = o->background || io_idle();
+	if (a.no_kick) {
+		pace.a = &a;
+		pace.next = PACE_STEP;
+		pace.last = rw_mono_ns();
+		a.progress = pace_fn;
+		a.parg = &pace;
+	}
 	for (uint64_t from = 0; from < nblocks; from = m.next) {
 		if ((err = rs_map_fill(&m, ix, d, from, d->base_seq, h, h,
 				       rs_map_window, NULL)))
@@ -310,6 +382,24 @@ out:
 		rs_apply_fini(&a);
 	rs_map_free(&m);
 	close(fd);
+	return err;
+}
+
+/* ------------------------------------------------------- recompress */
+
+static int recompress(struct ix *ix, const struct ix_disk *d,
+		      const struct rs_compact_opts *o, struct rs_compact_stats *st)
+{
+	struct jr_recompress_opts ro = { .level = o->zstd_level,
+					 .dry_run = o->dry_run };
+	uint64_t t0 = rw_mono_ns();
+	char jdir[4096];
+	int err;
+
+	if ((err = ix_disk_path(ix, d->name, "journal", jdir, sizeof(jdir))))
+		return err;
+	err = jr_recompress_journal(jdir, &ro, &st->rz);
+	st->rz_ns = rw_mono_ns() - t0;
 	return err;
 }
 
@@ -352,8 +442,11 @@ int rs_compact_run(struct ix *ix, const char *name,
 		return err;
 	if ((err = rs_compact_plan(ix, name, o, &s.plan)))
 		goto out;
-	if (o->dry_run)
+	if (o->dry_run) {
+		if (o->recompress)
+			err = recompress(ix, &s.plan.disk, o, &s);
 		goto out;
+	}
 	d = s.plan.disk;
 	/* 2. The new horizon, durably, before anything is folded. */
 	if (s.plan.horizon_seq > d.horizon_seq) {
@@ -390,6 +483,13 @@ int rs_compact_run(struct ix *ix, const char *name,
 	s.bytes_freed = us.bytes;
 	if ((err = step(o, RS_STEP_UNLINKED)))
 		goto out;
+	/* 7. Raw records of the segments that stay. */
+	if (o->recompress) {
+		if ((err = recompress(ix, &d, o, &s)))
+			goto out;
+		if ((err = step(o, RS_STEP_RECOMPRESSED)))
+			goto out;
+	}
 out:
 	if (lock >= 0)
 		close(lock);

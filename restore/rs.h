@@ -29,6 +29,7 @@
 
 #include "common/rw.h"
 #include "index/ix.h"
+#include "journal/jr.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -254,6 +255,7 @@ enum rs_compact_step {
 	RS_STEP_BASE,         /* base.img synced, base_seq durable */
 	RS_STEP_DROPPED,      /* index entries <= base_seq deleted */
 	RS_STEP_UNLINKED,     /* segment files removed */
+	RS_STEP_RECOMPRESSED, /* raw records of kept segments recompressed */
 };
 
 struct rs_compact_opts {
@@ -264,6 +266,17 @@ struct rs_compact_opts {
 	bool dry_run;                  /* plan only; change nothing */
 	uint64_t max_journal;          /* journal size budget in bytes, 0 = none */
 	enum rs_over_budget over_budget;
+	/*
+	 * Step 7: recompress raw WRITE records of the sealed segments that
+	 * stay (jr_recompress_journal; a dry run measures what it would
+	 * free).  recompress_only: keep the horizon where it is (an
+	 * interrupted fold is still finished) and only recompress.
+	 */
+	bool recompress, recompress_only;
+	/* Background work (the scheduled job; implied by the idle I/O
+	 * class): the fold writes base out in small paced steps. */
+	bool background;
+	int zstd_level;                /* for recompression; 0 = default */
 	/* Tests: called after each step; a non-zero return stops the run
 	 * with that error (as a crash would, minus the process exit). */
 	int (*step_hook)(void *arg, enum rs_compact_step s);
@@ -297,6 +310,8 @@ struct rs_compact_stats {
 	uint64_t segments_freed, bytes_freed;
 	uint64_t elapsed_ns;
 	uint64_t fold_ns, sync_ns, drop_ns; /* time in steps 3, 4 and 5 */
+	struct jr_recompress_stats rz; /* step 7 (dry run: what it would do) */
+	uint64_t rz_ns;
 };
 
 /*
@@ -309,8 +324,8 @@ int rs_compact_plan(struct ix *ix, const char *name,
 /*
  * Compacts disk name: takes STORE/compact.lock (RW_EBUSY when held),
  * plans, and unless o->dry_run runs the steps (horizon, fold, sync +
- * base_seq, drop index entries, unlink segments), each durable before the
- * next.  Also finishes a previous interrupted run.  Returns 0 and fills st
+ * base_seq, drop index entries, unlink segments, and with o->recompress
+ * recompress the segments that stay), each durable before the next.  Also finishes a previous interrupted run.  Returns 0 and fills st
  * (may be NULL; filled on error too, as far as the run went), or error.
  * ix may be opened with flags 0 (no STORE/lock) while a server runs.
  */

@@ -1642,7 +1642,7 @@ static void test_segments_and_tmp_files(void)
 	/* A segment header from the future: RW_EVERSION. */
 	uint8_t hdr[64];
 	memcpy(hdr, orig, 64);
-	rw_put_le32(hdr + 8, 2);
+	rw_put_le32(hdr + 8, 3); /* 2 is a recompressed segment */
 	rw_put_le32(hdr + 60, rw_crc32c(0, hdr, 60));
 	memcpy(orig, hdr, 64);
 	spit(path, orig, len);

@@ -14,7 +14,8 @@
 #   - sampled points >= the horizon restore to their pre-computed sha256,
 #     and a point below it is refused;
 # then compact runs again, undisturbed, and must reach T.  `rewind verify`
-# passes every few rounds and at the end.
+# passes every few rounds and at the end.  Then the same for recompression
+# (`rewind compact --recompress`) of a journal stored raw: see below.
 . "$(dirname "$0")/functions.sh"
 
 have_nbdsh || { echo "SKIP: nbdsh (python3-libnbd) is not installed"; exit 77; }
@@ -150,3 +151,89 @@ start_server
 PATH=/usr/bin:$PATH python3 "$TMP/w.py" "$(uri d)" 99 2 || fail "write after compaction"
 stop_server
 check "server restarts on the compacted journal"
+
+# Recompression (rewind compact --recompress): disk z is written raw
+# (--zstd-level 0) with half compressible data; each round resets its
+# journal to that raw copy and kills the rewrite at a random moment.
+# After each kill every segment is old (version 1) or new (2), the whole
+# store verifies, and a sampled point hashes as before; a second run
+# finishes.  The index is never touched by recompression, so resetting
+# the journal files alone is a valid store.
+RZROUNDS=8
+[ -n "${REWIND_LONG:-}" ] && RZROUNDS=60
+"$REWIND" create --store "$STORE" z --size 64M >/dev/null || fail "create z"
+start_server --zstd-level 0
+cat >"$TMP/wz.py" <<'EOF2'
+import nbd, os, random, sys
+h = nbd.NBD(); h.connect_uri(sys.argv[1])
+rnd = random.Random(7); size = h.get_size(); left = 150 << 20
+while left > 0:
+    n = rnd.choice([16384, 65536, 262144, 1 << 20])
+    off = rnd.randrange(0, (size - n) // 4096) * 4096
+    b = os.urandom(n // 8) * 8 if rnd.random() < 0.5 else os.urandom(n)
+    h.pwrite(b, off); left -= n
+    if rnd.random() < 0.05: h.flush()
+h.flush(); h.shutdown()
+EOF2
+PATH=/usr/bin:$PATH python3 "$TMP/wz.py" "$(uri z)" || fail "workload z"
+stop_server
+JZ=$STORE/disks/z/journal
+ZLATEST=$("$REWIND" timeline --store "$STORE" z --json | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["range"]["latest_seq"])')
+ZFIRST=$("$REWIND" timeline --store "$STORE" z --json | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["range"]["oldest_seq"])')
+declare -A ZSHA
+ZPOINTS=($(( ZFIRST + (ZLATEST - ZFIRST) / 3 )) $(( ZFIRST + 2 * (ZLATEST - ZFIRST) / 3 )) $ZLATEST)
+for p in "${ZPOINTS[@]}"; do
+	"$REWIND" restore --store "$STORE" z --at seq:$p --out "$TMP/r.img" --force >/dev/null || fail "restore z seq:$p"
+	ZSHA[$p]=$(sha256sum <"$TMP/r.img" | cut -c1-64)
+done
+[ "$(ls "$JZ" | wc -l)" -ge 3 ] || fail "z: want >= 3 segments"
+rm -rf "$TMP/jz0"; cp -a "$JZ" "$TMP/jz0"
+alloc0=$(du -sk "$JZ" | cut -f1)
+seg_versions() {  # prints "v1 v2" counts of the segment files of z
+	"$PYTHON" - "$JZ" <<'EOF2'
+import os, struct, sys
+v = {1: 0, 2: 0}
+for n in os.listdir(sys.argv[1]):
+    if len(n) == 20 and n.isdigit():
+        b = open(os.path.join(sys.argv[1], n), 'rb').read(64)
+        k = struct.unpack('<I', b[8:12])[0]
+        assert k in v, 'segment %s has version %d' % (n, k)
+        v[k] += 1
+print(v[1], v[2])
+EOF2
+}
+rzkills=0
+for i in $(seq 1 $RZROUNDS); do
+	rm -rf "$JZ"; cp -a "$TMP/jz0" "$JZ"
+	REWIND_FAULTS=$FAULTS "$REWIND" compact --store "$STORE" z --recompress >"$TMP/c.log" 2>&1 &
+	cpid=$!
+	sleep "0.$(printf '%03d' $((RANDOM % 900)))"
+	kill -9 $cpid 2>/dev/null && rzkills=$((rzkills + 1))
+	wait $cpid 2>/dev/null
+	read -r v1 v2 < <(seg_versions) || fail "z round $i: a segment of another version"
+	p=${ZPOINTS[$((RANDOM % ${#ZPOINTS[@]}))]}
+	"$REWIND" restore --store "$STORE" z --at seq:$p --out "$TMP/r.img" --force >/dev/null 2>"$TMP/r.err" ||
+		fail "z round $i: restore seq:$p after a kill ($v2 segments rewritten): $(cat "$TMP/r.err")"
+	[ "$(sha256sum <"$TMP/r.img" | cut -c1-64)" = "${ZSHA[$p]}" ] || fail "z round $i: seq:$p differs after a kill"
+	if [ $((i % 4)) -eq 1 ]; then
+		"$REWIND" verify --store "$STORE" z >"$TMP/v.log" 2>&1 || fail "z round $i: verify after a kill: $(tail -3 "$TMP/v.log")"
+	fi
+	"$REWIND" compact --store "$STORE" z --recompress >"$TMP/c2.log" 2>&1 ||
+		fail "z round $i: recompression did not finish: $(cat "$TMP/c2.log")"
+	read -r v1 v2 < <(seg_versions)
+	[ "$v2" -ge 1 ] || fail "z round $i: no segment rewritten"
+	ls "$JZ" | grep -q '\.rz$' && fail "z round $i: a .rz copy is left"
+done
+[ $rzkills -ge $((RZROUNDS / 2)) ] || fail "only $rzkills of $RZROUNDS recompressions were killed mid-run (too fast?)"
+alloc1=$(du -sk "$JZ" | cut -f1)
+[ "$alloc1" -lt "$alloc0" ] || fail "z: recompression freed nothing ($alloc0 -> $alloc1 KiB)"
+for p in "${ZPOINTS[@]}"; do
+	"$REWIND" restore --store "$STORE" z --at seq:$p --out "$TMP/r.img" --force >/dev/null || fail "final restore z seq:$p"
+	[ "$(sha256sum <"$TMP/r.img" | cut -c1-64)" = "${ZSHA[$p]}" ] || fail "final z seq:$p differs"
+done
+"$REWIND" verify --store "$STORE" >"$TMP/v.log" 2>&1 || fail "verify after recompression: $(tail -3 "$TMP/v.log")"
+check "recompression: $RZROUNDS rounds, $rzkills killed mid-run; journal ${alloc0} -> ${alloc1} KiB; points exact, verify passes"
+start_server
+PATH=/usr/bin:$PATH python3 "$TMP/w.py" "$(uri z)" 98 2 || fail "write after recompression"
+stop_server
+check "server restarts on the recompressed journal"
