@@ -197,6 +197,20 @@ struct jr_writer_opts {
 	 * thread compress what is left, for the best ratio.
 	 */
 	bool raw_when_behind;
+	/*
+	 * Pre-written tail (FORMAT.md "Pre-written tail"): when a sync finds
+	 * that at most prezero_bytes / 16 were appended since the previous
+	 * one (small, frequent flushes), the writer also writes zeroes ahead
+	 * of the end of the records so that the file holds written blocks
+	 * up to prezero_bytes past it; later appends then overwrite blocks
+	 * the file already has and its size does not change, so their
+	 * fdatasync needs no file-system journal commit.  Refilled when
+	 * less than half of it is left; never past segment_bytes; sealing
+	 * and jr_writer_close cut the file back to the last record.
+	 * Default 2 MiB; 0 turns it off.  Bulk appends with rare syncs
+	 * never pay for it.
+	 */
+	uint64_t prezero_bytes;
 };
 
 #define JR_MAX_COMPRESS_THREADS 16u
@@ -211,6 +225,9 @@ struct jr_recovery {
 	uint64_t last_ts;         /* its timestamp */
 	uint64_t truncated_bytes; /* torn tail removed from the last segment */
 	uint64_t torn_segment;    /* the segment that was truncated, or 0 */
+	uint64_t zero_tail_bytes; /* all-zero pre-written tail cut from the
+				   * last segment: a clean end, not a torn
+				   * tail (not counted in truncated_bytes) */
 };
 
 /* What the input to an append looks like. */
@@ -249,6 +266,8 @@ struct jr_writer_stats {
 	uint64_t syncs;             /* fdatasyncs issued since open */
 	uint64_t raw_behind;        /* WRITE records a flush stored raw because
 				     * no worker had started them */
+	uint64_t prezero_bytes;     /* zero bytes written ahead of the tail
+				     * since open (prezero_bytes option) */
 	bool uring;                 /* true when the io_uring back end is in use */
 	int error;                  /* the sticky error, or 0 */
 };
@@ -299,7 +318,11 @@ int jr_writer_tick(struct jr_writer *w);
 /* Copies the writer's counters into st. */
 void jr_writer_stats(struct jr_writer *w, struct jr_writer_stats *st);
 
-/* Flushes, closes files and frees.  Returns the flush's error, or 0. */
+/*
+ * Flushes, cuts a pre-written zero tail off the open segment (so the
+ * file ends at its last record), closes files and frees.  Returns the
+ * flush's or the cut's error, or 0; the writer is freed either way.
+ */
 int jr_writer_close(struct jr_writer *w);
 
 /* --------------------------------------------------------------- reader */

@@ -262,6 +262,11 @@ struct jr_writer {
 	uint64_t seg_nrec;
 	uint64_t seg_last_seq;
 	uint64_t seg_last_ts;
+	uint64_t zend;          /* the file holds written blocks (records or
+				 * pre-written zeroes) up to here; >= the
+				 * end of the records (prezero_bytes) */
+	uint64_t sync_end;      /* file end covered by the last sync of this
+				 * segment (bytes appended per sync) */
 
 	uint64_t last_seq;      /* newest record of this journal (seq taken) */
 	uint64_t last_ts;

@@ -33,6 +33,24 @@
  * is not empty.  placed_seq (not last_seq) is what the I/O leader can
  * write out.
  *
+ * Pre-written tail: on ext4 (and most file systems) an fdatasync after
+ * an append that grows the file, or that writes into blocks allocated
+ * but never written, must commit the file system's journal (size and
+ * extent state); an overwrite of written blocks only writes the data.
+ * Measured here (fio, 4 KiB writes + fdatasync each): 3.1k/s appending
+ * against 10.2k/s overwriting.  So when syncs are small and frequent
+ * (a guest flushing after every write) the I/O leader that syncs also
+ * writes zeroes ahead of the records, prezero_bytes at a time, which the
+ * same fdatasync makes durable; the following small syncs then only
+ * overwrite.  When syncs are large (bulk writes) it does nothing: there
+ * the zeroes would double the bytes written for a commit that is cheap
+ * beside the data.  The file then extends past its last record with
+ * zeroes, a clean end for recovery and readers (FORMAT.md), and sealing
+ * and close cut it back.  Rejected: zero-filling each segment at
+ * creation (64 MiB written twice even by a guest that never flushes) and
+ * a background zeroing thread (it would have to stay out of the range
+ * the leader writes, and its fdatasync competes with the guest's).
+ *
  * Opening and recovery live in recover.c.
  */
 #include "journal/jr_int.h"
@@ -54,7 +72,11 @@ void jr_writer_opts_default(struct jr_writer_opts *o)
 	o->batch_bytes = 1u << 20;
 	o->backend = JR_BACKEND_AUTO;
 	o->raw_when_behind = true;
+	o->prezero_bytes = 2ull << 20;
 }
+
+/* Zeroes for the pre-written tail (never written, so in .bss). */
+static uint8_t zero_blk[256u << 10];
 
 void jr_writer_seg_path(const struct jr_writer *w, uint64_t first, char *buf,
 			size_t sz, const char *suffix)
@@ -103,6 +125,46 @@ static int buf_reserve(struct jr_writer *w, size_t need)
 }
 
 /*
+ * With the mutex held, for a sync whose write ends at file offset end:
+ * decides whether to write zeroes ahead of the records (see the design
+ * note) and reserves [*from, *to) for them by moving zend; *to == 0 when
+ * not.  Only the I/O leader writes, so nothing lands there meanwhile.
+ */
+static void prezero_plan(struct jr_writer *w, uint64_t end, uint64_t *from,
+			 uint64_t *to)
+{
+	uint64_t win = w->o.prezero_bytes;
+	uint64_t lim = w->o.segment_bytes;
+
+	*from = *to = 0;
+	if (!win || w->fd < 0 || end < w->sync_end ||
+	    end - w->sync_end > win / 16 || w->zend >= end + win / 2)
+		return;
+	uint64_t f = w->zend > end ? w->zend : end;
+	uint64_t z = end + win < lim ? end + win : lim;
+	if (z <= f)
+		return;
+	*from = f;
+	*to = z;
+	w->zend = z;
+}
+
+/* Writes zeroes over [from, to) of fd.  0 or -errno. */
+static int prezero_write(struct jr_writer *w, int fd, uint64_t from,
+			 uint64_t to)
+{
+	while (from < to) {
+		size_t n = to - from < sizeof(zero_blk) ? (size_t)(to - from)
+							: sizeof(zero_blk);
+		int err = jr_io_write(w->io, fd, zero_blk, n, from, false);
+		if (err)
+			return err;
+		from += n;
+	}
+	return 0;
+}
+
+/*
  * The I/O leader: called with the mutex held and no I/O running; writes
  * the pending buffer (and syncs when asked) with the mutex released.
  */
@@ -112,9 +174,12 @@ static void leader_io(struct jr_writer *w, bool sync)
 	size_t len = w->plen;
 	uint64_t off = w->poff;
 	uint64_t upto = w->placed_seq;
+	uint64_t zfrom = 0, zto = 0;
 	int fd = w->fd;
 	int err = 0;
 
+	if (sync)
+		prezero_plan(w, off + len, &zfrom, &zto);
 	w->active ^= 1;
 	w->plen = 0;
 	w->poff += len;
@@ -124,7 +189,9 @@ static void leader_io(struct jr_writer *w, bool sync)
 	}
 	w->io_busy = true;
 	pthread_mutex_unlock(&w->mu);
-	if (fd >= 0 && (len || sync))
+	if (zto)
+		err = prezero_write(w, fd, zfrom, zto);
+	if (!err && fd >= 0 && (len || sync))
 		err = jr_io_write(w->io, fd, w->buf[b], len, off, sync);
 	pthread_mutex_lock(&w->mu);
 	w->io_busy = false;
@@ -132,11 +199,14 @@ static void leader_io(struct jr_writer *w, bool sync)
 		set_sticky(w, err, sync ? "write+fdatasync" : "write");
 	} else {
 		w->written_seq = upto;
+		w->st.prezero_bytes += zto - zfrom;
 		if (sync) {
 			w->durable_seq = upto;
 			w->covered_ns = 0;
-			if (fd >= 0)
+			if (fd >= 0) {
 				w->st.syncs++;
+				w->sync_end = off + len;
+			}
 		}
 	}
 	pthread_cond_broadcast(&w->cv);
@@ -163,6 +233,17 @@ static int seal_segment(struct jr_writer *w)
 			return set_sticky(w, err, "seal");
 		jr_rec_encode(&s, w->buf[w->active] + w->plen, NULL);
 		w->plen += JR_HDR_SIZE;
+		/* A pre-written tail goes first: a sealed segment ends with
+		 * its SEAL, and a reader never sees zeroes after one (until
+		 * the SEAL is written they are the clean end of the file). */
+		uint64_t fin = w->poff + w->plen;
+		if (w->zend > fin) {
+			err = rw_sys_ftruncate(w->fd, (off_t)fin);
+			if (err)
+				return set_sticky(w, err, "seal (cut the "
+						  "pre-written tail)");
+			w->zend = fin;
+		}
 		err = jr_io_write(w->io, w->fd, w->buf[w->active], w->plen,
 				  w->poff, true);
 		if (err)
@@ -215,6 +296,7 @@ static int create_segment(struct jr_writer *w, uint64_t first)
 	fd = -1;
 	w->seg_first = first;
 	w->seg_end = JR_SEG_HDR_SIZE;
+	w->zend = w->sync_end = JR_SEG_HDR_SIZE;
 	w->seg_created_ns = now;
 	w->seg_nrec = 0;
 	w->poff = JR_SEG_HDR_SIZE;
@@ -655,6 +737,19 @@ int jr_writer_close(struct jr_writer *w)
 	if (!w)
 		return 0;
 	int err = jr_writer_flush(w);
+	/* Cut the pre-written tail: the file ends at its last record.  Not
+	 * synced: if the cut is lost the zeroes are a clean end. */
+	if (!err && w->fd >= 0 && w->zend > w->seg_end) {
+		err = rw_sys_ftruncate(w->fd, (off_t)w->seg_end);
+		if (err) {
+			char path[PATH_MAX];
+			jr_writer_seg_path(w, w->seg_first, path, sizeof(path), "");
+			err = rw_err_set(err, "cannot cut the pre-written tail "
+					 "of '%s' at offset %llu: %s", path,
+					 (unsigned long long)w->seg_end,
+					 rw_strerror(err));
+		}
+	}
 	jr_writer_free(w);
 	return err;
 }
