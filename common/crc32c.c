@@ -1,11 +1,19 @@
 /*
  * crc32c.c — CRC32C (Castagnoli), RFC 3720 parameters.
  *
- * The hardware path uses the SSE4.2 crc32 instruction 8 bytes at a time
- * (about 20 GB/s, far above any journal bandwidth); the portable path is
- * slicing-by-8 over tables built once.  The choice is made on first use
- * with __builtin_cpu_supports.  A three-way interleaved hardware loop
- * would be faster still but is not worth its complexity at journal rates.
+ * The hardware path uses the SSE4.2 crc32 instruction 8 bytes at a time,
+ * on three independent streams: the instruction has a latency of three
+ * cycles and a throughput of one per cycle, so one dependent chain uses a
+ * third of it.  A buffer is cut into three blocks of LONG (or SHORT)
+ * bytes whose crcs run interleaved and are then combined by "appending
+ * zeroes" to the first two (a linear operator on the crc, applied with
+ * four 256-entry tables per block length, built once) — Mark Adler's
+ * crc32c.c scheme.  Measured: the single chain was 10-14% of the
+ * server's CPU on 64 KiB / 1 MiB sequential guest writes (perf).  The
+ * portable path is slicing-by-8 over tables built once.  The choice is
+ * made on first use with __builtin_cpu_supports.  Rejected: PCLMULQDQ
+ * folding — faster on long buffers still, but far more code, and the
+ * 3-way loop already makes the crc small beside the copies.
  */
 #include "rw.h"
 
@@ -18,6 +26,68 @@
 #endif
 
 static uint32_t crc_table[8][256];
+#define CRC_POLY 0x82F63B78u
+#define CRC_LONG 8192u
+#define CRC_SHORT 256u
+/* Operators "append CRC_LONG / CRC_SHORT zero bytes", byte-sliced. */
+static uint32_t crc_long[4][256];
+static uint32_t crc_short[4][256];
+
+/* Multiplies the 32x32 GF(2) matrix mat by vec. */
+static uint32_t gf2_times(const uint32_t *mat, uint32_t vec)
+{
+	uint32_t sum = 0;
+
+	for (; vec; vec >>= 1, mat++)
+		if (vec & 1)
+			sum ^= *mat;
+	return sum;
+}
+
+static void gf2_square(uint32_t *sq, const uint32_t *mat)
+{
+	for (int n = 0; n < 32; n++)
+		sq[n] = gf2_times(mat, mat[n]);
+}
+
+/* Builds zeros[][] applying len (a power of two) zero bytes to a crc. */
+static void crc_zeros(uint32_t zeros[4][256], size_t len)
+{
+	uint32_t even[32], odd[32], *op = even;
+	uint32_t row = 1;
+
+	odd[0] = CRC_POLY; /* one zero bit */
+	for (int n = 1; n < 32; n++, row <<= 1)
+		odd[n] = row;
+	gf2_square(even, odd); /* two bits */
+	gf2_square(odd, even); /* four bits */
+	for (;;) {
+		gf2_square(even, odd); /* 8, 32, 128 ... bits */
+		len >>= 1;
+		if (!len) {
+			op = even;
+			break;
+		}
+		gf2_square(odd, even);
+		len >>= 1;
+		if (!len) {
+			op = odd;
+			break;
+		}
+	}
+	for (uint32_t n = 0; n < 256; n++) {
+		zeros[0][n] = gf2_times(op, n);
+		zeros[1][n] = gf2_times(op, n << 8);
+		zeros[2][n] = gf2_times(op, n << 16);
+		zeros[3][n] = gf2_times(op, n << 24);
+	}
+}
+
+static inline uint32_t crc_shift(uint32_t zeros[4][256], uint32_t crc)
+{
+	return zeros[0][crc & 0xff] ^ zeros[1][(crc >> 8) & 0xff] ^
+	       zeros[2][(crc >> 16) & 0xff] ^ zeros[3][crc >> 24];
+}
 static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
 static bool crc_use_hw;
 
@@ -36,6 +106,8 @@ static void crc_init(void)
 			crc_table[t][i] = c;
 		}
 	}
+	crc_zeros(crc_long, CRC_LONG);
+	crc_zeros(crc_short, CRC_SHORT);
 #ifdef RW_HAVE_X86_CRC
 	__builtin_cpu_init();
 	crc_use_hw = __builtin_cpu_supports("sse4.2");
@@ -61,10 +133,47 @@ static uint32_t crc_sw(uint32_t crc, const uint8_t *p, size_t len)
 
 #ifdef RW_HAVE_X86_CRC
 __attribute__((target("sse4.2")))
+static inline uint64_t ld64(const uint8_t *p)
+{
+	uint64_t v;
+	memcpy(&v, p, 8);
+	return v;
+}
+
+/* Three interleaved chains over blocks of blk bytes; zeros shifts by blk. */
+__attribute__((target("sse4.2")))
+static uint64_t crc_hw3(uint64_t c, const uint8_t **pp, size_t *lenp,
+			size_t blk, uint32_t zeros[4][256])
+{
+	const uint8_t *p = *pp;
+	size_t len = *lenp;
+
+	while (len >= 3 * blk) {
+		uint64_t c1 = 0, c2 = 0;
+		const uint8_t *end = p + blk;
+		do {
+			c = _mm_crc32_u64(c, ld64(p));
+			c1 = _mm_crc32_u64(c1, ld64(p + blk));
+			c2 = _mm_crc32_u64(c2, ld64(p + 2 * blk));
+			p += 8;
+		} while (p < end);
+		c = crc_shift(zeros, (uint32_t)c) ^ c1;
+		c = crc_shift(zeros, (uint32_t)c) ^ c2;
+		p += 2 * blk;
+		len -= 3 * blk;
+	}
+	*pp = p;
+	*lenp = len;
+	return c;
+}
+
+__attribute__((target("sse4.2")))
 static uint32_t crc_hw(uint32_t crc, const uint8_t *p, size_t len)
 {
 	uint64_t c = crc;
 
+	c = crc_hw3(c, &p, &len, CRC_LONG, crc_long);
+	c = crc_hw3(c, &p, &len, CRC_SHORT, crc_short);
 	while (len >= 8) {
 		uint64_t v;
 		memcpy(&v, p, 8);

@@ -61,6 +61,20 @@ static void test_crc_incremental_and_unaligned(void)
 	for (size_t o = 1; o < 9; o++)
 		CU_ASSERT_EQUAL(rw_crc32c(0, buf + o, 1000),
 				rw_crc32c_sw(0, buf + o, 1000));
+	/* Lengths around the 3-way blocks (3 x 256 and 3 x 8192 bytes). */
+	static const size_t lens[] = { 767, 768, 769, 1543, 24575, 24576,
+				       24577, 24576 + 768 + 13, 49152, 81920 };
+	uint8_t *big = malloc(81920 + 8);
+	CU_ASSERT_FATAL(big != NULL);
+	tu_fill_random(&st, big, 81920 + 8);
+	size_t bad = 0;
+	for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++)
+		for (size_t o = 0; o < 8; o++)
+			if (rw_crc32c(7, big + o, lens[i]) !=
+			    rw_crc32c_sw(7, big + o, lens[i]))
+				bad++;
+	CU_ASSERT_EQUAL(bad, 0);
+	free(big);
 }
 
 static void test_endian(void)
