@@ -628,7 +628,8 @@ void cap_disk_write_batch(struct cap_disk *d, struct cap_wreq *v, size_t n)
 		struct jr_appended out;
 		uint64_t t0 = rw_mono_ns();
 		rw_err_clear();
-		err = jr_writer_append(d->w, &a, q->cc, &out);
+		/* q->data outlives the batch's write out below. */
+		err = jr_writer_append_borrowed(d->w, &a, q->cc, &out);
 		q->out = out;
 		q->append_ns = rw_mono_ns() - t0;
 		if (err) {

@@ -32,6 +32,8 @@ static uint32_t crc_table[8][256];
 /* Operators "append CRC_LONG / CRC_SHORT zero bytes", byte-sliced. */
 static uint32_t crc_long[4][256];
 static uint32_t crc_short[4][256];
+/* crc_pow[k]: the operator appending 2^k zero bytes (for combine). */
+static uint32_t crc_pow[64][32];
 
 /* Multiplies the 32x32 GF(2) matrix mat by vec. */
 static uint32_t gf2_times(const uint32_t *mat, uint32_t vec)
@@ -108,6 +110,17 @@ static void crc_init(void)
 	}
 	crc_zeros(crc_long, CRC_LONG);
 	crc_zeros(crc_short, CRC_SHORT);
+	/* One zero bit, squared three times: one zero byte; then doubling. */
+	uint32_t a[32], b[32];
+	uint32_t row = 1;
+	a[0] = CRC_POLY;
+	for (int n = 1; n < 32; n++, row <<= 1)
+		a[n] = row;
+	gf2_square(b, a);
+	gf2_square(a, b);
+	gf2_square(crc_pow[0], a);
+	for (int k = 1; k < 64; k++)
+		gf2_square(crc_pow[k], crc_pow[k - 1]);
 #ifdef RW_HAVE_X86_CRC
 	__builtin_cpu_init();
 	crc_use_hw = __builtin_cpu_supports("sse4.2");
@@ -196,6 +209,17 @@ uint32_t rw_crc32c(uint32_t crc, const void *buf, size_t len)
 		return ~crc_hw(~crc, buf, len);
 #endif
 	return ~crc_sw(~crc, buf, len);
+}
+
+uint32_t rw_crc32c_combine(uint32_t crc1, uint32_t crc2, size_t len2)
+{
+	pthread_once(&crc_once, crc_init);
+	/* crc(A || B) = (crc1 shifted over len2 zero bytes) ^ crc2: the
+	 * pre- and post-inversions cancel (as in zlib's crc32_combine). */
+	for (int k = 0; len2; k++, len2 >>= 1)
+		if (len2 & 1)
+			crc1 = gf2_times(crc_pow[k], crc1);
+	return crc1 ^ crc2;
 }
 
 uint32_t rw_crc32c_sw(uint32_t crc, const void *buf, size_t len)

@@ -108,6 +108,9 @@ struct jr_loc {
 /*
  * Encodes rec into hdr, computing rec->crc over the header and the stored
  * payload (stored_len bytes at payload; may be NULL when stored_len is 0).
+ * With payload NULL and stored_len > 0 the crc written covers the header
+ * bytes only: the writer then replaces it with the crc combined with one
+ * of the payload computed outside its lock (rw_crc32c_combine).
  * Does not validate; returns the crc it wrote.
  */
 uint32_t jr_rec_encode(struct jr_rec *rec, uint8_t hdr[JR_HDR_SIZE],
@@ -238,6 +241,10 @@ struct jr_append {
 	const void *data;       /* length bytes for JR_WRITE, else NULL */
 };
 
+/* Smallest payload jr_writer_append_borrowed() writes from the caller's
+ * memory: below it a copy costs less than one more iovec. */
+#define JR_BORROW_MIN (16u * 1024)
+
 /* What an append produced. */
 struct jr_appended {
 	uint64_t seq;
@@ -302,6 +309,19 @@ int jr_writer_open(struct jr_writer **out, const char *dir,
  */
 int jr_writer_append(struct jr_writer *w, const struct jr_append *a,
 		     struct jr_cctx *cc, struct jr_appended *out);
+
+/*
+ * jr_writer_append(), except that a raw WRITE payload of JR_BORROW_MIN
+ * bytes or more may be written to the file straight from a->data instead
+ * of being copied into the writer's buffer (sync back end only; with
+ * io_uring, compression or workers it is copied as by jr_writer_append).
+ * The caller keeps a->data alive and unchanged until a
+ * jr_writer_write_out() or jr_writer_flush() that it calls after this
+ * append returned has itself returned (whatever its result), or until
+ * jr_writer_close().  Same returns as jr_writer_append().
+ */
+int jr_writer_append_borrowed(struct jr_writer *w, const struct jr_append *a,
+			      struct jr_cctx *cc, struct jr_appended *out);
 
 /* Puts everything queued into the file without syncing.  0 or error. */
 int jr_writer_write_out(struct jr_writer *w);

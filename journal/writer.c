@@ -51,6 +51,17 @@
  * a background zeroing thread (it would have to stay out of the range
  * the leader writes, and its fdatasync competes with the guest's).
  *
+ * Checksums and copies off the lock: an append checksums its payload
+ * before it takes the mutex, and under it only encodes the 64-byte
+ * header, whose crc is combined with the payload's (rw_crc32c_combine),
+ * so concurrent appenders serialise on a few hundred nanoseconds, not
+ * on a pass over the payload.  A caller that keeps its buffer alive
+ * until its own write out (jr_writer_append_borrowed: capture's path)
+ * does not even have a large raw payload copied: the pending batch is a
+ * list of pieces — runs of the buffer and borrowed payloads — written
+ * with one pwritev.  Measured (perf, 64 KiB and 1 MiB guest writes): the
+ * crc and the copy under the mutex were ~15% and ~8% of the server.
+ *
  * Opening and recovery live in recover.c.
  */
 #include "journal/jr_int.h"
@@ -111,6 +122,16 @@ static int buf_reserve(struct jr_writer *w, size_t need)
 {
 	int a = w->active;
 
+	if (need <= w->cap[a] && w->npc[a] < w->pccap[a])
+		return 0;
+	if (w->npc[a] + 1 >= w->pccap[a]) {
+		size_t np = w->pccap[a] ? 2 * w->pccap[a] : 64;
+		struct jr_piece *v = realloc(w->pc[a], np * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		w->pc[a] = v;
+		w->pccap[a] = np;
+	}
 	if (need <= w->cap[a])
 		return 0;
 	size_t nc = w->cap[a] ? w->cap[a] : 64 * 1024;
@@ -122,6 +143,83 @@ static int buf_reserve(struct jr_writer *w, size_t need)
 	w->buf[a] = nb;
 	w->cap[a] = nc;
 	return 0;
+}
+
+/* Adds a run to the active side's pieces (room reserved by buf_reserve,
+ * which keeps two free slots), merging buffer runs that touch. */
+static void piece_add(struct jr_writer *w, const uint8_t *ext, size_t off,
+		      size_t len)
+{
+	int a = w->active;
+	struct jr_piece *last = w->npc[a] ? &w->pc[a][w->npc[a] - 1] : NULL;
+
+	if (!len)
+		return;
+	if (!ext && last && !last->ext && last->off + last->len == off) {
+		last->len += len;
+		return;
+	}
+	w->pc[a][w->npc[a]++] = (struct jr_piece){ ext, off, len };
+}
+
+/*
+ * Writes the pieces of side b (len bytes in all) at off of fd, then
+ * fdatasyncs when sync.  One buffer run goes through the back end; with
+ * borrowed payloads the sync back end writes them all with pwritev
+ * (io_uring never gets borrowed payloads: see jr_writer_append).
+ * 0 or -errno.
+ */
+static int write_pieces(struct jr_writer *w, int fd, int b, size_t len,
+			uint64_t off, bool sync)
+{
+	const struct jr_piece *pc = w->pc[b];
+	size_t n = w->npc[b];
+
+	if (n <= 1 && (!n || !pc[0].ext))
+		return jr_io_write(w->io, fd, n ? w->buf[b] + pc[0].off : w->buf[b],
+				   len, off, sync);
+	if (jr_io_is_uring(w->io)) {
+		for (size_t i = 0; i < n; i++) {
+			const uint8_t *p = pc[i].ext ? pc[i].ext : w->buf[b] + pc[i].off;
+			int err = jr_io_write(w->io, fd, p, pc[i].len, off,
+					      sync && i + 1 == n);
+			if (err)
+				return err;
+			off += pc[i].len;
+		}
+		return 0;
+	}
+	size_t i = 0, skip = 0; /* first piece not written, bytes of it done */
+	while (i < n) {
+		struct iovec iov[64];
+		int k = 0;
+		for (size_t j = i; j < n && k < 64; j++, k++) {
+			const uint8_t *p = pc[j].ext ? pc[j].ext : w->buf[b] + pc[j].off;
+			size_t s0 = j == i ? skip : 0;
+			iov[k] = (struct iovec){ (void *)(p + s0), pc[j].len - s0 };
+		}
+		ssize_t r = rw_sys_pwritev(fd, iov, k, (off_t)off);
+		if (r == -EINTR)
+			continue;
+		if (r < 0)
+			return (int)r;
+		if (r == 0)
+			return -EIO;
+		off += (uint64_t)r;
+		size_t done = (size_t)r;
+		while (done && i < n) {
+			size_t left = pc[i].len - skip;
+			if (done >= left) {
+				done -= left;
+				i++;
+				skip = 0;
+			} else {
+				skip += done;
+				done = 0;
+			}
+		}
+	}
+	return sync ? rw_sys_fdatasync(fd) : 0;
 }
 
 /*
@@ -182,6 +280,7 @@ static void leader_io(struct jr_writer *w, bool sync)
 		prezero_plan(w, off + len, &zfrom, &zto);
 	w->active ^= 1;
 	w->plen = 0;
+	w->bused = 0;
 	w->poff += len;
 	if (sync) {
 		w->covered_ns = w->fresh_ns;
@@ -192,8 +291,9 @@ static void leader_io(struct jr_writer *w, bool sync)
 	if (zto)
 		err = prezero_write(w, fd, zfrom, zto);
 	if (!err && fd >= 0 && (len || sync))
-		err = jr_io_write(w->io, fd, w->buf[b], len, off, sync);
+		err = write_pieces(w, fd, b, len, off, sync);
 	pthread_mutex_lock(&w->mu);
+	w->npc[b] = 0;
 	w->io_busy = false;
 	if (err) {
 		set_sticky(w, err, sync ? "write+fdatasync" : "write");
@@ -228,10 +328,12 @@ static int seal_segment(struct jr_writer *w)
 			.prev_seq = w->seg_last_seq, .ts_ns = w->seg_last_ts,
 			.disk_id = w->o.disk_id,
 		};
-		err = buf_reserve(w, w->plen + JR_HDR_SIZE);
+		err = buf_reserve(w, w->bused + JR_HDR_SIZE);
 		if (err)
 			return set_sticky(w, err, "seal");
-		jr_rec_encode(&s, w->buf[w->active] + w->plen, NULL);
+		jr_rec_encode(&s, w->buf[w->active] + w->bused, NULL);
+		piece_add(w, NULL, w->bused, JR_HDR_SIZE);
+		w->bused += JR_HDR_SIZE;
 		w->plen += JR_HDR_SIZE;
 		/* A pre-written tail goes first: a sealed segment ends with
 		 * its SEAL, and a reader never sees zeroes after one (until
@@ -244,8 +346,9 @@ static int seal_segment(struct jr_writer *w)
 						  "pre-written tail)");
 			w->zend = fin;
 		}
-		err = jr_io_write(w->io, w->fd, w->buf[w->active], w->plen,
-				  w->poff, true);
+		err = write_pieces(w, w->fd, w->active, w->plen, w->poff, true);
+		w->npc[w->active] = 0;
+		w->bused = 0;
 		if (err)
 			return set_sticky(w, err, "seal (write+fdatasync)");
 		w->st.syncs++;
@@ -301,6 +404,8 @@ static int create_segment(struct jr_writer *w, uint64_t first)
 	w->seg_nrec = 0;
 	w->poff = JR_SEG_HDR_SIZE;
 	w->plen = 0;
+	w->bused = 0;
+	w->npc[w->active] = 0;
 	w->st.syncs++;
 out:
 	if (fd >= 0) {
@@ -373,21 +478,35 @@ static int place_copy(struct jr_writer *w, struct jr_job *job,
 {
 	struct jr_rec *r = &job->rec;
 	uint64_t total = JR_HDR_SIZE + (uint64_t)r->stored_len;
+	bool borrow = job->borrowed && r->stored_len;
+	size_t inbuf = JR_HDR_SIZE + (borrow ? 0 : r->stored_len);
 	int err;
 
-	if ((err = buf_reserve(w, w->plen + total)))
+	if ((err = buf_reserve(w, w->bused + inbuf)))
 		return set_sticky(w, err, "append (out of memory)");
-	uint8_t *dst = w->buf[w->active] + w->plen;
-	if (r->stored_len)
+	uint8_t *dst = w->buf[w->active] + w->bused;
+	if (r->stored_len && !borrow)
 		memcpy(dst + JR_HDR_SIZE, job->payload, r->stored_len);
-	if (job->hdr_ok)
+	if (job->hdr_ok) {
 		memcpy(dst, job->hdr, JR_HDR_SIZE);
-	else
+	} else if (job->pcrc_ok) {
+		/* Header crc (payload NULL: header bytes only), then the
+		 * payload's, taken before the lock. */
+		jr_rec_encode(r, dst, NULL);
+		r->crc = rw_crc32c_combine(rw_crc32c(0, dst, 60), job->pcrc,
+					   r->stored_len);
+		rw_put_le32(dst + 60, r->crc);
+	} else {
 		jr_rec_encode(r, dst, dst + JR_HDR_SIZE);
+	}
+	piece_add(w, NULL, w->bused, inbuf);
+	if (borrow)
+		piece_add(w, job->payload, 0, r->stored_len);
 	if (loc) {
 		loc->segment = w->seg_first;
 		loc->offset = w->seg_end;
 	}
+	w->bused += inbuf;
 	w->plen += total;
 	w->seg_end += total;
 	w->seg_nrec++;
@@ -504,6 +623,8 @@ static int enqueue(struct jr_writer *w, const struct jr_append *a, int level,
 		memcpy(job->raw, a->data, len);
 	job->payload = job->raw;
 	job->hdr_ok = false;
+	job->pcrc_ok = false;
+	job->borrowed = false;
 	job->level = level;
 	job->now = now ? now : 1;
 	job->state = level ? JR_JOB_QUEUED : JR_JOB_DONE;
@@ -524,8 +645,8 @@ static int enqueue(struct jr_writer *w, const struct jr_append *a, int level,
 	return 0;
 }
 
-int jr_writer_append(struct jr_writer *w, const struct jr_append *a,
-		     struct jr_cctx *cc, struct jr_appended *out)
+static int append(struct jr_writer *w, const struct jr_append *a,
+		  struct jr_cctx *cc, struct jr_appended *out, bool borrow)
 {
 	struct jr_job job = { 0 };
 	uint8_t flags = 0;
@@ -557,6 +678,17 @@ int jr_writer_append(struct jr_writer *w, const struct jr_append *a,
 	}
 	uint64_t total = JR_HDR_SIZE + (uint64_t)job.rec.stored_len;
 	uint64_t now = rw_clock_ns();
+	if (!to_pool && job.rec.stored_len) {
+		/* Off the lock: only the header's crc is taken under it. */
+		job.pcrc = rw_crc32c(0, job.payload, job.rec.stored_len);
+		job.pcrc_ok = true;
+		/* Borrow only the caller's own bytes (not a zstd frame in
+		 * cc, which the next compression reuses), and never with
+		 * io_uring, which writes one contiguous buffer. */
+		job.borrowed = borrow && job.payload == a->data &&
+			       a->length >= JR_BORROW_MIN &&
+			       !jr_io_is_uring(w->io);
+	}
 	job.now = now;
 	job.rec.type = a->type;
 	job.rec.flags = flags;
@@ -631,6 +763,18 @@ int jr_writer_append(struct jr_writer *w, const struct jr_append *a,
 out:
 	pthread_mutex_unlock(&w->mu);
 	return err;
+}
+
+int jr_writer_append(struct jr_writer *w, const struct jr_append *a,
+		     struct jr_cctx *cc, struct jr_appended *out)
+{
+	return append(w, a, cc, out, false);
+}
+
+int jr_writer_append_borrowed(struct jr_writer *w, const struct jr_append *a,
+			      struct jr_cctx *cc, struct jr_appended *out)
+{
+	return append(w, a, cc, out, true);
 }
 
 /*
@@ -726,6 +870,8 @@ void jr_writer_free(struct jr_writer *w)
 	jr_io_close(w->io);
 	free(w->buf[0]);
 	free(w->buf[1]);
+	free(w->pc[0]);
+	free(w->pc[1]);
 	free(w->dir);
 	pthread_cond_destroy(&w->cv);
 	pthread_mutex_destroy(&w->mu);

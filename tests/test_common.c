@@ -74,6 +74,19 @@ static void test_crc_incremental_and_unaligned(void)
 			    rw_crc32c_sw(7, big + o, lens[i]))
 				bad++;
 	CU_ASSERT_EQUAL(bad, 0);
+	/* combine(crc(A), crc(B), |B|) == crc(A || B) at every split. */
+	static const size_t cuts[] = { 0, 1, 7, 60, 64, 4096, 65536, 81920 };
+	for (size_t i = 0; i < sizeof(cuts) / sizeof(cuts[0]); i++) {
+		size_t a = cuts[i] < 81920 ? 81920 - cuts[i] : 0;
+		for (size_t k = 0; k < 2; k++) {
+			size_t la = k ? 60 : a, lb = 81920 - la;
+			uint32_t ca = rw_crc32c(0, big, la);
+			uint32_t cb = rw_crc32c(0, big + la, lb);
+			if (rw_crc32c_combine(ca, cb, lb) != rw_crc32c(0, big, 81920))
+				bad++;
+		}
+	}
+	CU_ASSERT_EQUAL(bad, 0);
 	free(big);
 }
 
