@@ -678,8 +678,10 @@ static int append(struct jr_writer *w, const struct jr_append *a,
 	}
 	uint64_t total = JR_HDR_SIZE + (uint64_t)job.rec.stored_len;
 	uint64_t now = rw_clock_ns();
-	if (!to_pool && job.rec.stored_len) {
-		/* Off the lock: only the header's crc is taken under it. */
+	if (!to_pool && job.rec.stored_len >= JR_BORROW_MIN) {
+		/* Off the lock: only the header's crc is taken under it.
+		 * (Below 16 KiB the combine costs about what the crc of the
+		 * payload does: those are checksummed under the lock.) */
 		job.pcrc = rw_crc32c(0, job.payload, job.rec.stored_len);
 		job.pcrc_ok = true;
 		/* Borrow only the caller's own bytes (not a zstd frame in
