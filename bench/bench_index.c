@@ -7,11 +7,16 @@
  * commits), in the batches capture's housekeeping would commit under a
  * write load of 300,000 versions/s: everything written since the previous
  * commit began — 50 ms worth (one tick), or the previous commit's duration
- * worth when that was longer.  The index rate is versions / time spent
- * committing: at or above 300,000 the index keeps up with that load;
- * below it the batches (and the index's lag) would keep growing;
- * then random as-of lookups from one thread; then the LMDB data file size
- * divided by the versions.  A second part compares the two candidate
+ * worth when that was longer.  That run's versions / time spent committing
+ * cannot pass the offered load (a batch is what arrived during the
+ * previous commit, and commits grow with the tree), so the index rate is
+ * measured on a second store the same way at a load a third higher
+ * (400,000/s): at or above 300,000 there, the index absorbs more than the
+ * target; below, its batches (and lag) would keep growing (-H skips that
+ * run and reports the first).  Then random as-of lookups from one thread (a fresh read handle: the
+ * time includes building the lookup summary of every group it lands in,
+ * index/summary.c); then the LMDB data file size divided by the
+ * versions.  A second part compares the two candidate
  * layouts of the versions table in bare LMDB (one key per version vs
  * MDB_DUPSORT), on random blocks and on a hot set, which is how the
  * layout in FORMAT.md was chosen.
@@ -168,6 +173,73 @@ out:
 	return rc;
 }
 
+/* ------------------------------------------------------------ indexing */
+
+struct irun {
+	uint64_t batches, bmin, bmax;
+	uint64_t longest_ns;  /* the longest commit: the index's lag */
+	double secs, rate;
+};
+
+/*
+ * Indexes nver random single-block versions into disk d through
+ * ix_batch_*.  fixed: batches of 256..4096 records; else the capture
+ * model at `offered` versions/s: every record written since the previous
+ * commit began — one tick's worth, or the previous commit's duration's
+ * worth when that was longer.  0 or a code.
+ */
+static int index_run(struct ix *ix, const struct ix_disk *d, uint64_t nver,
+		     bool fixed, double offered, uint64_t *st, struct irun *out)
+{
+	const double tick_s = 0.050;
+	const uint64_t nblocks = 16ull << 20;
+	const uint64_t seg_records = 16000; /* ~64 MiB segments of 4 KiB writes */
+	uint64_t seq = 1, ts = 1700000000000000000ull, last_ns = 0;
+	struct ix_batch *b = NULL;
+	uint64_t t0 = rw_mono_ns();
+	int rc = ix_batch_new(ix, &b);
+
+	memset(out, 0, sizeof(*out));
+	out->bmin = UINT64_MAX;
+	while (rc == 0 && seq <= nver) {
+		uint64_t n;
+		if (fixed) {
+			n = 256 + rnd(st) % 3841;
+		} else {
+			double span = (double)last_ns / 1e9;
+			n = (uint64_t)(offered * (span > tick_s ? span : tick_s));
+		}
+		if (n > nver - seq + 1)
+			n = nver - seq + 1;
+		out->bmin = n < out->bmin ? n : out->bmin;
+		out->bmax = n > out->bmax ? n : out->bmax;
+		uint64_t tb = rw_mono_ns();
+		for (uint64_t i = 0; rc == 0 && i < n && seq <= nver; i++, seq++) {
+			struct jr_rec r = { 0 };
+			uint64_t segfirst = (seq - 1) / seg_records * seg_records + 1;
+			struct jr_loc l = { segfirst, (seq - segfirst) * (JR_HDR_SIZE + 4096) };
+			r.type = JR_WRITE;
+			r.seq = seq;
+			r.ts_ns = ts += 1000 + rnd(st) % 50000;
+			r.disk_id = d->id;
+			r.offset = (rnd(st) % nblocks) * 4096;
+			r.length = 4096;
+			r.stored_len = 4096;
+			rc = ix_batch_add(b, &r, &l);
+		}
+		if (rc == 0)
+			rc = ix_batch_commit(b);
+		last_ns = rw_mono_ns() - tb;
+		if (last_ns > out->longest_ns)
+			out->longest_ns = last_ns;
+		out->batches++;
+	}
+	ix_batch_free(b);
+	out->secs = (double)(rw_mono_ns() - t0) / 1e9;
+	out->rate = (double)nver / out->secs;
+	return rc;
+}
+
 /* ------------------------------------------------------------ main */
 
 int main(int argc, char **argv)
@@ -176,19 +248,18 @@ int main(int argc, char **argv)
 	const char *base = getenv("TMPDIR");
 	char dir[4096], store[4200], p[4300];
 	struct ix *ix = NULL;
-	struct ix_batch *b = NULL;
 	struct ix_read *rd = NULL;
 	struct ix_disk d;
 	uint64_t st = 0x9e3779b97f4a7c15ull;
 	int opt, rc, status = 1;
 
-	bool nosync = false, fixed = false;
-	/* The capture model: the offered write load and the housekeeping tick. */
-	const double offered = 300000.0, tick_s = 0.050;
-	uint64_t bmin = UINT64_MAX, bmax = 0;
+	bool nosync = false, fixed = false, heavy_load = true;
+	/* The capture model's offered write load: the target's. */
+	const double offered = 300000.0;
 
-	while ((opt = getopt(argc, argv, "n:l:c:d:sf")) != -1) {
+	while ((opt = getopt(argc, argv, "n:l:c:d:sfH")) != -1) {
 		switch (opt) {
+		case 'H': heavy_load = false; break;
 		case 's': nosync = true; setenv("REWIND_INDEX_NOSYNC", "1", 1); break;
 		case 'f': fixed = true; break;
 		case 'n': nver = strtoull(optarg, NULL, 0); break;
@@ -196,7 +267,7 @@ int main(int argc, char **argv)
 		case 'c': ncmp = strtoull(optarg, NULL, 0); break;
 		case 'd': base = optarg; break;
 		default:
-			fprintf(stderr, "usage: bench_index [-n versions] [-l lookups] [-c compare-versions] [-d tmpdir] [-s] [-f]\n");
+			fprintf(stderr, "usage: bench_index [-n versions] [-l lookups] [-c compare-versions] [-d tmpdir] [-s] [-f] [-H]\n");
 			return 2;
 		}
 	}
@@ -207,62 +278,39 @@ int main(int argc, char **argv)
 	}
 	snprintf(store, sizeof(store), "%s/store", dir);
 	if ((rc = ix_store_init(store)) || (rc = ix_open(&ix, store, IX_LOCK)) ||
-	    (rc = ix_disk_create(ix, "bench", 64ull << 30, 4096, NULL, &d)) ||
-	    (rc = ix_batch_new(ix, &b))) {
+	    (rc = ix_disk_create(ix, "bench", 64ull << 30, 4096, NULL, &d))) {
 		fprintf(stderr, "setup: %s: %s\n", rw_strerror(rc), rw_err_msg());
 		goto out;
 	}
 
-	/* 1. Indexing. */
-	const uint64_t nblocks = 16ull << 20;
-	const uint64_t seg_records = 16000; /* ~64 MiB segments of 4 KiB writes */
-	uint64_t seq = 1, ts = 1700000000000000000ull, batches = 0;
-	uint64_t t0 = rw_mono_ns(), last_ns = 0;
-	while (seq <= nver) {
-		uint64_t n;
-		if (fixed) {
-			n = 256 + rnd(&st) % 3841;
-		} else {
-			/* What capture's housekeeping commits: every record
-			 * written since the previous commit began — one tick's
-			 * worth, or the previous commit's duration's worth when
-			 * that was longer — at the offered load. */
-			double span = (double)last_ns / 1e9;
-			n = (uint64_t)(offered * (span > tick_s ? span : tick_s));
-		}
-		if (n > nver - seq + 1)
-			n = nver - seq + 1;
-		bmin = n < bmin ? n : bmin;
-		bmax = n > bmax ? n : bmax;
-		uint64_t tb = rw_mono_ns();
-		for (uint64_t i = 0; i < n && seq <= nver; i++, seq++) {
-			struct jr_rec r = { 0 };
-			uint64_t segfirst = (seq - 1) / seg_records * seg_records + 1;
-			struct jr_loc l = { segfirst, (seq - segfirst) * (JR_HDR_SIZE + 4096) };
-			r.type = JR_WRITE;
-			r.seq = seq;
-			r.ts_ns = ts += 1000 + rnd(&st) % 50000;
-			r.disk_id = d.id;
-			r.offset = (rnd(&st) % nblocks) * 4096;
-			r.length = 4096;
-			r.stored_len = 4096;
-			if ((rc = ix_batch_add(b, &r, &l)))
-				goto fail;
-		}
-		if ((rc = ix_batch_commit(b)))
+	/* 1. Indexing, at the target's load (this store is measured below),
+	 * then, on a store of its own, at a third more. */
+	struct irun at, heavy = { 0 };
+	if ((rc = index_run(ix, &d, nver, fixed, offered, &st, &at)))
+		goto fail;
+	if (!fixed && heavy_load) {
+		char hstore[4300];
+		struct ix *hix = NULL;
+		struct ix_disk hd;
+		snprintf(hstore, sizeof(hstore), "%s/heavy", dir);
+		if ((rc = ix_store_init(hstore)) || (rc = ix_open(&hix, hstore, IX_LOCK)) ||
+		    (rc = ix_disk_create(hix, "bench", 64ull << 30, 4096, NULL, &hd)) ||
+		    (rc = index_run(hix, &hd, nver, false, offered * 4 / 3, &st, &heavy))) {
+			ix_close(hix);
 			goto fail;
-		last_ns = rw_mono_ns() - tb;
-		batches++;
+		}
+		ix_close(hix);
+		rmrf(hstore);
 	}
-	double idx_s = (double)(rw_mono_ns() - t0) / 1e9;
-	double idx_rate = (double)nver / idx_s;
+	const uint64_t nblocks = 16ull << 20;
+	double idx_rate = heavy.batches ? heavy.rate : at.rate;
 
 	/* 2. Lookups. */
 	uint64_t hits = 0, versions = 0;
 	struct ix_version v[16];
 	if ((rc = ix_read_begin(ix, &rd)))
 		goto fail;
-	t0 = rw_mono_ns();
+	uint64_t t0 = rw_mono_ns();
 	uint64_t c0 = thread_cpu_ns();
 	for (uint64_t i = 0; i < nlook; i++) {
 		int n = ix_block_asof(rd, d.id, rnd(&st) % nblocks, 1 + rnd(&st) % nver, v, 16);
@@ -351,17 +399,28 @@ int main(int argc, char **argv)
 		}
 	}
 
-	printf("\nrewind index benchmark: %llu single-block versions, random blocks of a 64 GiB disk,\n"
-	       "%llu batches of %llu..%llu records (%s; %s)\n\n",
-	       (unsigned long long)nver, (unsigned long long)batches,
-	       (unsigned long long)bmin, (unsigned long long)bmax,
-	       fixed ? "fixed random sizes"
-		     : "formed as capture forms them under a 300,000 versions/s write load",
+	printf("\nrewind index benchmark: %llu single-block versions, random blocks of a 64 GiB disk\n"
+	       "(%s; %s)\n",
+	       (unsigned long long)nver,
+	       fixed ? "fixed random batches of 256..4096 records"
+		     : "batches formed as capture forms them: everything written while the previous commit ran",
 	       nosync ? "MDB_NOSYNC: NOT the shipped setting, measurement only"
 		      : "durable commits, MDB_NOMETASYNC");
-	printf("%-34s %14s %14s  %s\n", "figure", "measured", "target", "result");
-	printf("%-34s %14.0f %14s  %s\n", "index rate (versions/s)", idx_rate, ">= 300000",
-	       idx_rate >= 300000 ? "PASS" : "MISS");
+	if (!fixed)
+		printf("  at %.0f versions/s offered: %llu batches of %llu..%llu records, longest commit (the index's lag) %.2f s,\n"
+		       "    %.0f versions/s indexed (at most the offered load, by construction)\n",
+		       offered, (unsigned long long)at.batches,
+		       (unsigned long long)at.bmin, (unsigned long long)at.bmax,
+		       (double)at.longest_ns / 1e9, at.rate);
+	if (heavy.batches)
+		printf("  at %.0f versions/s offered (a third more): %llu batches of %llu..%llu records, longest commit %.2f s\n",
+		       offered * 4 / 3, (unsigned long long)heavy.batches,
+		       (unsigned long long)heavy.bmin, (unsigned long long)heavy.bmax,
+		       (double)heavy.longest_ns / 1e9);
+	printf("\n%-34s %14s %14s  %s\n", "figure", "measured", "target", "result");
+	printf("%-34s %14.0f %14s  %s\n",
+	       heavy.batches ? "index rate (versions/s, 400k load)" : "index rate (versions/s)",
+	       idx_rate, ">= 300000", idx_rate >= 300000 ? "PASS" : "MISS");
 	printf("%-34s %14.0f %14s  %s\n", "as-of lookups (lookups/s, 1 thr)", look_rate,
 	       ">= 1000000", look_rate >= 1000000 ? "PASS" : "MISS");
 	printf("%-34s %14.1f %14s  %s\n", "index bytes per version", bpv, "<= 64",
@@ -371,8 +430,8 @@ int main(int argc, char **argv)
 	printf("  in a restore's order (blocks 0..%llu ascending, as-of seq %llu): %.0f lookups/s, %.1f%% hit\n",
 	       (unsigned long long)nseq - 1, (unsigned long long)S, seq_rate,
 	       100.0 * (double)seq_hits / (double)nseq);
-	printf("\n  indexing took %.2f s; lookups: %.1f%% hit a version, %.2f versions/hit;\n"
-	       "  data.mdb %llu bytes\n", idx_s, 100.0 * (double)hits / (double)nlook,
+	printf("\n  lookups: %.1f%% hit a version, %.2f versions/hit;\n"
+	       "  data.mdb %llu bytes (the store indexed at the target's load)\n", 100.0 * (double)hits / (double)nlook,
 	       hits ? (double)versions / (double)hits : 0.0, (unsigned long long)fsz);
 	printf("%s", breakdown);
 	if (ncmp) {
@@ -390,7 +449,6 @@ fail:
 	fprintf(stderr, "bench_index: %s: %s\n", rw_strerror(rc), rw_err_msg());
 out:
 	ix_read_end(rd);
-	ix_batch_free(b);
 	ix_close(ix);
 	rmrf(dir);
 	return status;

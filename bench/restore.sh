@@ -360,5 +360,7 @@ if have_exp:
         rep(sorted(1000 * v for v in runs[("d", "rewind")].values()))))
 sys.exit(1 if missed else 0)
 EOF
+# the host is often shared: say how busy it was by the end, too
+echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ $rc -eq 0 ]; then echo "bench-restore: every target met"; else echo "bench-restore: a target was missed"; fi
 exit $rc

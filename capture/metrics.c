@@ -37,6 +37,7 @@
 #include "journal/jr.h"
 #include "restore/rs.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -44,6 +45,7 @@
 #include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -55,6 +57,54 @@
 #include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
+
+/*
+ * libmicrohttpd is opened with dlopen when a metrics endpoint is started,
+ * not linked: with GnuTLS and its dependencies it cost every start of the
+ * rewind binary ~2 ms of dynamic loading and library constructors, paid by
+ * every command (a `rewind rollback` of the last minute included) and
+ * used only by `rewind serve --metrics`.
+ */
+#define MH_FUNCS(X) \
+	X(MHD_add_response_header) \
+	X(MHD_create_response_from_buffer) \
+	X(MHD_destroy_response) \
+	X(MHD_queue_response) \
+	X(MHD_start_daemon) \
+	X(MHD_stop_daemon)
+
+static struct {
+#define X(f) __typeof__(&f) f;
+	MH_FUNCS(X)
+#undef X
+} mh;
+static pthread_once_t mh_once = PTHREAD_ONCE_INIT;
+static char mh_error[512];
+
+static void mh_load(void)
+{
+	void *h = dlopen("libmicrohttpd.so.12", RTLD_NOW | RTLD_LOCAL);
+
+	if (!h) {
+		snprintf(mh_error, sizeof(mh_error), "%s", dlerror());
+		return;
+	}
+#define X(f) \
+	if (!mh_error[0] && !(*(void **)&mh.f = dlsym(h, #f))) \
+		snprintf(mh_error, sizeof(mh_error), "no %s in libmicrohttpd", #f);
+	MH_FUNCS(X)
+#undef X
+}
+
+/* Loads libmicrohttpd once.  0, or RW_EFAILED saying why it cannot be used. */
+static int mh_ready(void)
+{
+	pthread_once(&mh_once, mh_load);
+	if (mh_error[0])
+		return rw_err_set(RW_EFAILED, "cannot load libmicrohttpd: %s",
+				  mh_error);
+	return 0;
+}
 
 const double cap_flush_buckets[CAP_FLUSH_NBUCKETS] = {
 	0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -710,16 +760,16 @@ static enum MHD_Result reply(struct MHD_Connection *c, unsigned code,
 			     const char *ctype, char *body, size_t len)
 {
 	struct MHD_Response *r =
-		MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+		mh.MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
 	if (!r) {
 		free(body);
 		return MHD_NO;
 	}
-	MHD_add_response_header(r, "Content-Type", ctype);
+	mh.MHD_add_response_header(r, "Content-Type", ctype);
 	if (code == MHD_HTTP_METHOD_NOT_ALLOWED)
-		MHD_add_response_header(r, "Allow", "GET, HEAD");
-	enum MHD_Result ret = MHD_queue_response(c, code, r);
-	MHD_destroy_response(r);
+		mh.MHD_add_response_header(r, "Allow", "GET, HEAD");
+	enum MHD_Result ret = mh.MHD_queue_response(c, code, r);
+	mh.MHD_destroy_response(r);
 	return ret;
 }
 
@@ -900,11 +950,13 @@ int cap_metrics_start(struct cap_metrics **out, struct cap_server *s)
 	pthread_cond_init(&m->cv, &ca);
 	pthread_condattr_destroy(&ca);
 	if (o->metrics_addr) {
+		if ((err = mh_ready()))
+			goto fail;
 		if ((fd = bind_addr(o->metrics_addr, o->metrics_public)) < 0) {
 			err = fd;
 			goto fail;
 		}
-		m->mhd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD |
+		m->mhd = mh.MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD |
 					  MHD_USE_POLL, 0, NULL, NULL,
 					  on_request, m,
 					  MHD_OPTION_LISTEN_SOCKET, fd,
@@ -933,7 +985,7 @@ int cap_metrics_start(struct cap_metrics **out, struct cap_server *s)
 	return 0;
 fail:
 	if (m->mhd)
-		MHD_stop_daemon(m->mhd);
+		mh.MHD_stop_daemon(m->mhd);
 	free(m->last);
 	pthread_cond_destroy(&m->cv);
 	pthread_mutex_destroy(&m->mu);
@@ -953,7 +1005,7 @@ void cap_metrics_stop(struct cap_metrics *m)
 		pthread_join(m->watch, NULL);
 	}
 	if (m->mhd)
-		MHD_stop_daemon(m->mhd);
+		mh.MHD_stop_daemon(m->mhd);
 	free(m->last);
 	pthread_cond_destroy(&m->cv);
 	pthread_mutex_destroy(&m->mu);

@@ -178,11 +178,23 @@ static int listen_unix(const char *path)
 			return rw_err_set(-errno, "cannot remove stale socket "
 					  "'%s': %s", path, strerror(errno));
 	}
+	/* Bound and listening under a temporary name, then renamed into
+	 * place: a client that sees the socket file can connect (bind alone
+	 * creates the file, and a connect before listen is refused). */
+	int n = snprintf(a.sun_path, sizeof(a.sun_path), "%s.%ld.tmp", path,
+			 (long)getpid());
+	bool tmp = n > 0 && (size_t)n < sizeof(a.sun_path);
+	if (!tmp) /* no room for it: bind in place */
+		memcpy(a.sun_path, path, strlen(path) + 1);
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return rw_err_set(-errno, "socket: %s", strerror(errno));
-	if (bind(fd, (struct sockaddr *)&a, sizeof(a)) || listen(fd, 128)) {
+	if (tmp)
+		unlink(a.sun_path);
+	if (bind(fd, (struct sockaddr *)&a, sizeof(a)) || listen(fd, 128) ||
+	    (tmp && rename(a.sun_path, path))) {
 		int e = -errno;
+		unlink(a.sun_path);
 		close(fd);
 		return rw_err_set(e, "cannot listen on '%s': %s", path,
 				  strerror(-e));

@@ -5,13 +5,17 @@
  * journaled like guest writes, so a rollback is itself history: rolling
  * back to the moment just before it (printed as the undo command) undoes
  * it exactly.  With `rewind serve` running the request goes over the
- * server's control socket (refused while a client uses the disk); without
- * one, this process opens the store and does the same work.
+ * server's control socket (refused while a client uses the disk).  Without
+ * one, this process does the work: in place (restore/inplace.c: no server
+ * start-up, one journal sync per window) when the store was shut down
+ * cleanly, else by opening the store as a server does — which recovers
+ * it — and rolling back through that.
  */
 #include "cli/cli.h"
 #include "cli/control.h"
 #include "capture/cap.h"
 #include "common/rw.h"
+#include "restore/rs.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -117,7 +121,27 @@ static int cmd_rollback(int argc, char **argv)
 			err = rw_err_set(-EIO, "unexpected answer from the server");
 		}
 	} else if (err == -ENOENT || err == -ECONNREFUSED) {
-		/* No server: open the store and do it here. */
+		/* No server: do it here, in place when the store is clean. */
+		struct rw_when w;
+		struct rs_rollback_result rr;
+		rw_err_clear();
+		if ((err = rw_parse_when(when, rw_clock_ns(), &w)))
+			return cli_fail(err, "--at");
+		err = rs_rollback_store(store, name, &w, &rr);
+		if (err == RW_EBUSY)
+			return cli_fail(err, "cannot roll back disk '%s' (a server "
+					"holds the store but does not answer on "
+					"'%s/control.sock')", name, store);
+		if (err != 1) {
+			r.seq = rr.seq;
+			r.before_seq = rr.before_seq;
+			r.last_seq = rr.last_seq;
+			r.blocks = rr.st.blocks;
+			r.data_bytes = rr.st.data_bytes;
+			r.zero_bytes = rr.st.zero_bytes;
+			goto done;
+		}
+		/* Not shut down cleanly: recover it as a server would. */
 		struct cap_server_opts o;
 		struct cap_server *s = NULL;
 		cap_server_opts_default(&o);
@@ -141,6 +165,7 @@ static int cmd_rollback(int argc, char **argv)
 		else if (err)
 			rw_err_set(err, "%s", keep);
 	}
+done:
 	if (err)
 		return cli_fail(err, "cannot roll disk '%s' back to '%s'", name, at);
 	double secs = (double)(rw_mono_ns() - t0) / 1e9;

@@ -37,14 +37,21 @@
 
 int ix_cdec_init(struct ix_cdec *d, const MDB_val *k, const MDB_val *v)
 {
+	size_t pos = 0;
+	uint64_t span;
+
 	if (k->mv_size != IX_VKEY || v->mv_size == 0 ||
 	    v->mv_size > IX_CHUNK_HARD)
 		return RW_ECORRUPT;
-	d->p = v->mv_data;
-	d->end = d->p + v->mv_size;
+	d->first_seq = rw_get_be64((const uint8_t *)k->mv_data + 12);
+	if (ix_get_varint(v->mv_data, v->mv_size, &pos, &span) ||
+	    pos == v->mv_size || span > UINT64_MAX - d->first_seq)
+		return RW_ECORRUPT;
+	d->p = (const uint8_t *)v->mv_data + pos;
+	d->end = (const uint8_t *)v->mv_data + v->mv_size;
 	d->disk = rw_get_be32(k->mv_data);
 	d->group = rw_get_be64((const uint8_t *)k->mv_data + 4);
-	d->first_seq = rw_get_be64((const uint8_t *)k->mv_data + 12);
+	d->last_seq = d->first_seq + span;
 	d->n = 0;
 	d->cur.seq = d->first_seq;
 	d->cur.loc.segment = 0;
@@ -62,7 +69,7 @@ int ix_cdec_next(struct ix_cdec *d)
 	uint64_t blk;
 
 	if (d->p == d->end)
-		return 0;
+		return d->cur.seq == d->last_seq ? 0 : RW_ECORRUPT;
 	h = *d->p++;
 	type = h & 3u;
 	if (h & 0xf8u & (type ? 0xffu : 0u))
@@ -88,7 +95,7 @@ int ix_cdec_next(struct ix_cdec *d)
 		if (delta > UINT64_MAX - d->cur.seq)
 			return RW_ECORRUPT;
 		d->cur.seq += delta;
-		if (segd > d->cur.seq)
+		if (d->cur.seq > d->last_seq || segd > d->cur.seq)
 			return RW_ECORRUPT;
 		d->cur.loc.segment = d->cur.seq - segd;
 		d->cur.loc.offset = off;
@@ -98,6 +105,87 @@ int ix_cdec_next(struct ix_cdec *d)
 	d->block = blk;
 	d->n++;
 	return 1;
+}
+
+/* Skips one varint of p[0..len) at *pos.  0 or RW_ECORRUPT. */
+static inline int skip_varint(const uint8_t *p, size_t len, size_t *pos)
+{
+	size_t i = *pos, end = i + 10 < len ? i + 10 : len;
+
+	for (; i < end; i++) {
+		if (!(p[i] & 0x80)) {
+			*pos = i + 1;
+			return 0;
+		}
+	}
+	return RW_ECORRUPT;
+}
+
+int ix_chunk_block(const MDB_val *k, const MDB_val *v, uint64_t block,
+		   uint64_t seq, uint64_t above, struct ix_version *ring,
+		   size_t ring_cap, size_t *found)
+{
+	const uint8_t *p = v->mv_data;
+	size_t len = v->mv_size, pos = 0, locpos = 0, n = 0;
+	uint64_t first, span, cur, group, blk = 0;
+	unsigned type = 0, want = (unsigned)(block % IX_GROUP_BLOCKS);
+
+	*found = 0;
+	if (k->mv_size != IX_VKEY || len == 0 || len > IX_CHUNK_HARD ||
+	    ix_get_varint(p, len, &pos, &span) || pos == len)
+		return RW_ECORRUPT;
+	first = rw_get_be64((const uint8_t *)k->mv_data + 12);
+	group = rw_get_be64((const uint8_t *)k->mv_data + 4);
+	if (block / IX_GROUP_BLOCKS != group || span > UINT64_MAX - first)
+		return RW_ECORRUPT;
+	cur = first;
+	while (pos < len) {
+		uint8_t h = p[pos++];
+		bool hit;
+		if ((h & 3u) == 0) {
+			/* A later block of the record before: same seq, loc. */
+			if (n == 0)
+				return RW_ECORRUPT;
+			blk += 1 + (h >> 3);
+			if (blk >= IX_GROUP_BLOCKS)
+				return RW_ECORRUPT;
+		} else {
+			uint64_t delta, prev = blk;
+			if ((h & 0xf8u) || pos >= len)
+				return RW_ECORRUPT;
+			blk = p[pos++];
+			if (ix_get_varint(p, len, &pos, &delta) ||
+			    delta > UINT64_MAX - cur ||
+			    (n == 0 ? delta != 0 : delta == 0 && blk <= prev))
+				return RW_ECORRUPT;
+			cur += delta;
+			if (cur > first + span)
+				return RW_ECORRUPT;
+			if (cur > seq)
+				break;
+			type = h & 3u;
+			locpos = pos; /* seq − segment, offset: decoded on a hit */
+			if (skip_varint(p, len, &pos) || skip_varint(p, len, &pos))
+				return RW_ECORRUPT;
+		}
+		n++;
+		hit = blk == want && cur > above;
+		if (hit) {
+			struct ix_version *o = &ring[*found % ring_cap];
+			uint64_t segd, off;
+			size_t lp = locpos;
+			if (ix_get_varint(p, len, &lp, &segd) ||
+			    ix_get_varint(p, len, &lp, &off) || segd > cur)
+				return RW_ECORRUPT;
+			o->seq = cur;
+			o->loc.segment = cur - segd;
+			o->loc.offset = off;
+			o->type = (uint8_t)type;
+			o->partial = (h & 4u) != 0;
+			(*found)++;
+		}
+	}
+	return 0;
 }
 
 /* Encodes e after prev (NULL for a chunk's first entry).  Returns bytes. */
@@ -131,7 +219,7 @@ static void map_set(uint8_t *map, uint64_t block)
 
 size_t ix_chunk_encode(uint8_t *out, const struct ix_ventry *e, size_t n)
 {
-	size_t len = 0;
+	size_t len = ix_put_varint(out, e[n - 1].v.seq - e[0].v.seq);
 
 	for (size_t i = 0; i < n; i++)
 		len += enc_entry(out + len, &e[i], i ? &e[i - 1] : NULL);
@@ -186,29 +274,54 @@ int ix_chunk_del(MDB_txn *txn, MDB_dbi dv, MDB_dbi dm, const uint8_t *key)
 /* ------------------------------------------------------ chunk builder */
 
 /*
- * The chunk being extended: its key, its bytes, and its last entry.
- * Puts go through the caller's cursor.
+ * The chunk being extended: its key, its entries (body) and its last
+ * entry.  The header (the span varint) is written by cb_put.  A chunk
+ * opened from the table gives only its last seq (from the header, so the
+ * entries are never decoded to append): new entries are always of newer
+ * records (a record is indexed whole, in one batch), so the continuation
+ * form never applies to that last entry.  Puts go through the caller's
+ * cursors.
  */
 struct cbuild {
 	uint8_t key[IX_VKEY];
 	uint8_t map[IX_CMAP];
 	uint8_t buf[IX_CHUNK_BYTES + IX_CENT_MAX];
-	size_t len;
+	uint8_t val[IX_CHDR_MAX + IX_CHUNK_BYTES + IX_CENT_MAX];
+	size_t len;         /* body bytes in buf */
+	uint64_t first;     /* seq of the first entry */
 	bool have;          /* a chunk is open */
+	bool stored;        /* last is only a seq (opened from the table) */
+	bool at_cursor;     /* both cursors are on this chunk's key */
 	struct ix_ventry last;
 };
 
+/* Header bytes of a chunk whose entries span first..last. */
+static size_t hdr_len(uint64_t first, uint64_t last)
+{
+	uint8_t tmp[IX_CHDR_MAX];
+
+	return ix_put_varint(tmp, last - first);
+}
+
 static int cb_put(struct ix_vcurs *c, struct cbuild *cb)
 {
-	MDB_val k = { IX_VKEY, cb->key }, v = { cb->len, cb->buf };
+	MDB_val k = { IX_VKEY, cb->key }, v = { 0, cb->val };
 	MDB_val m = { IX_CMAP, cb->map };
+	unsigned flags;
 	int rc;
 
 	if (!cb->have || cb->len == 0)
 		return 0;
-	rc = mdb_cursor_put(c->v, &k, &v, 0);
+	v.mv_size = ix_put_varint(cb->val, cb->last.v.seq - cb->first);
+	memcpy(cb->val + v.mv_size, cb->buf, cb->len);
+	v.mv_size += cb->len;
+	/* Rewriting the chunk cb_open positioned both cursors on: in place,
+	 * without a second descent (LMDB moves the node when it grew). */
+	flags = cb->at_cursor ? MDB_CURRENT : 0;
+	cb->at_cursor = false;
+	rc = mdb_cursor_put(c->v, &k, &v, flags);
 	if (rc == 0)
-		rc = mdb_cursor_put(c->m, &k, &m, 0);
+		rc = mdb_cursor_put(c->m, &k, &m, flags);
 	if (rc == 0)
 		ix_step("put");
 	return rc;
@@ -223,27 +336,33 @@ static int cb_add(struct ix_vcurs *c, struct cbuild *cb, uint32_t disk,
 
 	if (cb->have) {
 		if (e->v.seq < cb->last.v.seq ||
-		    (e->v.seq == cb->last.v.seq && e->block <= cb->last.block))
+		    (e->v.seq == cb->last.v.seq &&
+		     (cb->stored || e->block <= cb->last.block)))
 			return rw_err_set(RW_ECORRUPT, "disk id %u block %llu: version seq %llu is not newer than the indexed seq %llu",
 					  disk, (unsigned long long)e->block,
 					  (unsigned long long)e->v.seq,
 					  (unsigned long long)cb->last.v.seq);
 		n = enc_entry(tmp, e, &cb->last);
-		if (cb->len + n <= IX_CHUNK_BYTES) {
+		if (hdr_len(cb->first, e->v.seq) + cb->len + n <= IX_CHUNK_BYTES) {
 			memcpy(cb->buf + cb->len, tmp, n);
 			cb->len += n;
 			map_set(cb->map, e->block);
 			cb->last = *e;
+			cb->stored = false;
 			return 0;
 		}
 		if ((rc = cb_put(c, cb)))
 			return rc;
 	}
 	ix_vkey(cb->key, disk, e->block / IX_GROUP_BLOCKS, e->v.seq);
-	cb->len = ix_chunk_encode(cb->buf, e, 1);
-	ix_chunk_map(cb->map, e, 1);
+	cb->len = enc_entry(cb->buf, e, NULL);
+	cb->first = e->v.seq;
+	memset(cb->map, 0, IX_CMAP);
+	map_set(cb->map, e->block);
 	cb->last = *e;
 	cb->have = true;
+	cb->stored = false;
+	cb->at_cursor = false;
 	return 0;
 }
 
@@ -257,10 +376,12 @@ static int cb_open(struct ix_vcurs *vc, struct cbuild *cb, uint32_t disk,
 	uint8_t kb[IX_VKEY];
 	MDB_val k = { IX_VKEY, kb }, v, m;
 	MDB_cursor *c = vc->v;
-	struct ix_cdec d;
+	size_t pos = 0;
+	uint64_t span;
 	int rc;
 
 	cb->have = false;
+	cb->at_cursor = false;
 	cb->len = 0;
 	if (group == UINT64_MAX / IX_GROUP_BLOCKS) {
 		rc = mdb_cursor_get(c, &k, &v, MDB_LAST);
@@ -279,13 +400,10 @@ static int cb_open(struct ix_vcurs *vc, struct cbuild *cb, uint32_t disk,
 	if (k.mv_size != IX_VKEY || rw_get_be32(k.mv_data) != disk ||
 	    rw_get_be64((uint8_t *)k.mv_data + 4) != group)
 		return 0;
-	if (ix_cdec_init(&d, &k, &v))
-		goto corrupt;
-	while ((rc = ix_cdec_next(&d)) > 0) {
-		cb->last.block = d.block;
-		cb->last.v = d.cur;
-	}
-	if (rc < 0 || d.n == 0)
+	cb->first = rw_get_be64((uint8_t *)k.mv_data + 12);
+	if (v.mv_size > IX_CHUNK_HARD ||
+	    ix_get_varint(v.mv_data, v.mv_size, &pos, &span) ||
+	    pos == v.mv_size || span > UINT64_MAX - cb->first)
 		goto corrupt;
 	if (v.mv_size > IX_CHUNK_BYTES)
 		return 0; /* over-full (merged by compaction): start a new one */
@@ -300,9 +418,13 @@ static int cb_open(struct ix_vcurs *vc, struct cbuild *cb, uint32_t disk,
 	if (rc)
 		return rc;
 	memcpy(cb->key, k.mv_data, IX_VKEY);
-	memcpy(cb->buf, v.mv_data, v.mv_size);
-	cb->len = v.mv_size;
+	cb->len = v.mv_size - pos;
+	memcpy(cb->buf, (const uint8_t *)v.mv_data + pos, cb->len);
+	memset(&cb->last, 0, sizeof(cb->last));
+	cb->last.v.seq = cb->first + span;
+	cb->stored = true;
 	cb->have = true;
+	cb->at_cursor = true;
 	return 0;
 corrupt:
 	return rw_err_set(RW_ECORRUPT, "disk id %u: corrupt version chunk of blocks %llu.. (seq %llu)",

@@ -77,9 +77,12 @@ struct ix;
  * Opens the store at dir: checks rewind.store, opens (creating if needed)
  * the LMDB environment, runs mdb_reader_check, registers every
  * disks/NAME/disk.meta that the index does not know yet.  Does not replay
- * journals: call ix_catch_up() (writers do; readers need not).
- * Returns 0 and *out, RW_ENOTFOUND when dir is not a store, RW_EVERSION,
- * RW_EBUSY (IX_LOCK and another process holds the lock), -errno.
+ * journals: call ix_catch_up() (writers do; readers need not) — except
+ * that an index of the previous format (FORMAT.md, state.format) is
+ * rebuilt from the journals here, keeping marks, when IX_LOCK is given.
+ * Returns 0 and *out, RW_ENOTFOUND when dir is not a store, RW_EVERSION
+ * (an unknown format, or the previous one without IX_LOCK), RW_EBUSY
+ * (IX_LOCK and another process holds the lock), -errno.
  */
 int ix_open(struct ix **out, const char *dir, unsigned flags);
 void ix_close(struct ix *ix);

@@ -15,7 +15,9 @@
 #include <pthread.h>
 
 #define IX_FORMAT_VERSION 1u   /* rewind.store and disk.meta files */
-#define IX_INDEX_FORMAT 2u     /* the LMDB index (2: chunked versions) */
+#define IX_INDEX_FORMAT 3u     /* the LMDB index (2: chunked versions;
+                                * 3: chunk span header, packed time map) */
+#define IX_INDEX_FORMAT_MIN 2u /* older formats are rebuilt at open */
 #define IX_STORE_MAGIC "RWSTORE1"  /* 8 bytes, no NUL */
 #define IX_DISK_MAGIC "RWDISK01"   /* 8 bytes, no NUL */
 #define IX_STORE_FILE_SIZE 44u
@@ -36,6 +38,7 @@ extern uint64_t ix_grow_wait_ns;
 #define IX_CHUNK_BYTES 512u     /* appends start a new chunk past this */
 #define IX_CHUNK_HARD 65536u    /* a longer value is corrupt */
 #define IX_CENT_MAX 32u         /* longest entry: 2 bytes + 3 varints */
+#define IX_CHDR_MAX 10u         /* a chunk's header: one varint (its span) */
 #define IX_CMAP (IX_GROUP_BLOCKS / 8u) /* a chunk's map of its blocks (vmap) */
 #define IX_SEGVAL 49u
 #define IX_DISKVAL_MIN 53u
@@ -59,6 +62,8 @@ struct ix {
 	 * map growth would wait for itself.
 	 */
 	pthread_rwlock_t txlock;
+	pthread_mutex_t sum_lock;  /* guards the list of summaries */
+	struct ix_sum *sums;       /* summary.c, one per disk looked up */
 };
 
 struct ix_read {
@@ -67,11 +72,36 @@ struct ix_read {
 	MDB_cursor *cv;          /* versions cursor, opened lazily */
 	MDB_cursor *cm;          /* vmap cursor, same */
 	MDB_cursor *ct;          /* time map cursor, opened lazily */
-	uint32_t hz_disk;        /* cached horizon of the last disk asked */
-	uint64_t hz_seq;
+	uint32_t hz_disk;        /* cached state of the last disk asked: */
+	uint64_t hz_seq;         /* base_seq */
+	uint64_t hz_last;        /* last_indexed_seq */
+	uint64_t hz_blocks;      /* size in blocks */
+	struct ix_sum *sum;      /* summary of disk sum_disk (NULL: none) */
+	uint32_t sum_disk;
 	bool hz_valid;
 	bool locked;
 };
+
+/* ------------------------------------------------------- summary.c */
+
+/*
+ * The process's summary of disk (created on first use with valid_upto =
+ * last_indexed, the caller's snapshot's last_indexed_seq of the disk).
+ * Returns it (owned by ix, freed by ix_close) or NULL when out of memory
+ * (lookups then take the exact path).
+ */
+struct ix_sum *ix_sum_get(struct ix *ix, uint32_t disk, uint64_t size_blocks,
+			  uint64_t last_indexed);
+/*
+ * Whether block may have a version with seq <= seq: 0 = certainly none,
+ * 1 = maybe (look it up), or an LMDB/rewind code from building the
+ * block's group with cursor cm (vmap) of a snapshot whose disk
+ * last_indexed_seq is snap_last.
+ */
+int ix_sum_test(struct ix_sum *s, MDB_cursor *cm, uint64_t snap_last,
+		uint64_t block, uint64_t seq);
+/* Frees every summary of ix (ix_close). */
+void ix_sum_free_all(struct ix *ix);
 
 /* ------------------------------------------------------- LMDB plumbing */
 
@@ -161,6 +191,7 @@ struct ix_cdec {
 	const uint8_t *p, *end;
 	uint32_t disk;
 	uint64_t group, first_seq;
+	uint64_t last_seq;       /* from the header: the last entry's seq */
 	size_t n;                /* entries decoded so far */
 	uint64_t block;
 	struct ix_version cur;
@@ -168,15 +199,26 @@ struct ix_cdec {
 int ix_cdec_init(struct ix_cdec *d, const MDB_val *k, const MDB_val *v);
 int ix_cdec_next(struct ix_cdec *d);
 
-/* Encodes n entries (one group, sorted by (seq, block)) as one chunk value
- * into out (room for n * IX_CENT_MAX).  Returns its length. */
+/*
+ * The versions of block in the chunk (k, v) with seq <= seq and seq >
+ * above, oldest first, into ring (entry i at ring[i % ring_cap]; only the
+ * newest ring_cap survive), *found = how many.  A lookup's scan: the
+ * location varints are decoded only for the block's entries.  0 or
+ * RW_ECORRUPT (bounds, reserved bits, seq order, the span).
+ */
+int ix_chunk_block(const MDB_val *k, const MDB_val *v, uint64_t block,
+		   uint64_t seq, uint64_t above, struct ix_version *ring,
+		   size_t ring_cap, size_t *found);
+/* Encodes n >= 1 entries (one group, sorted by (seq, block)) as one chunk
+ * value, header included, into out (room for IX_CHDR_MAX + n *
+ * IX_CENT_MAX).  Returns its length. */
 size_t ix_chunk_encode(uint8_t *out, const struct ix_ventry *e, size_t n);
 /* The vmap value of those entries: a bit per block of the group. */
 void ix_chunk_map(uint8_t map[IX_CMAP], const struct ix_ventry *e, size_t n);
 /* Whether a vmap value names block. */
 bool ix_chunk_has(const MDB_val *map, uint64_t block);
 /* Puts a chunk of e[0..n) under key in versions (dv) and its map in vmap
- * (dm), buf being room for n * IX_CENT_MAX.  0, an LMDB code, or
+ * (dm), buf being room for IX_CHDR_MAX + n * IX_CENT_MAX.  0, an LMDB code, or
  * -EOVERFLOW when the value would pass IX_CHUNK_HARD. */
 int ix_chunk_put(MDB_txn *txn, MDB_dbi dv, MDB_dbi dm, const uint8_t *key,
 		 const struct ix_ventry *e, size_t n, uint8_t *buf);

@@ -121,6 +121,13 @@ static int horizon(struct ix_read *rd, uint32_t disk, uint64_t *hz)
 		return ix_fail(rd->ix, rc, "reading a disk");
 	rd->hz_disk = disk;
 	rd->hz_seq = d.base_seq;
+	rd->hz_last = d.last_indexed_seq;
+	rd->hz_blocks = d.block_size ? d.size / d.block_size : 0;
+	if (!rd->sum || rd->sum_disk != disk) {
+		rd->sum = ix_sum_get(rd->ix, disk, rd->hz_blocks,
+				     d.last_indexed_seq);
+		rd->sum_disk = disk;
+	}
 	rd->hz_valid = true;
 	*hz = d.base_seq;
 	return 0;
@@ -164,6 +171,18 @@ int ix_block_asof(struct ix_read *rd, uint32_t disk, uint64_t block,
 
 	if ((rc = horizon(rd, disk, &hz)) || (rc = vcursor(rd)))
 		return rc;
+	/* Most blocks have no version at all: summary.c knows them. */
+	if (rd->sum && block < rd->hz_blocks) {
+		rc = ix_sum_test(rd->sum, rd->cm, rd->hz_last, block, seq);
+		if (rc == 0)
+			return 0;
+		if (rc == RW_ECORRUPT)
+			return rw_err_set(RW_ECORRUPT, "store '%s': corrupt block map of disk id %u blocks %llu..",
+					  rd->ix->dir, disk,
+					  (unsigned long long)(block / IX_GROUP_BLOCKS * IX_GROUP_BLOCKS));
+		if (rc < 0 || rc > 1)
+			return ix_fail(rd->ix, rc, "looking up a block");
+	}
 	/* Walk the small vmap; read a chunk only when its map has the block. */
 	rc = ix_vers_seek_chunk(rd->cm, disk, g, seq, &k, &mv);
 	while (rc == 0 && ix_chunk_is(&k, disk, g)) {
@@ -173,21 +192,14 @@ int ix_block_asof(struct ix_read *rd, uint32_t disk, uint64_t block,
 		if (mv.mv_size != IX_CMAP)
 			return corrupt_chunk(rd, disk, &k);
 		if (ix_chunk_has(&mv, block)) {
-			struct ix_cdec d;
 			MDB_val vk = k;
 			rc = mdb_cursor_get(rd->cv, &vk, &v, MDB_SET_KEY);
-			if (rc == MDB_NOTFOUND || (rc == 0 && ix_cdec_init(&d, &vk, &v)))
+			if (rc == MDB_NOTFOUND ||
+			    (rc == 0 && ix_chunk_block(&vk, &v, block, seq, hz,
+						       ring, ASOF_RING, &m)))
 				return corrupt_chunk(rd, disk, &k);
 			if (rc)
 				break;
-			while ((rc = ix_cdec_next(&d)) > 0) {
-				if (d.cur.seq > seq)
-					break;
-				if (d.block == block && d.cur.seq > hz)
-					ring[m++ % ASOF_RING] = d.cur;
-			}
-			if (rc < 0)
-				return corrupt_chunk(rd, disk, &k);
 		}
 		/* Newest first, while the versions found are partial. */
 		for (size_t j = m; j > 0; j--) {

@@ -471,6 +471,7 @@ static int vkey_cmp(const MDB_val *a, const MDB_val *b)
 struct open_ctx {
 	const uint8_t *id;
 	bool fresh;
+	unsigned upgrade_from; /* an older index format found: rebuild it */
 };
 
 static int open_dbs(struct ix *ix, MDB_txn *txn, void *arg)
@@ -521,11 +522,50 @@ static int open_dbs(struct ix *ix, MDB_txn *txn, void *arg)
 	k.mv_size = 6;
 	k.mv_data = (void *)"format";
 	rc = mdb_get(txn, ix->db_state, &k, &d);
+	if (rc == 0 && d.mv_size == 4 && rw_get_le32(d.mv_data) < IX_INDEX_FORMAT &&
+	    rw_get_le32(d.mv_data) >= IX_INDEX_FORMAT_MIN) {
+		oc->upgrade_from = rw_get_le32(d.mv_data);
+		return 0;
+	}
 	if (rc == 0 && (d.mv_size != 4 || rw_get_le32(d.mv_data) != IX_INDEX_FORMAT))
 		return rw_err_set(RW_EVERSION, "store '%s': index format %u, this rewind reads %u; remove '%s/index' and run 'rewind reindex' to rebuild it from the journals (marks live only in the index: note them first with an older rewind)",
 				  ix->dir, d.mv_size == 4 ? rw_get_le32(d.mv_data) : 0,
 				  IX_INDEX_FORMAT, ix->dir);
 	return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+static int put_format(struct ix *ix, MDB_txn *txn, void *arg)
+{
+	uint8_t fv[4];
+	MDB_val fk = { 6, (void *)"format" }, fd = { 4, fv };
+
+	(void)arg;
+	rw_put_le32(fv, IX_INDEX_FORMAT);
+	return mdb_put(txn, ix->db_state, &fk, &fd, 0);
+}
+
+/*
+ * An index of an older format (>= IX_INDEX_FORMAT_MIN): its derived tables
+ * are dropped (one transaction, marks and disk state kept), the format is
+ * recorded, and they are rebuilt from the journals before the open
+ * returns.  A crash between the two steps leaves the old format number
+ * over empty tables, and the next open drops them again.  Only an open
+ * holding the store lock may do this (a server of an older rewind may be
+ * using the index); others say what to run.
+ */
+static int upgrade(struct ix *ix, unsigned from)
+{
+	int rc;
+
+	if ((ix->flags & IX_RDONLY) || !(ix->flags & IX_LOCK))
+		return rw_err_set(RW_EVERSION, "store '%s': index format %u, this rewind reads %u; 'rewind reindex' (or any command that locks the store, such as 'rewind serve') rebuilds it from the journals, keeping the marks",
+				  ix->dir, from, IX_INDEX_FORMAT);
+	rc = ix_clear_derived(ix);
+	if (rc == 0)
+		rc = ix_write(ix, put_format, NULL, "recording the index format");
+	if (rc == 0)
+		rc = ix_catch_up(ix, NULL, NULL); /* no opener sees it empty */
+	return rc < 0 ? rc : 0;
 }
 
 static uint64_t initial_mapsize(void)
@@ -551,6 +591,7 @@ int ix_open(struct ix **out, const char *dir, unsigned flags)
 		return -ENOMEM;
 	ix->lock_fd = -1;
 	pthread_rwlock_init(&ix->txlock, NULL);
+	pthread_mutex_init(&ix->sum_lock, NULL);
 	ix->flags = flags;
 	ix->dir = strdup(dir);
 	if (!ix->dir) {
@@ -630,6 +671,11 @@ int ix_open(struct ix **out, const char *dir, unsigned flags)
 	}
 	if (rc)
 		goto out;
+	if (oc.upgrade_from) {
+		rc = upgrade(ix, oc.upgrade_from);
+		if (rc)
+			goto out;
+	}
 	if (!(flags & IX_RDONLY)) {
 		rc = ix_register_meta(ix);
 		if (rc == 0)
@@ -653,6 +699,8 @@ void ix_close(struct ix *ix)
 	if (ix->lock_fd >= 0)
 		close(ix->lock_fd);
 	pthread_rwlock_destroy(&ix->txlock);
+	ix_sum_free_all(ix);
+	pthread_mutex_destroy(&ix->sum_lock);
 	free(ix->dir);
 	free(ix);
 }

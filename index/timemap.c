@@ -14,7 +14,7 @@
  *
  * Why: one key per record cost 26 bytes per record (8-byte node header,
  * 8-byte key, 8-byte value, slot); a bucket costs about 3–4 bytes per
- * record.
+ * record, of which the seq step (nearly always 1) is one bit.
  */
 #include "index/ix_int.h"
 
@@ -35,10 +35,12 @@ int ix_tm_decode(const MDB_val *k, const MDB_val *v, struct ix_tent *out,
 	out[0].seq = seq;
 	out[0].ts = ts;
 	while (pos < len) {
-		uint64_t ds, dt;
-		if (m == IX_TBUCKET || ix_get_varint(p, len, &pos, &ds) ||
-		    ix_get_varint(p, len, &pos, &dt) || ds == 0 || dt == 0 ||
-		    ds > UINT64_MAX - seq || dt > UINT64_MAX - ts)
+		uint64_t ds = 1, dt;
+		if (m == IX_TBUCKET || ix_get_varint(p, len, &pos, &dt) ||
+		    ((dt & 1u) && (ix_get_varint(p, len, &pos, &ds) || ds < 2)))
+			return RW_ECORRUPT;
+		dt >>= 1;
+		if (dt == 0 || ds > UINT64_MAX - seq || dt > UINT64_MAX - ts)
 			return RW_ECORRUPT;
 		seq += ds;
 		ts += dt;
@@ -52,15 +54,25 @@ int ix_tm_decode(const MDB_val *k, const MDB_val *v, struct ix_tent *out,
 	return 0;
 }
 
-/* Encodes e[0..n) (one bucket, ascending).  Returns the value length. */
+/*
+ * Encodes e[0..n) (one bucket, ascending).  Returns the value length, or
+ * 0 when two timestamps are 2^63 ns or more apart (not representable).
+ * Seqs are gap-free store-wide, so an entry is nearly always the next seq:
+ * that case costs no byte of its own, only the low bit of the ts delta.
+ */
 static size_t tm_encode(uint8_t *out, const struct ix_tent *e, size_t n)
 {
 	size_t len = 8;
 
 	rw_put_le64(out, e[0].seq);
 	for (size_t i = 1; i < n; i++) {
-		len += ix_put_varint(out + len, e[i].seq - e[i - 1].seq);
-		len += ix_put_varint(out + len, e[i].ts - e[i - 1].ts);
+		uint64_t ds = e[i].seq - e[i - 1].seq;
+		uint64_t dt = e[i].ts - e[i - 1].ts;
+		if (dt > UINT64_MAX >> 1)
+			return 0;
+		len += ix_put_varint(out + len, dt << 1 | (ds != 1));
+		if (ds != 1)
+			len += ix_put_varint(out + len, ds);
 	}
 	return len;
 }
@@ -114,6 +126,9 @@ static int tm_store(MDB_txn *txn, MDB_dbi dbi, bool had, uint64_t okey,
 		return 0;
 	rw_put_be64(kb, e[0].ts);
 	v.mv_size = tm_encode(vb, e, n);
+	if (v.mv_size == 0)
+		return rw_err_set(-EOVERFLOW, "seq %llu: timestamps 2^63 ns apart within one time map bucket",
+				  (unsigned long long)e[0].seq);
 	rc = mdb_put(txn, dbi, &k, &v, 0);
 	if (rc == 0)
 		ix_step("put");

@@ -183,6 +183,15 @@ struct jr_writer_opts {
 	size_t batch_bytes;        /* write out when this much is queued; 1 MiB */
 	enum jr_backend backend;
 	/*
+	 * Records with seq <= durable_seq are known to be durable and intact
+	 * (the caller saw them synced, e.g. the index recorded a head sync
+	 * only after a journal flush): recovery checks their headers and the
+	 * seq chain but not their payload checksums, so opening after a clean
+	 * shutdown reads one header per record of the last segment instead
+	 * of the whole segment.  0 (the default) verifies every record.
+	 */
+	uint64_t durable_seq;
+	/*
 	 * 0 (the default): a WRITE appended with a compression context is
 	 * compressed by the appending thread before append returns.
 	 * N > 0 (at most JR_MAX_COMPRESS_THREADS): the writer runs N

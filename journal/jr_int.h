@@ -95,12 +95,15 @@ struct jr_scan {
 	size_t blen;
 	uint64_t fsize;     /* file size seen by the last fstat (a lower
 			     * bound: append-only files only grow) */
+	uint64_t hdr_off;   /* offset of the last header-only read */
 };
 
 #define JR_SCAN_WINDOW (1u << 20)
 /* Window of a header-only read: big records are not copied just to find
  * the next header (64 KiB still holds a run of small records). */
 #define JR_SCAN_HDR_WINDOW (64u << 10)
+/* ... and after a header far behind (large records), just this one's page. */
+#define JR_SCAN_HDR_MIN 4096u
 
 void jr_scan_init(struct jr_scan *sc, int fd);
 void jr_scan_fini(struct jr_scan *sc);

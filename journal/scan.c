@@ -92,8 +92,17 @@ int jr_scan_record(struct jr_scan *sc, uint64_t off, bool verify,
 
 	*why = NULL;
 	*payload = NULL;
-	n = jr_scan_fill_w(sc, off, JR_HDR_SIZE,
-			   verify ? JR_SCAN_WINDOW : JR_SCAN_HDR_WINDOW, &p);
+	size_t win = JR_SCAN_WINDOW;
+	if (!verify) {
+		/* Headers only: 64 KiB holds a run of small records' headers,
+		 * but after a large record (the last header far behind) it
+		 * would copy 64 KiB to find one — rollback's header scans
+		 * were 17% of its CPU time. */
+		win = off - sc->hdr_off > JR_SCAN_HDR_WINDOW / 2
+			? JR_SCAN_HDR_MIN : JR_SCAN_HDR_WINDOW;
+		sc->hdr_off = off;
+	}
+	n = jr_scan_fill_w(sc, off, JR_HDR_SIZE, win, &p);
 	if (n < 0)
 		return (int)n;
 	if (n == 0)

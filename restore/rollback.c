@@ -4,14 +4,22 @@
  * Only blocks with a version after the target seq differ from the target,
  * so only they are rewritten: the cost is the history undone, not the
  * disk.  Their content as-of the target is assembled in block order, a
- * window of up to 64 MiB at a time, from the block map (map.c): inside a
- * window each needed record is read once (in journal order) and its
- * blocks copied into place, zeroed blocks cost nothing, never-written
- * blocks come from base in large reads, and only blocks whose newest
- * version is partial go through a view.  The writes go to a sink that
- * journals them as ordinary records (capture's write path), which is what
- * makes a rollback undoable: rolling back to a moment just before the
- * rollback restores every rewritten block.
+ * window of up to 64 MiB at a time: inside a window each needed record is
+ * read once (in journal order; from 8 records on, a second thread with
+ * its own reader shares them — reading and checksumming whole
+ * records is most of a rollback's CPU time, and a host has more than one
+ * core) and its blocks copied into place, blocks
+ * that are zero as-of the target (a ZERO/TRIM, or base where base is
+ * empty) are only flagged — never memset, never scanned — so their window
+ * pages are not even touched; never-written blocks of a non-empty base
+ * come from it in large reads, and only blocks whose newest version is
+ * partial go through a view.  Each window is handed over as one array of
+ * runs (rs_rollback_runs: the offline path, inplace.c, journals a window
+ * with one write-out and one fdatasync) or run by run to a sink
+ * (rs_rollback: a server's write path).  Either way the rewrites become
+ * ordinary journal records, which is what makes a rollback undoable:
+ * rolling back to a moment just before the rollback restores every
+ * rewritten block.
  *
  * Rewriting through a private path (straight into head, with a special
  * "rollback" record type) was rejected: it would need its own recovery and
@@ -28,12 +36,22 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #define RUN_MAX (1u << 20)
+#define NO_SLOT SIZE_MAX
+/* Records in a window from which a second thread reads half of them. */
+#define PARALLEL_GROUPS 8
+/* Entries of a window from which a second thread looks up half of them
+ * (rs_int.h; tests lower it). */
+size_t rs_rollback_parallel_lookups = 1024;
 #define WINDOW_BYTES (64u << 20)
 
 struct rb {
@@ -45,8 +63,16 @@ struct rb {
 	struct jr_reader *jr;
 	struct rs_view *v;
 	uint8_t *rec;          /* JR_MAX_WRITE, a decoded record */
-	uint8_t *win;          /* one slot of block_size per window entry */
+	uint8_t *win;          /* slots of block_size for the window's data
+				* entries, in entry order (NO_SLOT: zero) */
+	size_t *slot;          /* per window entry: its slot, or NO_SLOT */
 	size_t *idx;           /* scratch: record entries of a window */
+	size_t *grp;           /* scratch: where each record's entries start */
+	bool *vanished;        /* scratch: per record, gone from the journal */
+	struct rs_run *runs;   /* the runs of a window */
+	const char *jdir;
+	struct jr_reader *jr2; /* the second reader (PARALLEL_GROUPS) */
+	uint8_t *rec2;
 };
 
 static int slot_cmp_seq(const void *a, const void *b, void *arg)
@@ -60,24 +86,103 @@ static int slot_cmp_seq(const void *a, const void *b, void *arg)
 	return x->block < y->block ? -1 : x->block > y->block;
 }
 
+/*
+ * Large scratch buffers (the window, the decoded records): 2 MiB aligned
+ * and marked for transparent huge pages, so filling 5.5 MiB of window
+ * costs three page faults, not 1400 (perf: page faults were a tenth of
+ * a rollback's CPU time).  The window's data slots are packed (zero
+ * entries take none), so only the pages holding data are touched.
+ */
+static void *big_alloc(size_t n)
+{
+	void *p = NULL;
+
+	if (posix_memalign(&p, 2u << 20, n))
+		return NULL;
+	(void)madvise(p, n, MADV_HUGEPAGE);
+	return p;
+}
+
+/*
+ * Reads records and copies their blocks into the window, taking the next
+ * group (the window entries of one record, r->idx[grp[g]..grp[g+1])) from
+ * a counter shared with the other reader, so the two stay busy whatever
+ * the sizes of the records (4 KiB to 32 MiB).  A record that vanished is
+ * only flagged.
+ */
+struct part {
+	struct rb *r;
+	const struct rs_ent *w;
+	struct jr_reader *jr;
+	uint8_t *rec;
+	atomic_size_t *next;    /* the next group to read */
+	size_t ngrp;
+	int err;                /* part_main: the error, message in msg */
+	char msg[512];
+};
+
+static int part_read(struct part *p)
+{
+	struct rb *r = p->r;
+	const struct ix_disk *d = r->d;
+	uint64_t bs = d->block_size;
+	int err;
+
+	for (size_t g; (g = atomic_fetch_add(p->next, 1)) < p->ngrp;) {
+		size_t j = r->grp[g], k = r->grp[g + 1];
+		struct jr_rec rec;
+		err = jr_reader_read_at(p->jr, &p->w[r->idx[j]].loc, &rec,
+					p->rec, JR_MAX_WRITE);
+		if (err == RW_ENOTFOUND || err == -ENOENT) {
+			rw_err_clear();
+			r->vanished[g] = true;
+			continue;
+		}
+		if (err)
+			return err;
+		for (size_t t = j; t < k; t++) {
+			const struct rs_ent *e = &p->w[r->idx[t]];
+			uint64_t boff = e->block * bs;
+			uint64_t part = d->size - boff < bs ? d->size - boff : bs;
+			if ((err = rs_rec_check(d, e, &rec, part)))
+				return err;
+			memcpy(r->win + r->slot[r->idx[t]] * bs,
+			       p->rec + (boff - rec.offset), part);
+		}
+	}
+	return 0;
+}
+
+static void *part_main(void *arg)
+{
+	struct part *p = arg;
+
+	p->err = part_read(p);
+	if (p->err)
+		snprintf(p->msg, sizeof(p->msg), "%s", rw_err_msg());
+	return NULL;
+}
+
 /* Fills the slots of entries w[0..n) (the window) with their bytes. */
 static int fill_window(struct rb *r, const struct rs_ent *w, size_t n)
 {
 	const struct ix_disk *d = r->d;
 	uint64_t bs = d->block_size;
-	size_t nrec = 0;
+	size_t nrec = 0, next = 0;
 	int err;
 
 	for (size_t i = 0; i < n; i++) {
-		uint8_t *slot = r->win + i * bs;
+		uint8_t *slot = r->win + next * bs;
 		uint64_t boff = w[i].block * bs;
 		uint64_t part = d->size - boff < bs ? d->size - boff : bs;
+		r->slot[i] = next++;
 		switch (w[i].src) {
 		case RS_SRC_REC:
 			r->idx[nrec++] = i;
 			break;
 		case RS_SRC_ZERO:
-			memset(slot, 0, bs);
+			r->slot[i] = NO_SLOT;
+			next--;
 			break;
 		case RS_SRC_MIXED: {
 			const uint8_t *blk;
@@ -97,9 +202,10 @@ static int fill_window(struct rb *r, const struct rs_ent *w, size_t n)
 			uint64_t end = (w[k - 1].block + 1) * bs;
 			if (end > d->size)
 				end = d->size;
-			if (r->base_empty) {
-				memset(slot, 0, (k - i) * bs);
-			} else {
+			next--;
+			for (size_t t = i; t < k; t++)
+				r->slot[t] = r->base_empty ? NO_SLOT : next++;
+			if (!r->base_empty) {
 				ssize_t got = rw_sys_pread_full(r->base_fd, slot,
 								end - boff,
 								(off_t)boff);
@@ -118,43 +224,53 @@ static int fill_window(struct rb *r, const struct rs_ent *w, size_t n)
 	}
 	/* Records in journal order, each read once for the window. */
 	qsort_r(r->idx, nrec, sizeof(*r->idx), slot_cmp_seq, (void *)w);
-	for (size_t j = 0; j < nrec;) {
-		const struct rs_ent *e0 = &w[r->idx[j]];
-		struct jr_rec rec;
-		size_t k = j + 1;
-		while (k < nrec && w[r->idx[k]].seq == e0->seq)
-			k++;
-		err = jr_reader_read_at(r->jr, &e0->loc, &rec, r->rec,
-					JR_MAX_WRITE);
-		if (err == RW_ENOTFOUND || err == -ENOENT) {
-			/* Folded into base under us: a view finds it there. */
-			rw_err_clear();
-			if (!r->v && (err = rs_view_open(&r->v, r->ix, d, r->seq)))
-				return err;
-			for (size_t t = j; t < k; t++) {
-				const uint8_t *blk;
-				const struct rs_ent *e = &w[r->idx[t]];
-				uint64_t boff = e->block * bs;
-				if ((err = rs_view_block(r->v, e->block, &blk)))
-					return err;
-				memcpy(r->win + r->idx[t] * bs, blk,
-				       d->size - boff < bs ? d->size - boff : bs);
-			}
-			j = k;
-			continue;
+	size_t ngrp = 0;
+	for (size_t j = 0; j < nrec; j++)
+		if (!j || w[r->idx[j]].seq != w[r->idx[j - 1]].seq)
+			r->grp[ngrp++] = j;
+	r->grp[ngrp] = nrec;
+	memset(r->vanished, 0, ngrp * sizeof(*r->vanished));
+	atomic_size_t ticket;
+	atomic_init(&ticket, 0);
+	struct part p0 = { .r = r, .w = w, .jr = r->jr, .rec = r->rec,
+			   .next = &ticket, .ngrp = ngrp };
+	struct part p1 = p0;
+	pthread_t th;
+	bool two = false;
+	if (ngrp >= PARALLEL_GROUPS) {
+		/* A second reader on the other core shares the records. */
+		if (!r->jr2 && jr_reader_open(&r->jr2, r->jdir, 0) == 0)
+			r->rec2 = big_alloc(JR_MAX_WRITE);
+		if (r->jr2 && r->rec2) {
+			p1.jr = r->jr2;
+			p1.rec = r->rec2;
+			two = pthread_create(&th, NULL, part_main, &p1) == 0;
 		}
-		if (err)
+		rw_err_clear();
+	}
+	err = part_read(&p0);
+	if (two) {
+		pthread_join(th, NULL);
+		if (!err && p1.err)
+			err = rw_err_set(p1.err, "%s", p1.msg);
+	}
+	if (err)
+		return err;
+	/* Records folded into base under us: a view finds them there. */
+	for (size_t g = 0; g < ngrp; g++) {
+		if (!r->vanished[g])
+			continue;
+		if (!r->v && (err = rs_view_open(&r->v, r->ix, d, r->seq)))
 			return err;
-		for (size_t t = j; t < k; t++) {
+		for (size_t t = r->grp[g]; t < r->grp[g + 1]; t++) {
+			const uint8_t *blk;
 			const struct rs_ent *e = &w[r->idx[t]];
 			uint64_t boff = e->block * bs;
-			uint64_t part = d->size - boff < bs ? d->size - boff : bs;
-			if ((err = rs_rec_check(d, e, &rec, part)))
+			if ((err = rs_view_block(r->v, e->block, &blk)))
 				return err;
-			memcpy(r->win + r->idx[t] * bs, r->rec + (boff - rec.offset),
-			       part);
+			memcpy(r->win + r->slot[r->idx[t]] * bs, blk,
+			       d->size - boff < bs ? d->size - boff : bs);
 		}
-		j = k;
 	}
 	return 0;
 }
@@ -234,15 +350,87 @@ static int block_entry(struct rb *r, struct ix_read *rd, uint64_t block,
 	return 0;
 }
 
-int rs_rollback(struct ix *ix, const struct ix_disk *d, uint64_t seq,
-		uint64_t upto, rs_sink_fn sink, void *arg,
-		rs_progress_fn progress, void *parg,
-		struct rs_rollback_stats *st)
+/* Looks up the entries w[first], w[first + step], ... (blocks set). */
+struct lookup {
+	struct rb *r;
+	struct rs_ent *w;
+	size_t n, first, step;
+	int err;                /* lookup_main: the error, message in msg */
+	char msg[512];
+};
+
+static int lookup_run(struct lookup *l)
+{
+	struct ix_read *rd = NULL;
+	unsigned k = 0;
+	int err;
+
+	if ((err = ix_read_begin(l->r->ix, &rd)))
+		return err;
+	for (size_t i = l->first; i < l->n && !err; i += l->step) {
+		if (++k % 4096 == 0 && (err = ix_read_renew(rd)))
+			break;
+		err = block_entry(l->r, rd, l->w[i].block, &l->w[i]);
+	}
+	ix_read_end(rd);
+	return err;
+}
+
+static void *lookup_main(void *arg)
+{
+	struct lookup *l = arg;
+
+	l->err = lookup_run(l);
+	if (l->err)
+		snprintf(l->msg, sizeof(l->msg), "%s", rw_err_msg());
+	return NULL;
+}
+
+/*
+ * Fills the entries w[0..n) (their blocks set) from the index: one B-tree
+ * lookup each, a fifth of a rollback's CPU time, so from
+ * rs_rollback_parallel_lookups entries on a second thread with its own read transaction takes every
+ * other one.  0 or error.
+ */
+static int window_entries(struct rb *r, struct rs_ent *w, size_t n)
+{
+	struct lookup l0 = { .r = r, .w = w, .n = n, .first = 0, .step = 1 };
+	struct lookup l1 = l0;
+	pthread_t th;
+	bool two = false;
+	int err;
+
+	if (n >= rs_rollback_parallel_lookups) {
+		l0.step = l1.step = 2;
+		l1.first = 1;
+		two = pthread_create(&th, NULL, lookup_main, &l1) == 0;
+		if (!two)
+			l0.step = 1;
+	}
+	err = lookup_run(&l0);
+	if (two) {
+		pthread_join(th, NULL);
+		if (!err && l1.err)
+			err = rw_err_set(l1.err, "%s", l1.msg);
+	}
+	return err;
+}
+
+/* Whether window entry i is zero as-of the target (flagged or all-zero bytes). */
+static bool entry_zero(const struct rb *r, size_t i, uint64_t part)
+{
+	return r->slot[i] == NO_SLOT ||
+	       rw_all_zero(r->win + r->slot[i] * r->d->block_size, part);
+}
+
+int rs_rollback_runs(struct ix *ix, const struct ix_disk *d, uint64_t seq,
+		     uint64_t upto, rs_runs_fn fn, void *arg,
+		     rs_progress_fn progress, void *parg,
+		     struct rs_rollback_stats *st)
 {
 	struct rs_rollback_stats s = { 0 };
 	struct rs_blockset c = { 0 };
 	struct rb r = { .ix = ix, .d = d, .seq = seq, .base_fd = -1 };
-	struct ix_read *rd = NULL;
 	struct rs_ent *w = NULL;
 	char path[4096], jdir[4096];
 	struct stat sb;
@@ -263,11 +451,17 @@ int rs_rollback(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 		goto done;
 	if (wmax > c.set)
 		wmax = (size_t)c.set;
-	r.win = malloc(wmax * bs);
+	r.win = big_alloc(wmax * bs);
+	r.slot = malloc(wmax * sizeof(*r.slot));
 	r.idx = malloc(wmax * sizeof(*r.idx));
-	r.rec = malloc(JR_MAX_WRITE);
+	r.grp = malloc((wmax + 1) * sizeof(*r.grp));
+	r.vanished = malloc(wmax * sizeof(*r.vanished));
+	r.runs = malloc(wmax * sizeof(*r.runs));
+	r.jdir = jdir;
+	r.rec = big_alloc(JR_MAX_WRITE);
 	w = malloc(wmax * sizeof(*w));
-	if (!r.win || !r.idx || !r.rec || !w) {
+	if (!r.win || !r.slot || !r.idx || !r.grp || !r.vanished || !r.runs ||
+	    !r.rec || !w) {
 		err = -ENOMEM;
 		goto out;
 	}
@@ -285,73 +479,103 @@ int rs_rollback(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 
 	/* Windows of the changed blocks, in block order. */
 	uint64_t done = 0, block = 0;
-	unsigned lookups = 0;
 	for (;;) {
 		size_t n = 0;
-		if ((err = ix_read_begin(ix, &rd)))
-			goto out;
 		for (; block < c.nbits && n < wmax; block++) {
 			if (!(c.w[block / 64] >> (block % 64))) {
 				block |= 63; /* nothing more in this word */
 				continue;
 			}
-			if (!rs_blockset_has(&c, block))
-				continue;
-			if (++lookups % 4096 == 0 && (err = ix_read_renew(rd)))
-				goto out;
-			if ((err = block_entry(&r, rd, block, &w[n++])))
-				goto out;
+			if (rs_blockset_has(&c, block))
+				w[n++].block = block;
 		}
-		ix_read_end(rd);
-		rd = NULL;
 		if (!n)
 			break;
+		if ((err = window_entries(&r, w, n)))
+			goto out;
 		if ((err = fill_window(&r, w, n)))
 			goto out;
 		/* Runs: contiguous blocks, all data or all zero. */
+		size_t nruns = 0;
 		for (size_t a = 0; a < n;) {
 			uint64_t off = w[a].block * bs;
 			uint64_t part0 = d->size - off < bs ? d->size - off : bs;
-			bool z = rw_all_zero(r.win + a * bs, part0);
+			bool z = entry_zero(&r, a, part0);
 			uint64_t len = part0;
 			size_t b = a + 1;
 			while (b < n && w[b].block == w[b - 1].block + 1 &&
 			       len + bs <= RUN_MAX) {
 				uint64_t o = w[b].block * bs;
 				uint64_t part = d->size - o < bs ? d->size - o : bs;
-				if (rw_all_zero(r.win + b * bs, part) != z)
+				if (entry_zero(&r, b, part) != z)
 					break;
 				len += part;
 				b++;
 			}
-			if ((err = sink(arg, off, (uint32_t)len,
-					z ? NULL : r.win + a * bs)))
-				goto out;
+			r.runs[nruns++] = (struct rs_run){
+				.off = off, .len = (uint32_t)len,
+				.data = z ? NULL : r.win + r.slot[a] * bs,
+			};
 			s.blocks += b - a;
 			if (z)
 				s.zero_bytes += len;
 			else
 				s.data_bytes += len;
-			done += b - a;
-			if (progress)
-				progress(parg, done, c.set);
 			a = b;
 		}
+		if ((err = fn(arg, r.runs, nruns)))
+			goto out;
+		done += n;
+		if (progress)
+			progress(parg, done, c.set);
 	}
 done:
 	if (st)
 		*st = s;
 	err = 0;
 out:
-	ix_read_end(rd);
 	rs_view_close(r.v);
 	jr_reader_close(r.jr);
+	jr_reader_close(r.jr2);
+	free(r.rec2);
+	free(r.grp);
+	free(r.vanished);
 	if (r.base_fd >= 0)
 		close(r.base_fd);
 	free(r.win);
+	free(r.slot);
 	free(r.idx);
+	free(r.runs);
 	free(r.rec);
 	free(w);
 	rs_blockset_free(&c);
 	return err;
+}
+
+struct one_by_one {
+	rs_sink_fn sink;
+	void *arg;
+};
+
+static int runs_to_sink(void *arg, const struct rs_run *runs, size_t n)
+{
+	struct one_by_one *o = arg;
+	int err;
+
+	for (size_t i = 0; i < n; i++)
+		if ((err = o->sink(o->arg, runs[i].off, runs[i].len,
+				   runs[i].data)))
+			return err;
+	return 0;
+}
+
+int rs_rollback(struct ix *ix, const struct ix_disk *d, uint64_t seq,
+		uint64_t upto, rs_sink_fn sink, void *arg,
+		rs_progress_fn progress, void *parg,
+		struct rs_rollback_stats *st)
+{
+	struct one_by_one o = { sink, arg };
+
+	return rs_rollback_runs(ix, d, seq, upto, runs_to_sink, &o, progress,
+				parg, st);
 }

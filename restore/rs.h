@@ -31,6 +31,7 @@
 #include "index/ix.h"
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* The restorable range of a disk. */
@@ -175,6 +176,58 @@ int rs_rollback(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 		uint64_t upto, rs_sink_fn sink, void *arg,
 		rs_progress_fn progress, void *parg,
 		struct rs_rollback_stats *st);
+
+/* One rewrite of a rollback: len bytes at off, data NULL meaning zeroes. */
+struct rs_run {
+	uint64_t off;
+	uint32_t len;
+	const uint8_t *data;
+};
+
+/*
+ * Receives a rollback's rewrites one window (up to 64 MiB of blocks) at a
+ * time: n runs in increasing offset order, whose data stays valid until
+ * the call returns.  Same duty as rs_sink_fn (journal them as ordinary
+ * records, apply them to head), but a whole window at once, so it can be
+ * journaled with one write-out and one sync.  Returns 0 or an error that
+ * stops the rollback.
+ */
+typedef int (*rs_runs_fn)(void *arg, const struct rs_run *runs, size_t n);
+
+/*
+ * rs_rollback() handing the sink whole windows (see rs_runs_fn); progress
+ * is reported once per window, in blocks.  Same returns.
+ */
+int rs_rollback_runs(struct ix *ix, const struct ix_disk *d, uint64_t seq,
+		     uint64_t upto, rs_runs_fn fn, void *arg,
+		     rs_progress_fn progress, void *parg,
+		     struct rs_rollback_stats *st);
+
+/* What rs_rollback_store() did. */
+struct rs_rollback_result {
+	uint64_t seq;         /* the point rolled back to */
+	uint64_t before_seq;  /* newest record before the rollback: undo point */
+	uint64_t last_seq;    /* newest record after it */
+	struct rs_rollback_stats st;
+};
+
+/*
+ * Rolls disk name of the store in dir back to when, in place, from this
+ * process: takes the store's lock, appends the rewrites to the disk's
+ * journal as ordinary records (one write-out and one fdatasync per
+ * window), writes them into head.img, fsyncs it once, and indexes the new
+ * records — the same history `rewind serve` would have written, so the
+ * rollback is undone by rolling back to res->before_seq.
+ * Only for a store that was shut down cleanly: when any disk's journal
+ * holds records its head or the index lack (a crash), nothing is changed
+ * and 1 is returned — recover the store (cap_server_open) and roll back
+ * through it.  Returns 0 and fills res, 1, RW_EBUSY (the store's lock is
+ * held: a server runs), RW_ERANGE / RW_ENOTFOUND (when), or error with
+ * rw_err_msg().  An error after the first journal flush leaves a partial
+ * rollback that is journaled history (running it again completes it).
+ */
+int rs_rollback_store(const char *dir, const char *name,
+		      const struct rw_when *when, struct rs_rollback_result *res);
 
 /* ----------------------------------------------------------- compaction */
 

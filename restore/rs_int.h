@@ -78,6 +78,9 @@ struct rs_map {
 #define RS_MAP_WINDOW ((size_t)4 << 20)
 /* The window restore and compaction use; tests lower it. */
 extern size_t rs_map_window;
+/* Window entries from which a rollback looks them up on two threads
+ * (1024; tests lower it to cover that path). */
+extern size_t rs_rollback_parallel_lookups;
 
 /*
  * Fills m (emptied first) with the entries of disk d for blocks >= from,

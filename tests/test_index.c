@@ -1089,6 +1089,201 @@ static void test_time_segments_marks(void)
 	workload_free(&w);
 }
 
+/* ------------------------------------------------------- lookup summary */
+
+#define SUM_BLOCKS 4096u     /* 16 groups */
+#define SUM_RECS 3000u
+
+struct sum_model {
+	uint32_t first[SUM_RECS]; /* record i: blocks first..first+len-1 */
+	uint8_t len[SUM_RECS];
+};
+
+/* The newest seq <= seq touching block (0: none), records being seq i+1. */
+static uint64_t sum_expect(const struct sum_model *m, uint64_t block,
+			   uint64_t seq)
+{
+	uint64_t best = 0;
+
+	for (uint64_t i = 0; i < SUM_RECS && i + 1 <= seq; i++)
+		if (block >= m->first[i] && block < m->first[i] + m->len[i])
+			best = i + 1;
+	return best;
+}
+
+/* Queries every block of groups [g0, g1) as-of seqs from `seqs`; returns
+ * the number of wrong answers. */
+static size_t sum_check(struct ix_read *rd, uint32_t disk,
+			const struct sum_model *m, uint64_t g0, uint64_t g1,
+			const uint64_t *seqs, size_t nseqs)
+{
+	size_t bad = 0;
+
+	for (uint64_t b = g0 * 256; b < g1 * 256; b++) {
+		for (size_t i = 0; i < nseqs; i++) {
+			struct ix_version v[8];
+			int n = ix_block_asof(rd, disk, b, seqs[i], v, 8);
+			uint64_t want = sum_expect(m, b, seqs[i]);
+			if (n < 0 || (n > 0) != (want > 0) ||
+			    (n > 0 && v[0].seq != want))
+				bad++;
+		}
+	}
+	return bad;
+}
+
+/*
+ * summary.c answers "no version" from memory.  It must stay exact when
+ * snapshots of different ages share it: one created by a newer snapshot
+ * and then used (and built from) by an older one, and lookups past the
+ * seq it was built for.  Half of every group is never written.
+ */
+static void test_lookup_summary(void)
+{
+	char *store = new_store("ixsum");
+	struct sum_model *m = calloc(1, sizeof(*m));
+	struct ix *ix = NULL;
+	struct ix_read *ra = NULL, *rb = NULL;
+	struct ix_batch *b = NULL;
+	struct ix_disk d;
+	uint64_t st = 4242, ts = 1000;
+	static const uint64_t old_seqs[] = { 1, 7, 300, 1499, 1500 };
+	static const uint64_t new_seqs[] = { 2, 1500, 1501, 2222, 3000, 9999 };
+
+	CU_ASSERT_EQUAL_FATAL(ix_open(&ix, store, IX_LOCK), 0);
+	CU_ASSERT_EQUAL_FATAL(ix_disk_create(ix, "sum", (uint64_t)SUM_BLOCKS * BS, BS, NULL, &d), 0);
+	for (uint32_t i = 0; i < SUM_RECS; i++) {
+		uint64_t g = tu_rand(&st) % (SUM_BLOCKS / 256);
+		m->len[i] = (uint8_t)(1 + tu_rand(&st) % 4);
+		m->first[i] = (uint32_t)(g * 256 + tu_rand(&st) % (128 - 4));
+	}
+	CU_ASSERT_EQUAL_FATAL(ix_batch_new(ix, &b), 0);
+	for (uint32_t i = 0; i < SUM_RECS; i++) {
+		struct jr_rec r = { 0 };
+		struct jr_loc l = { 1, (uint64_t)i * 64 };
+		r.type = JR_WRITE;
+		r.seq = i + 1;
+		r.ts_ns = ts += 1000;
+		r.disk_id = d.id;
+		r.offset = (uint64_t)m->first[i] * BS;
+		r.length = m->len[i] * BS;
+		r.stored_len = r.length;
+		CU_ASSERT_EQUAL(ix_batch_add(b, &r, &l), 0);
+		if (i + 1 == SUM_RECS / 2) {
+			CU_ASSERT_EQUAL(ix_batch_commit(b), 0);
+			CU_ASSERT_EQUAL_FATAL(ix_read_begin(ix, &ra), 0); /* at 1500 */
+		}
+	}
+	CU_ASSERT_EQUAL(ix_batch_commit(b), 0);
+	ix_batch_free(b);
+	/* The newer snapshot creates the summary (valid up to 3000) and
+	 * builds groups 0..7; the older one may use those but must not build
+	 * 8..15 from its snapshot; then the newer one builds them. */
+	CU_ASSERT_EQUAL_FATAL(ix_read_begin(ix, &rb), 0);
+	CU_ASSERT_EQUAL(sum_check(rb, d.id, m, 0, 8, new_seqs, 6), 0);
+	CU_ASSERT_EQUAL(sum_check(ra, d.id, m, 0, 16, old_seqs, 5), 0);
+	CU_ASSERT_EQUAL(sum_check(rb, d.id, m, 8, 16, new_seqs, 6), 0);
+	CU_ASSERT_EQUAL(sum_check(ra, d.id, m, 8, 16, old_seqs, 5), 0);
+	ix_read_end(ra);
+	ix_read_end(rb);
+	ix_close(ix);
+
+	/* A summary created by an older snapshot: lookups past it stay exact. */
+	CU_ASSERT_EQUAL_FATAL(ix_open(&ix, store, IX_LOCK), 0);
+	CU_ASSERT_EQUAL_FATAL(ix_read_begin(ix, &ra), 0);
+	CU_ASSERT_EQUAL(sum_check(ra, d.id, m, 0, 16, old_seqs, 5), 0);
+	CU_ASSERT_EQUAL_FATAL(ix_batch_new(ix, &b), 0);
+	{
+		struct jr_rec r = { 0 };
+		struct jr_loc l = { 1, 1 << 20 };
+		r.type = JR_WRITE;
+		r.seq = SUM_RECS + 1;
+		r.ts_ns = ts + 1000;
+		r.disk_id = d.id;
+		r.offset = 200 * BS; /* a block never written before */
+		r.length = BS;
+		CU_ASSERT_EQUAL(ix_batch_add(b, &r, &l), 0);
+	}
+	CU_ASSERT_EQUAL(ix_batch_commit(b), 0);
+	ix_batch_free(b);
+	CU_ASSERT_EQUAL_FATAL(ix_read_begin(ix, &rb), 0);
+	struct ix_version v[8];
+	CU_ASSERT_EQUAL(ix_block_asof(rb, d.id, 200, SUM_RECS + 1, v, 8), 1);
+	CU_ASSERT_EQUAL(ix_block_asof(rb, d.id, 200, SUM_RECS, v, 8), 0);
+	ix_read_end(rb);
+	ix_read_end(ra);
+	ix_close(ix);
+	free(m);
+	drop_store(store);
+}
+
+/* ------------------------------------------------------ format upgrade */
+
+static int put_format_fn(struct ix *ix, MDB_txn *txn, void *arg)
+{
+	uint8_t fv[4];
+	MDB_val fk = { 6, (void *)"format" }, fd = { 4, fv };
+	int rc;
+
+	rw_put_le32(fv, *(const uint32_t *)arg);
+	rc = mdb_put(txn, ix->db_state, &fk, &fd, 0);
+	/* Old-format tables: whatever they hold must not survive. */
+	if (rc == 0)
+		rc = mdb_drop(txn, ix->db_versions, 0);
+	return rc;
+}
+
+/*
+ * An index of the previous format is rebuilt from the journals by the
+ * first open that holds the store lock, keeping the marks; read-only and
+ * unlocked opens refuse it; a newer format is refused by every open.
+ */
+static void test_format_upgrade(void)
+{
+	struct workload w;
+	struct ix *ix = NULL;
+	struct ix_read *rd = NULL;
+	struct ix_mark m = { "kept", 1, 2, 3 }, got;
+	uint32_t fmt;
+
+	workload_make(&w, "ixupgrade", 400, 99, 16 * 1024);
+	CU_ASSERT_EQUAL_FATAL(ix_open(&ix, w.store, IX_LOCK), 0);
+	CU_ASSERT_EQUAL(ix_catch_up(ix, NULL, NULL), (int)w.n);
+	CU_ASSERT_EQUAL(ix_mark_put(ix, w.disks[0].id, &m), 0);
+	ix_close(ix);
+	struct dump want = dump_index(w.store);
+
+	fmt = 2;
+	CU_ASSERT_EQUAL_FATAL(ix_open(&ix, w.store, IX_LOCK), 0);
+	CU_ASSERT_EQUAL(ix_write(ix, put_format_fn, &fmt, "test"), 0);
+	ix_close(ix);
+	CU_ASSERT_EQUAL(ix_open(&ix, w.store, IX_RDONLY), RW_EVERSION);
+	CU_ASSERT_EQUAL(ix_open(&ix, w.store, 0), RW_EVERSION);
+	CU_ASSERT_EQUAL_FATAL(ix_open(&ix, w.store, IX_LOCK), 0);
+	/* The open re-indexed everything: a catch-up finds nothing left. */
+	CU_ASSERT_EQUAL(ix_catch_up(ix, NULL, NULL), 0);
+	CU_ASSERT_EQUAL_FATAL(ix_read_begin(ix, &rd), 0);
+	CU_ASSERT_EQUAL(ix_mark_get(rd, w.disks[0].id, "kept", &got), 0);
+	ix_read_end(rd);
+	struct ix_verify_report rep;
+	CU_ASSERT_EQUAL(ix_verify(ix, NULL, 0, NULL, NULL, &rep), 0);
+	CU_ASSERT_EQUAL(rep.problems, 0);
+	ix_close(ix);
+	struct dump got_d = dump_index(w.store);
+	CU_ASSERT_EQUAL(want.n, got_d.n);
+	if (want.n == got_d.n)
+		CU_ASSERT_EQUAL(memcmp(want.p, got_d.p, want.n), 0);
+
+	fmt = IX_INDEX_FORMAT + 1;
+	CU_ASSERT_EQUAL_FATAL(ix_open(&ix, w.store, IX_LOCK), 0);
+	CU_ASSERT_EQUAL(ix_write(ix, put_format_fn, &fmt, "test"), 0);
+	ix_close(ix);
+	CU_ASSERT_EQUAL(ix_open(&ix, w.store, IX_LOCK), RW_EVERSION);
+	free(want.p);
+	free(got_d.p);
+	workload_free(&w);
+}
+
 /* ------------------------------------------------- chunks and compaction */
 
 /*
@@ -1197,6 +1392,8 @@ int main(void)
 		     "verify_detects", test_verify_detects,
 		     "time_segments_marks", test_time_segments_marks,
 		     "chunk_straddle_compaction", test_chunk_straddle_compaction,
+		     "format_upgrade", test_format_upgrade,
+		     "lookup_summary", test_lookup_summary,
 		     NULL);
 	return tu_run();
 }

@@ -755,6 +755,73 @@ static void flip_bit(const char *path, uint64_t off, int bit)
 	close(fd);
 }
 
+/*
+ * durable_seq (records the caller knows synced): recovery takes records
+ * up to it on their headers and chain alone, but still checks every
+ * record after it — a final record damaged after durable_seq is still cut
+ * as a torn tail — and readers still catch damage in the trusted prefix.
+ */
+static void test_durable_prefix(void)
+{
+	char *tmp = tu_tmpdir("jr-durable");
+	char *dir = jdir(tmp);
+	char path[1024];
+	struct jr_clock *clk;
+	struct jr_appended o[10];
+	uint64_t st = 11;
+	uint8_t buf[3000];
+	int err;
+
+	jr_clock_new(&clk, 1, 0);
+	struct jr_writer *w = open_writer(dir, JR_BACKEND_SYNC, 0, clk, NULL, &err);
+	CU_ASSERT_FATAL(w != NULL);
+	for (int i = 0; i < 10; i++) {
+		tu_fill_random(&st, buf, sizeof(buf));
+		struct jr_append a = { JR_WRITE, 4096u * (uint64_t)i, sizeof(buf), buf };
+		CU_ASSERT_FATAL(jr_writer_append(w, &a, NULL, &o[i]) == 0);
+	}
+	CU_ASSERT_FATAL(jr_writer_close(w) == 0);
+	seg_path(dir, o[0].loc.segment, path, sizeof(path));
+	size_t len;
+	uint8_t *orig = slurp(path, &len);
+
+	struct jr_writer_opts opt;
+	struct jr_recovery rep;
+	jr_writer_opts_default(&opt);
+	opt.disk_id = 7;
+	opt.backend = JR_BACKEND_SYNC;
+	/* Damage in record 4's payload, inside the trusted prefix: the open
+	 * does not read it (a full check would refuse the journal), a reader
+	 * of the record does. */
+	flip_bit(path, o[4].loc.offset + JR_HDR_SIZE + 100, 3);
+	CU_ASSERT_EQUAL(jr_writer_open(&w, dir, &opt, clk, &rep), RW_ECORRUPT);
+	opt.durable_seq = o[8].seq;
+	CU_ASSERT_FATAL(jr_writer_open(&w, dir, &opt, clk, &rep) == 0);
+	CU_ASSERT_EQUAL(rep.last_seq, o[9].seq);
+	CU_ASSERT_EQUAL(rep.truncated_bytes, 0);
+	CU_ASSERT_EQUAL(jr_writer_close(w), 0);
+	struct jr_reader *r = NULL;
+	struct jr_rec rec;
+	CU_ASSERT_FATAL(jr_reader_open(&r, dir, 0) == 0);
+	CU_ASSERT_EQUAL(jr_reader_read_at(r, &o[4].loc, &rec, buf, sizeof(buf)),
+			RW_ECORRUPT);
+	jr_reader_close(r);
+	/* Damage in the final record, after durable_seq: checked, and cut as
+	 * a torn tail exactly at its start. */
+	spit(path, orig, len);
+	flip_bit(path, o[9].loc.offset + JR_HDR_SIZE + 7, 0);
+	CU_ASSERT_FATAL(jr_writer_open(&w, dir, &opt, clk, &rep) == 0);
+	CU_ASSERT_EQUAL(rep.last_seq, o[8].seq);
+	CU_ASSERT_EQUAL(rep.truncated_bytes, len - o[9].loc.offset);
+	CU_ASSERT_EQUAL(file_len(path), o[9].loc.offset);
+	CU_ASSERT_EQUAL(jr_writer_close(w), 0);
+	free(orig);
+	jr_clock_free(clk);
+	tu_rmrf(tmp);
+	free(dir);
+	free(tmp);
+}
+
 static void test_bitflips(void)
 {
 	char *tmp = tu_tmpdir("jr-flip");
@@ -2416,6 +2483,8 @@ int main(void)
 		     "round trip, io_uring back end", test_roundtrip_uring,
 		     "torn tail at every byte of the last three records",
 		     test_truncate_every_byte,
+		     "durable_seq: trusted prefix on headers, the rest checked",
+		     test_durable_prefix,
 		     "1000 bit flips are detected; final record is a torn tail",
 		     test_bitflips,
 		     "fault loop (write/fsync/open/rename, short), sync",

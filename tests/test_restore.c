@@ -610,6 +610,9 @@ static void test_rollback_over_base(void)
 	struct world W;
 	int bad = 0;
 
+	/* Every window's lookups on two threads (the path of large ones). */
+	rs_rollback_parallel_lookups = 2;
+
 	world_setup_base(&W, 41, true);
 	struct sink_ctx c = { &W, 0 };
 	uint64_t last = W.seq[NOPS];
@@ -638,6 +641,7 @@ static void test_rollback_over_base(void)
 	}
 	CU_ASSERT_EQUAL(bad, 0);
 	world_teardown(&W);
+	rs_rollback_parallel_lookups = 1024;
 }
 
 struct ext_check {
@@ -700,6 +704,176 @@ static void test_asof_extents(void)
 	}
 }
 
+/*
+ * Leaves the world's store as a server leaves it on a clean shutdown:
+ * journal flushed, head synced and recorded, index current, lock free.
+ */
+static void world_shut_down(struct world *W, char *store, size_t n)
+{
+	CU_ASSERT_FATAL(jr_writer_flush(W->w) == 0);
+	CU_ASSERT_FATAL(fsync(W->head_fd) == 0);
+	CU_ASSERT_FATAL(ix_disk_set_head_synced(W->ix, W->d.id, W->seq[NOPS]) == 0);
+	CU_ASSERT_FATAL(jr_writer_close(W->w) == 0);
+	W->w = NULL;
+	snprintf(store, n, "%s", ix_store_dir(W->ix));
+	ix_close(W->ix);
+	W->ix = NULL;
+}
+
+static bool head_equals(struct world *W, const uint8_t *want)
+{
+	uint8_t *h = malloc(DISK_SIZE);
+	bool ok = pread(W->head_fd, h, DISK_SIZE, 0) == DISK_SIZE &&
+		  !memcmp(h, want, DISK_SIZE);
+
+	free(h);
+	return ok;
+}
+
+/*
+ * Marks in set[] the blocks that records of the journal of disk "d" with
+ * seq in (after, upto] write; returns how many are marked.
+ */
+static uint64_t blocks_written(const char *store, uint64_t after,
+			       uint64_t upto, uint8_t *set)
+{
+	char path[4096];
+	struct jr_reader *r;
+	struct jr_rec rec;
+	struct jr_loc loc;
+	uint64_t n = 0;
+
+	memset(set, 0, DISK_SIZE / BS);
+	snprintf(path, sizeof(path), "%s/disks/d/journal", store);
+	CU_ASSERT_FATAL(jr_reader_open(&r, path, JR_READ_HEADERS) == 0);
+	CU_ASSERT(jr_reader_seek(r, after + 1) >= 0);
+	while (jr_reader_next(r, &rec, &loc, NULL) == 1 && rec.seq <= upto) {
+		if (!rec.length || rec.type == JR_FLUSH)
+			continue;
+		for (uint64_t b = rec.offset / BS;
+		     b <= (rec.offset + rec.length - 1) / BS; b++) {
+			n += !set[b];
+			set[b] = 1;
+		}
+	}
+	jr_reader_close(r);
+	return n;
+}
+
+/* The disk's state in the index of store (opened and closed here). */
+static struct ix_disk disk_state(const char *store)
+{
+	struct ix *ix;
+	struct ix_disk d = { 0 };
+
+	CU_ASSERT_FATAL(ix_open(&ix, store, IX_RDONLY) == 0);
+	CU_ASSERT(ix_disk_get(ix, "d", &d) == 0);
+	ix_close(ix);
+	return d;
+}
+
+/*
+ * The offline rollback (rs_rollback_store, what `rewind rollback` does
+ * with no server): it writes exactly the blocks written after the point,
+ * as journal records of its own, leaves head equal to the model as-of the
+ * point and the store clean (head synced and indexed up to its last
+ * record, so the next one takes the same path); rolling back to just
+ * before it undoes it bit for bit.  A store a crash left unclean is not
+ * touched (1), and a held store lock is RW_EBUSY.
+ */
+static void test_rollback_store_and_undo(bool imported)
+{
+	struct world W;
+	struct rs_rollback_result res;
+	struct rw_when when = { .kind = RW_WHEN_SEQ };
+	char store[4096];
+	uint8_t want[DISK_SIZE / BS], got[DISK_SIZE / BS];
+	int k = 61;
+
+	world_setup_base(&W, imported ? 53 : 47, imported);
+	world_shut_down(&W, store, sizeof(store));
+	uint64_t expect = blocks_written(store, W.seq[k], W.seq[NOPS], want);
+	CU_ASSERT_FATAL(expect > 0);
+
+	when.seq = W.seq[k];
+	CU_ASSERT_FATAL(rs_rollback_store(store, "d", &when, &res) == 0);
+	CU_ASSERT(head_equals(&W, W.snap[k]));
+	CU_ASSERT_EQUAL(res.seq, W.seq[k]);
+	CU_ASSERT_EQUAL(res.before_seq, W.seq[NOPS]);
+	CU_ASSERT(res.last_seq > res.before_seq);
+	CU_ASSERT_EQUAL(res.st.blocks, expect);
+	CU_ASSERT_EQUAL(res.st.data_bytes + res.st.zero_bytes, expect * BS);
+	/* Its records rewrite exactly the blocks written after the point. */
+	CU_ASSERT_EQUAL(blocks_written(store, res.before_seq, res.last_seq, got),
+			expect);
+	CU_ASSERT(memcmp(got, want, sizeof(want)) == 0);
+	struct ix_disk d = disk_state(store);
+	CU_ASSERT_EQUAL(d.last_indexed_seq, res.last_seq);
+	CU_ASSERT_EQUAL(d.head_synced_seq, res.last_seq);
+
+	/* Undo: roll back to just before the rollback. */
+	uint64_t rb_last = res.last_seq;
+	when.seq = res.before_seq;
+	CU_ASSERT_FATAL(rs_rollback_store(store, "d", &when, &res) == 0);
+	CU_ASSERT(head_equals(&W, W.snap[NOPS]));
+	CU_ASSERT_EQUAL(res.before_seq, rb_last);
+	CU_ASSERT_EQUAL(res.st.blocks, expect);
+	d = disk_state(store);
+	CU_ASSERT_EQUAL(d.head_synced_seq, res.last_seq);
+	/* Every point stays restorable: the rollback's own point too. */
+	char out[4096];
+	snprintf(out, sizeof(out), "%s/out.img", W.dir);
+	struct ix *ix;
+	CU_ASSERT_FATAL(ix_open(&ix, store, IX_RDONLY) == 0);
+	CU_ASSERT_FATAL(ix_disk_get(ix, "d", &d) == 0);
+	CU_ASSERT(rs_restore_file(ix, &d, rb_last, out, RS_OVERWRITE, NULL,
+				  NULL, NULL) == 0);
+	CU_ASSERT(file_equals(out, W.snap[k]));
+
+	/* Held lock: refused. */
+	struct ix *locked;
+	CU_ASSERT_FATAL(ix_open(&locked, store, IX_LOCK) == 0);
+	CU_ASSERT_EQUAL(rs_rollback_store(store, "d", &when, &res), RW_EBUSY);
+	ix_close(locked);
+
+	/* A record in the journal that neither head nor the index has (a
+	 * crash): nothing is touched, the caller must recover first. */
+	char jdir[4096];
+	struct jr_writer_opts o;
+	struct jr_writer *w;
+	struct jr_appended ap;
+	uint8_t blk[BS];
+	memset(blk, 0x5a, sizeof(blk));
+	jr_writer_opts_default(&o);
+	o.disk_id = d.id;
+	o.segment_bytes = 64 * 1024;
+	CU_ASSERT_FATAL(ix_disk_path(ix, "d", "journal", jdir, sizeof(jdir)) == 0);
+	ix_close(ix);
+	CU_ASSERT_FATAL(jr_writer_open(&w, jdir, &o, W.clock, NULL) == 0);
+	struct jr_append a = { JR_WRITE, 0, BS, blk };
+	CU_ASSERT_FATAL(jr_writer_append(w, &a, NULL, &ap) == 0);
+	CU_ASSERT_FATAL(jr_writer_close(w) == 0);
+	when.seq = W.seq[k];
+	CU_ASSERT_EQUAL(rs_rollback_store(store, "d", &when, &res), 1);
+	CU_ASSERT(head_equals(&W, W.snap[NOPS]));
+	d = disk_state(store);
+	CU_ASSERT(d.last_indexed_seq < ap.seq);
+	CU_ASSERT_EQUAL(blocks_written(store, ap.seq, UINT64_MAX, got), 0);
+	world_teardown(&W);
+}
+
+static void test_rollback_store(void)
+{
+	test_rollback_store_and_undo(false);
+}
+
+static void test_rollback_store_over_base(void)
+{
+	rs_rollback_parallel_lookups = 2;
+	test_rollback_store_and_undo(true);
+	rs_rollback_parallel_lookups = 1024;
+}
+
 int main(void)
 {
 	tu_add_suite("restore",
@@ -714,6 +888,8 @@ int main(void)
 		     "shared as-of reader from many threads", test_asof_threads,
 		     "block status of the as-of reader", test_asof_extents,
 		     "rollback and roll forward over an imported base", test_rollback_over_base,
+		     "offline rollback in place, undo, unclean store refused", test_rollback_store,
+		     "same, over an imported base", test_rollback_store_over_base,
 		     NULL);
 	return tu_run();
 }

@@ -17,13 +17,98 @@
 #include "common/rw.h"
 #include "index/ix.h"
 
+#include <dlfcn.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <libxml/parser.h>
 #include <libxml/tree.h>
+
+/*
+ * libxml2 is opened with dlopen when a domain's XML is first parsed, not
+ * linked: with its dependencies (ICU, libstdc++) it cost every start of
+ * the rewind binary ~1 ms of dynamic loading, which every command paid
+ * and only `rewind vm` uses.  xmlFree is an exported variable holding
+ * the free function (or, with LIBXML_THREAD_ALLOC_ENABLED, a macro over
+ * __xmlFree()): it is looked up as data, not as a function.
+ */
+#define LX_FUNCS(X) \
+	X(xmlAddChild) \
+	X(xmlAddPrevSibling) \
+	X(xmlDocCopyNode) \
+	X(xmlDocDumpFormatMemory) \
+	X(xmlDocGetRootElement) \
+	X(xmlFreeDoc) \
+	X(xmlFreeNode) \
+	X(xmlGetProp) \
+	X(xmlNewChild) \
+	X(xmlNewNode) \
+	X(xmlNodeGetContent) \
+	X(xmlReadMemory) \
+	X(xmlReplaceNode) \
+	X(xmlSetProp) \
+	X(xmlUnlinkNode)
+
+static struct {
+#define X(f) __typeof__(&f) f;
+	LX_FUNCS(X)
+#undef X
+} lx;
+static pthread_once_t lx_once = PTHREAD_ONCE_INIT;
+static char lx_error[512];
+#ifdef LIBXML_THREAD_ALLOC_ENABLED
+static xmlFreeFunc *(*lx_free_slot)(void);    /* __xmlFree */
+#define LX_FREE_SYM "__xmlFree"
+#else
+static xmlFreeFunc *lx_free_var;              /* &xmlFree */
+#define LX_FREE_SYM "xmlFree"
+#endif
+
+static void lx_load(void)
+{
+	void *h = dlopen("libxml2.so.2", RTLD_NOW | RTLD_LOCAL);
+
+	if (!h) {
+		snprintf(lx_error, sizeof(lx_error), "%s", dlerror());
+		return;
+	}
+#define X(f) \
+	if (!lx_error[0] && !(*(void **)&lx.f = dlsym(h, #f))) \
+		snprintf(lx_error, sizeof(lx_error), "no %s in libxml2.so.2", #f);
+	LX_FUNCS(X)
+#undef X
+	void *f = dlsym(h, LX_FREE_SYM);
+	if (!f && !lx_error[0])
+		snprintf(lx_error, sizeof(lx_error), "no %s in libxml2.so.2",
+			 LX_FREE_SYM);
+#ifdef LIBXML_THREAD_ALLOC_ENABLED
+	*(void **)&lx_free_slot = f;
+#else
+	lx_free_var = f;
+#endif
+}
+
+/* Loads libxml2 once.  0, or RW_EFAILED saying why it cannot be used. */
+static int lx_ready(void)
+{
+	pthread_once(&lx_once, lx_load);
+	if (lx_error[0])
+		return rw_err_set(RW_EFAILED, "cannot load libxml2: %s", lx_error);
+	return 0;
+}
+
+/* xmlFree(p) of the loaded libxml2. */
+static void xml_free(void *p)
+{
+#ifdef LIBXML_THREAD_ALLOC_ENABLED
+	(*lx_free_slot())(p);
+#else
+	(*lx_free_var)(p);
+#endif
+}
 
 static bool is_el(const xmlNode *n, const char *name)
 {
@@ -42,31 +127,36 @@ static xmlNode *child(xmlNode *n, const char *name)
 /* Copies attribute name of n into buf ("" when absent). */
 static void attr(xmlNode *n, const char *name, char *buf, size_t sz)
 {
-	xmlChar *v = n ? xmlGetProp(n, (const xmlChar *)name) : NULL;
+	xmlChar *v = n ? lx.xmlGetProp(n, (const xmlChar *)name) : NULL;
 
 	snprintf(buf, sz, "%s", v ? (const char *)v : "");
-	xmlFree(v);
+	xml_free(v);
 }
 
 static char *attr_dup(xmlNode *n, const char *name)
 {
-	xmlChar *v = n ? xmlGetProp(n, (const xmlChar *)name) : NULL;
+	xmlChar *v = n ? lx.xmlGetProp(n, (const xmlChar *)name) : NULL;
 	char *s = v ? strdup((const char *)v) : NULL;
 
-	xmlFree(v);
+	xml_free(v);
 	return s;
 }
 
 static int parse(const char *xml, xmlDoc **doc, xmlNode **devices)
 {
-	*doc = xmlReadMemory(xml, (int)strlen(xml), "domain.xml", NULL,
+	int err = lx_ready();
+
+	*doc = NULL;
+	if (err)
+		return err;
+	*doc = lx.xmlReadMemory(xml, (int)strlen(xml), "domain.xml", NULL,
 			     XML_PARSE_NONET | XML_PARSE_NOERROR |
 			     XML_PARSE_NOWARNING);
 	if (!*doc)
 		return rw_err_set(RW_EPARSE, "domain XML is not well-formed");
-	xmlNode *root = xmlDocGetRootElement(*doc);
+	xmlNode *root = lx.xmlDocGetRootElement(*doc);
 	if (!is_el(root, "domain")) {
-		xmlFreeDoc(*doc);
+		lx.xmlFreeDoc(*doc);
 		*doc = NULL;
 		return rw_err_set(RW_EPARSE, "XML is not a libvirt <domain>");
 	}
@@ -159,7 +249,7 @@ int vm_xml_disks(const char *xml, struct vm_disks **out)
 	err = 0;
 out:
 	vm_disks_free(ds);
-	xmlFreeDoc(doc);
+	lx.xmlFreeDoc(doc);
 	return err;
 }
 
@@ -246,11 +336,11 @@ static int dump(xmlDoc *doc, char **out)
 	xmlChar *mem = NULL;
 	int len = 0;
 
-	xmlDocDumpFormatMemory(doc, &mem, &len, 0);
+	lx.xmlDocDumpFormatMemory(doc, &mem, &len, 0);
 	if (!mem)
 		return -ENOMEM;
 	*out = strdup((const char *)mem);
-	xmlFree(mem);
+	xml_free(mem);
 	return *out ? 0 : -ENOMEM;
 }
 
@@ -258,17 +348,17 @@ static int dump(xmlDoc *doc, char **out)
 static xmlNode *fresh_child(xmlNode *n, const char *name, xmlNode *before)
 {
 	xmlNode *old = child(n, name);
-	xmlNode *e = xmlNewNode(NULL, (const xmlChar *)name);
+	xmlNode *e = lx.xmlNewNode(NULL, (const xmlChar *)name);
 
 	if (!e)
 		return NULL;
 	if (old) {
-		xmlReplaceNode(old, e);
-		xmlFreeNode(old);
+		lx.xmlReplaceNode(old, e);
+		lx.xmlFreeNode(old);
 	} else if (before) {
-		xmlAddPrevSibling(before, e);
+		lx.xmlAddPrevSibling(before, e);
 	} else {
-		xmlAddChild(n, e);
+		lx.xmlAddChild(n, e);
 	}
 	return e;
 }
@@ -291,44 +381,44 @@ int vm_xml_protect(const char *xml, const char *const *targets,
 					 "'%s'", targets[i]);
 			goto out;
 		}
-		xmlSetProp(d, (const xmlChar *)"type", (const xmlChar *)"network");
+		lx.xmlSetProp(d, (const xmlChar *)"type", (const xmlChar *)"network");
 		xmlNode *bs;
 		while ((bs = child(d, "backingStore"))) {
-			xmlUnlinkNode(bs);
-			xmlFreeNode(bs);
+			lx.xmlUnlinkNode(bs);
+			lx.xmlFreeNode(bs);
 		}
 		xmlNode *drv = child(d, "driver");
 		if (!drv) {
-			drv = xmlNewNode(NULL, (const xmlChar *)"driver");
+			drv = lx.xmlNewNode(NULL, (const xmlChar *)"driver");
 			if (!drv) {
 				err = -ENOMEM;
 				goto out;
 			}
 			if (d->children)
-				xmlAddPrevSibling(d->children, drv);
+				lx.xmlAddPrevSibling(d->children, drv);
 			else
-				xmlAddChild(d, drv);
-			xmlSetProp(drv, (const xmlChar *)"name", (const xmlChar *)"qemu");
+				lx.xmlAddChild(d, drv);
+			lx.xmlSetProp(drv, (const xmlChar *)"name", (const xmlChar *)"qemu");
 		}
-		xmlSetProp(drv, (const xmlChar *)"type", (const xmlChar *)"raw");
+		lx.xmlSetProp(drv, (const xmlChar *)"type", (const xmlChar *)"raw");
 		xmlNode *src = fresh_child(d, "source", child(d, "target"));
 		if (!src) {
 			err = -ENOMEM;
 			goto out;
 		}
-		xmlSetProp(src, (const xmlChar *)"protocol", (const xmlChar *)"nbd");
-		xmlSetProp(src, (const xmlChar *)"name", (const xmlChar *)names[i]);
-		xmlNode *h = xmlNewChild(src, NULL, (const xmlChar *)"host", NULL);
+		lx.xmlSetProp(src, (const xmlChar *)"protocol", (const xmlChar *)"nbd");
+		lx.xmlSetProp(src, (const xmlChar *)"name", (const xmlChar *)names[i]);
+		xmlNode *h = lx.xmlNewChild(src, NULL, (const xmlChar *)"host", NULL);
 		if (!h) {
 			err = -ENOMEM;
 			goto out;
 		}
-		xmlSetProp(h, (const xmlChar *)"transport", (const xmlChar *)"unix");
-		xmlSetProp(h, (const xmlChar *)"socket", (const xmlChar *)sock);
+		lx.xmlSetProp(h, (const xmlChar *)"transport", (const xmlChar *)"unix");
+		lx.xmlSetProp(h, (const xmlChar *)"socket", (const xmlChar *)sock);
 	}
 	err = dump(doc, out);
 out:
-	xmlFreeDoc(doc);
+	lx.xmlFreeDoc(doc);
 	return err;
 }
 
@@ -352,26 +442,26 @@ int vm_xml_restore_disks(const char *xml, const char *orig_xml,
 					 "disk '%s'", targets[i]);
 			goto out;
 		}
-		xmlNode *copy = xmlDocCopyNode(orig, doc, 1);
+		xmlNode *copy = lx.xmlDocCopyNode(orig, doc, 1);
 		if (!copy) {
 			err = -ENOMEM;
 			goto out;
 		}
 		if (cur) {
-			xmlReplaceNode(cur, copy);
-			xmlFreeNode(cur);
+			lx.xmlReplaceNode(cur, copy);
+			lx.xmlFreeNode(cur);
 		} else if (devs) {
-			xmlAddChild(devs, copy);
+			lx.xmlAddChild(devs, copy);
 		} else {
-			xmlFreeNode(copy);
+			lx.xmlFreeNode(copy);
 			err = rw_err_set(RW_EPARSE, "the domain XML has no <devices>");
 			goto out;
 		}
 	}
 	err = dump(doc, out);
 out:
-	xmlFreeDoc(odoc);
-	xmlFreeDoc(doc);
+	lx.xmlFreeDoc(odoc);
+	lx.xmlFreeDoc(doc);
 	return err;
 }
 
@@ -384,13 +474,13 @@ int vm_xml_name(const char *xml, char **out)
 	*out = NULL;
 	if ((err = parse(xml, &doc, &devs)))
 		return err;
-	xmlNode *nm = child(xmlDocGetRootElement(doc), "name");
-	xmlChar *s = nm ? xmlNodeGetContent(nm) : NULL;
+	xmlNode *nm = child(lx.xmlDocGetRootElement(doc), "name");
+	xmlChar *s = nm ? lx.xmlNodeGetContent(nm) : NULL;
 	if (!s)
 		err = rw_err_set(RW_EPARSE, "domain XML has no <name>");
 	else if (!(*out = strdup((const char *)s)))
 		err = -ENOMEM;
-	xmlFree(s);
-	xmlFreeDoc(doc);
+	xml_free(s);
+	lx.xmlFreeDoc(doc);
 	return err;
 }

@@ -6,7 +6,8 @@
 #    written after the point, and the live disk equals a restore of it;
 #  - undoing it (rollback to the printed undo point) gives back the exact
 #    image of before the rollback;
-#  - rollback with no server running (offline) works the same;
+#  - rollback with no server running (offline) works the same: same
+#    blocks, undoable, and after a server crash (recovering first);
 #  - an export as-of a point reads back bit for bit like a restore of that
 #    point, advertises read-only, refuses writes with EPERM, lists its name.
 . "$(dirname "$0")/functions.sh"
@@ -101,12 +102,28 @@ else
 fi
 kill -TERM $EPID; wait $EPID || fail "export did not stop cleanly"
 
-# 5. Offline rollback (no server), then serve again and check.
+# 5. Offline rollback (no server: in place on a cleanly stopped store):
+#    the same blocks, undoable; then after a server crash (the store must
+#    be recovered first), exact too.  Serve again and check each time.
 stop_server
-"$REWIND" rollback vm1 --at "seq:$P1" >/dev/null || fail "offline rollback"
+"$REWIND" rollback vm1 --at "seq:$P1" --json >"$TMP/rb.json" 2>"$TMP/rb.err" || fail "offline rollback"
+got_blocks=$("$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))["blocks"])' "$TMP/rb.json")
+undo=$("$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))["undo_seq"])' "$TMP/rb.json")
+expect_eq "blocks rewritten by the offline rollback" "$got_blocks" "$want_blocks"
 start_server
 [ "$(live_sha)" = "$(restore_sha "seq:$P1")" ] || fail "offline rollback is not exact"
-check "offline rollback exact; server restarts on the rolled-back disk"
+stop_server
+"$REWIND" rollback vm1 --at "seq:$undo" >/dev/null || fail "offline undo"
+start_server
+[ "$(live_sha)" = "$before" ] || fail "offline undo did not give back the image of before the rollback"
+check "offline rollback exact ($got_blocks blocks), offline undo gave back the image of before"
+qemu-io -f raw -c 'write -P 0xdd 30M 64K' -c flush "$U" >/dev/null
+kill -9 "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
+SERVER_PID=
+"$REWIND" rollback vm1 --at "seq:$P1" >/dev/null 2>"$TMP/rb.err" || { cat "$TMP/rb.err"; fail "offline rollback after a server crash"; }
+start_server
+[ "$(live_sha)" = "$(restore_sha "seq:$P1")" ] || fail "offline rollback after a crash is not exact"
+check "offline rollback after a server crash (kill -9) exact; server restarts on the rolled-back disk"
 "$REWIND" verify vm1 >/dev/null || fail "verify after rollbacks"
 check "verify clean after rollbacks"
 stop_server
