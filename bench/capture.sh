@@ -20,7 +20,8 @@
 #
 # Env: RUNTIME (s per job, default 5), RUNS (default 3), JOBS (a subset:
 # space-separated job names from the table), RAW=FILE (append every
-# measurement as a line, for later analysis).
+# measurement as a line, for later analysis), NO_RSS=1 (skip the RSS
+# measurement).
 set -u
 B=${1:-build}
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -151,7 +152,8 @@ done
 # RSS after 1 GiB of writes to a 4 GiB disk.
 RSS=$T/rss
 : >"$RSS"
-for srv in "${SERVERS[@]}"; do
+[ -n "${NO_RSS:-}" ] && SERVERS_RSS=() || SERVERS_RSS=("${SERVERS[@]}")
+for srv in "${SERVERS_RSS[@]}"; do
 	start_server $srv
 	timeout -s KILL 300 fio --name=r --ioengine=nbd --uri="$URI" --rw=write \
 		--bs=1m --iodepth=8 --size=1G >/dev/null 2>&1

@@ -28,8 +28,12 @@
  * its next writes and flushes during it (4 KiB random writes QD32 with a
  * flush after each: 16-20 -> 22-25 writes per fdatasync).
  * READs and large WRITEs go to a FIFO served by `workers` threads (each
- * with its own zstd context), where a worker likewise takes the whole run
- * of non-read requests at the front as one batch.  Admission control
+ * with its own zstd context), where a worker likewise takes the run of
+ * non-read requests at the front as one batch, up to BATCH_BYTES of
+ * payload: 1 MiB, so that large writes spread over the workers and their
+ * journal write outs, head writes and replies overlap (1 MiB sequential
+ * writes QD8: 125-226 -> 315-445 MiB/s, interleaved, load 5-6; with
+ * 8 MiB one worker took every queued write and ran them one by one).  Admission control
  * bounds what the queue holds: at most MAX_INFLIGHT requests and BUDGET
  * bytes of payload/read buffers, so memory is bounded by the connection
  * cap.  Replies are written under one mutex per connection.
@@ -85,7 +89,7 @@
 #define INCOMPRESSIBLE_STREAK 8
 #define INCOMPRESSIBLE_BACKOFF 256
 #define MAX_BATCH 64
-#define BATCH_BYTES (8ull << 20)
+#define BATCH_BYTES (1ull << 20)
 #define RBUF_SIZE (512u << 10)
 #define INLINE_MAX (128u << 10)
 

@@ -11,7 +11,10 @@
  * are combined by shifting the first ones over the length of the blocks
  * that follow them: a multiplication by x^(8 * block) mod P, done with
  * four 256-entry tables per block size built once (Mark Adler's crc32c.c
- * method).  The portable path is slicing-by-8 over tables built once.
+ * method).  rw_crc32c_combine() moves a crc over any length the same way,
+ * with one operator per power of two (the journal writer checksums
+ * payloads before it takes its lock).  The portable path is slicing-by-8
+ * over tables built once.
  * The choice is made on first use with __builtin_cpu_supports.
  */
 #include "rw.h"
@@ -29,6 +32,9 @@ static uint32_t crc_table[8][256];
 #define CRC_SHORT 256u
 /* Shift a crc over CRC_LONG / CRC_SHORT zero bytes (see crc_shift()). */
 static uint32_t crc_long[4][256], crc_short[4][256];
+/* crc_pow[k]: the operator moving a crc over 2^k zero bytes
+ * (rw_crc32c_combine). */
+static uint32_t crc_pow[64][32];
 static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
 static bool crc_use_hw;
 
@@ -97,6 +103,16 @@ static void crc_init(void)
 			crc_table[t][i] = c;
 		}
 	}
+	/* One zero bit, squared three times: one zero byte; then doubling. */
+	uint32_t a[32], b[32], row = 1;
+	a[0] = 0x82F63B78u;
+	for (int n = 1; n < 32; n++, row <<= 1)
+		a[n] = row;
+	gf2_square(b, a);
+	gf2_square(a, b);
+	gf2_square(crc_pow[0], a);
+	for (int k = 1; k < 64; k++)
+		gf2_square(crc_pow[k], crc_pow[k - 1]);
 #ifdef RW_HAVE_X86_CRC
 	__builtin_cpu_init();
 	crc_use_hw = __builtin_cpu_supports("sse4.2");
@@ -191,6 +207,17 @@ uint32_t rw_crc32c(uint32_t crc, const void *buf, size_t len)
 		return ~crc_hw(~crc, buf, len);
 #endif
 	return ~crc_sw(~crc, buf, len);
+}
+
+uint32_t rw_crc32c_combine(uint32_t crc1, uint32_t crc2, size_t len2)
+{
+	pthread_once(&crc_once, crc_init);
+	/* crc(A || B) = (crc1 moved over len2 zero bytes) ^ crc2: the pre-
+	 * and post-inversions cancel (as in zlib's crc32_combine). */
+	for (int k = 0; len2; k++, len2 >>= 1)
+		if (len2 & 1)
+			crc1 = gf2_times(crc_pow[k], crc1);
+	return crc1 ^ crc2;
 }
 
 uint32_t rw_crc32c_sw(uint32_t crc, const void *buf, size_t len)

@@ -180,6 +180,13 @@ static inline bool rw_range_ok(uint64_t off, uint64_t len, uint64_t limit)
 uint32_t rw_crc32c(uint32_t crc, const void *buf, size_t len);
 /* Same, forced through the portable table path (for tests). */
 uint32_t rw_crc32c_sw(uint32_t crc, const void *buf, size_t len);
+/*
+ * Returns rw_crc32c(0, A || B, ...) given crc1 = rw_crc32c(0, A, |A|),
+ * crc2 = rw_crc32c(0, B, len2): lets a caller checksum B before it knows
+ * A (the journal writer checksums payloads outside its lock and headers
+ * under it).  About 25 small matrix-vector products; no allocation.
+ */
+uint32_t rw_crc32c_combine(uint32_t crc1, uint32_t crc2, size_t len2);
 /* True when rw_crc32c() uses the hardware instruction. */
 bool rw_crc32c_hw(void);
 

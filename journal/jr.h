@@ -112,6 +112,9 @@ struct jr_loc {
 /*
  * Encodes rec into hdr, computing rec->crc over the header and the stored
  * payload (stored_len bytes at payload; may be NULL when stored_len is 0).
+ * With payload NULL and stored_len > 0 the crc written covers the header
+ * bytes only: the writer then replaces it with the crc combined with one
+ * of the payload computed outside its lock (rw_crc32c_combine).
  * Does not validate; returns the crc it wrote.
  */
 uint32_t jr_rec_encode(struct jr_rec *rec, uint8_t hdr[JR_HDR_SIZE],
@@ -210,6 +213,20 @@ struct jr_writer_opts {
 	 * thread compress what is left, for the best ratio.
 	 */
 	bool raw_when_behind;
+	/*
+	 * Pre-written tail (FORMAT.md "Pre-written tail"): when a sync finds
+	 * that at most prezero_bytes / 16 were appended since the previous
+	 * one (small, frequent flushes), the writer also writes zeroes ahead
+	 * of the end of the records so that the file holds written blocks
+	 * up to prezero_bytes past it; later appends then overwrite blocks
+	 * the file already has and its size does not change, so their
+	 * fdatasync needs no file-system journal commit.  Refilled when
+	 * less than half of it is left; never past segment_bytes; sealing
+	 * and jr_writer_close cut the file back to the last record.
+	 * Default 2 MiB; 0 turns it off.  Bulk appends with rare syncs
+	 * never pay for it.
+	 */
+	uint64_t prezero_bytes;
 };
 
 #define JR_MAX_COMPRESS_THREADS 16u
@@ -224,6 +241,9 @@ struct jr_recovery {
 	uint64_t last_ts;         /* its timestamp */
 	uint64_t truncated_bytes; /* torn tail removed from the last segment */
 	uint64_t torn_segment;    /* the segment that was truncated, or 0 */
+	uint64_t zero_tail_bytes; /* all-zero pre-written tail cut from the
+				   * last segment: a clean end, not a torn
+				   * tail (not counted in truncated_bytes) */
 };
 
 /* What the input to an append looks like. */
@@ -233,6 +253,10 @@ struct jr_append {
 	uint32_t length;        /* <= JR_MAX_WRITE for writes */
 	const void *data;       /* length bytes for JR_WRITE, else NULL */
 };
+
+/* Smallest payload jr_writer_append_borrowed() writes from the caller's
+ * memory: below it a copy costs less than one more iovec. */
+#define JR_BORROW_MIN (16u * 1024)
 
 /* What an append produced. */
 struct jr_appended {
@@ -262,6 +286,8 @@ struct jr_writer_stats {
 	uint64_t syncs;             /* fdatasyncs issued since open */
 	uint64_t raw_behind;        /* WRITE records a flush stored raw because
 				     * no worker had started them */
+	uint64_t prezero_bytes;     /* zero bytes written ahead of the tail
+				     * since open (prezero_bytes option) */
 	bool uring;                 /* true when the io_uring back end is in use */
 	int error;                  /* the sticky error, or 0 */
 };
@@ -297,6 +323,19 @@ int jr_writer_open(struct jr_writer **out, const char *dir,
 int jr_writer_append(struct jr_writer *w, const struct jr_append *a,
 		     struct jr_cctx *cc, struct jr_appended *out);
 
+/*
+ * jr_writer_append(), except that a raw WRITE payload of JR_BORROW_MIN
+ * bytes or more may be written to the file straight from a->data instead
+ * of being copied into the writer's buffer (sync back end only; with
+ * io_uring, compression or workers it is copied as by jr_writer_append).
+ * The caller keeps a->data alive and unchanged until a
+ * jr_writer_write_out() or jr_writer_flush() that it calls after this
+ * append returned has itself returned (whatever its result), or until
+ * jr_writer_close().  Same returns as jr_writer_append().
+ */
+int jr_writer_append_borrowed(struct jr_writer *w, const struct jr_append *a,
+			      struct jr_cctx *cc, struct jr_appended *out);
+
 /* Puts everything queued into the file without syncing.  0 or error. */
 int jr_writer_write_out(struct jr_writer *w);
 
@@ -312,7 +351,11 @@ int jr_writer_tick(struct jr_writer *w);
 /* Copies the writer's counters into st. */
 void jr_writer_stats(struct jr_writer *w, struct jr_writer_stats *st);
 
-/* Flushes, closes files and frees.  Returns the flush's error, or 0. */
+/*
+ * Flushes, cuts a pre-written zero tail off the open segment (so the
+ * file ends at its last record), closes files and frees.  Returns the
+ * flush's or the cut's error, or 0; the writer is freed either way.
+ */
 int jr_writer_close(struct jr_writer *w);
 
 /* --------------------------------------------------------------- reader */

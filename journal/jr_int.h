@@ -186,7 +186,20 @@ struct jr_job {
 	size_t raw_cap;
 	uint8_t *z;               /* taken by the worker that claims the job */
 	size_t z_cap;
+	uint32_t pcrc;            /* crc32c of the stored payload alone, when
+				   * pcrc_ok (computed before the lock) */
+	bool pcrc_ok;
+	bool borrowed;            /* payload is written from the caller's
+				   * memory (jr_append.borrow), not copied */
 	enum jr_job_state state;
+};
+
+/* A run of pending bytes: buf[side][off..off+len) when ext is NULL, else
+ * len bytes at ext (a borrowed payload). */
+struct jr_piece {
+	const uint8_t *ext;
+	size_t off;
+	size_t len;
 };
 
 /* A spare payload buffer of the pool. */
@@ -266,6 +279,11 @@ struct jr_writer {
 	uint64_t seg_nrec;
 	uint64_t seg_last_seq;
 	uint64_t seg_last_ts;
+	uint64_t zend;          /* the file holds written blocks (records or
+				 * pre-written zeroes) up to here; >= the
+				 * end of the records (prezero_bytes) */
+	uint64_t sync_end;      /* file end covered by the last sync of this
+				 * segment (bytes appended per sync) */
 
 	uint64_t last_seq;      /* newest record of this journal (seq taken) */
 	uint64_t last_ts;
@@ -275,11 +293,16 @@ struct jr_writer {
 	bool placing;           /* a thread is moving records into the buffer
 				 * (it may have dropped the mutex for I/O) */
 
-	/* pending bytes: buf[active][0..plen) go to the file at poff */
+	/* pending bytes: the pieces pc[active][0..npc) — runs of
+	 * buf[active][0..bused) and borrowed payloads — plen bytes in all,
+	 * go to the file at poff */
 	uint8_t *buf[2];
 	size_t cap[2];
 	int active;
 	size_t plen;
+	size_t bused;
+	struct jr_piece *pc[2];
+	size_t npc[2], pccap[2];
 	uint64_t poff;
 	bool io_busy;
 

@@ -9,8 +9,14 @@
  * the shared scanner; the first record that is not valid ends the scan,
  * and a search for any valid record after it decides between a torn tail
  * (truncate, report) and corruption (refuse, name segment and seq).
+ * A last segment may end in a pre-written tail (zeroes the writer put
+ * ahead of its records, writer.c): when everything from the first record
+ * that is not valid to the end of the file is zero, that is where the
+ * journal ends — no search, nothing reported as torn — and the zeroes
+ * are cut off.
  * Records the caller knows durable (opts.durable_seq) are taken on their
  * headers and the seq chain alone, without reading their payloads.
+ *
  * Rejected alternative: verifying every sealed segment at open.  A full
  * read of a large journal would make every restart take minutes; sealed
  * segments were synced before their successor existed, and readers
@@ -133,6 +139,40 @@ out:
 }
 
 /*
+ * Whether every byte of fd from `from` to `size` is zero (a pre-written
+ * tail).  Returns 1, 0, or -errno.
+ */
+static int tail_is_zero(int fd, uint64_t from, uint64_t size)
+{
+	static const uint8_t zero[4096];
+	uint8_t *buf = malloc(1u << 20);
+	int res = 1;
+
+	if (!buf)
+		return -ENOMEM;
+	while (from < size && res == 1) {
+		size_t want = size - from < (1u << 20) ? (size_t)(size - from)
+						       : (1u << 20);
+		ssize_t n = rw_sys_pread_full(fd, buf, want, (off_t)from);
+		if (n < 0) {
+			res = (int)n;
+			break;
+		}
+		if (n == 0)
+			break; /* shrank meanwhile: nothing more to look at */
+		for (ssize_t i = 0; i < n && res == 1; i += (ssize_t)sizeof(zero)) {
+			size_t k = (size_t)(n - i) < sizeof(zero) ? (size_t)(n - i)
+								  : sizeof(zero);
+			if (memcmp(buf + i, zero, k))
+				res = 0;
+		}
+		from += (uint64_t)n;
+	}
+	free(buf);
+	return res;
+}
+
+/*
  * Scans the last segment; keeps complete valid records, truncates a torn
  * tail, refuses corruption.  On success leaves w->fd open on it (or -1
  * when it ended sealed or was a torn creation that got removed).
@@ -237,6 +277,30 @@ static int recover_last(struct jr_writer *w, const struct jr_seginfo *si,
 			pos += jr_rec_total(&rec);
 			continue;
 		}
+		uint64_t size = si->bytes;
+		struct stat st;
+		if (fstat(fd, &st) == 0)
+			size = (uint64_t)st.st_size;
+		/* Only zeroes from here on: the pre-written tail, the clean
+		 * end of the journal. */
+		int z = tail_is_zero(fd, pos, size);
+		if (z < 0) {
+			err = rw_err_set(z, "cannot read segment '%s': %s", path,
+					 rw_strerror(z));
+			goto out;
+		}
+		if (z) {
+			err = rw_sys_ftruncate(fd, (off_t)pos);
+			if (err) {
+				err = rw_err_set(err, "cannot cut the pre-written "
+						 "tail of '%s' at offset %llu: %s",
+						 path, (unsigned long long)pos,
+						 rw_strerror(err));
+				goto out;
+			}
+			rep->zero_tail_bytes = size - pos;
+			break;
+		}
 		/* TORN or BAD: a tail only if nothing valid follows. */
 		uint64_t found;
 		int f = jr_scan_find_valid(&sc, pos + 1, last, &found);
@@ -254,10 +318,6 @@ static int recover_last(struct jr_writer *w, const struct jr_seginfo *si,
 					 (unsigned long long)found);
 			goto out;
 		}
-		uint64_t size = si->bytes;
-		struct stat st;
-		if (fstat(fd, &st) == 0)
-			size = (uint64_t)st.st_size;
 		err = rw_sys_ftruncate(fd, (off_t)pos);
 		if (err) {
 			err = rw_err_set(err, "cannot truncate torn tail of '%s' "
@@ -288,6 +348,7 @@ static int recover_last(struct jr_writer *w, const struct jr_seginfo *si,
 	w->seg_first = si->first_seq;
 	w->seg_end = pos;
 	w->poff = pos;
+	w->zend = w->sync_end = pos;
 	w->seg_created_ns = h.created_ns;
 	w->seg_nrec = nrec;
 	w->seg_last_seq = last;

@@ -33,6 +33,35 @@
  * is not empty.  placed_seq (not last_seq) is what the I/O leader can
  * write out.
  *
+ * Pre-written tail: on ext4 (and most file systems) an fdatasync after
+ * an append that grows the file, or that writes into blocks allocated
+ * but never written, must commit the file system's journal (size and
+ * extent state); an overwrite of written blocks only writes the data.
+ * Measured here (fio, 4 KiB writes + fdatasync each): 3.1k/s appending
+ * against 10.2k/s overwriting.  So when syncs are small and frequent
+ * (a guest flushing after every write) the I/O leader that syncs also
+ * writes zeroes ahead of the records, prezero_bytes at a time, which the
+ * same fdatasync makes durable; the following small syncs then only
+ * overwrite.  When syncs are large (bulk writes) it does nothing: there
+ * the zeroes would double the bytes written for a commit that is cheap
+ * beside the data.  The file then extends past its last record with
+ * zeroes, a clean end for recovery and readers (FORMAT.md), and sealing
+ * and close cut it back.  Rejected: zero-filling each segment at
+ * creation (64 MiB written twice even by a guest that never flushes) and
+ * a background zeroing thread (it would have to stay out of the range
+ * the leader writes, and its fdatasync competes with the guest's).
+ *
+ * Checksums and copies off the lock: an append checksums its payload
+ * before it takes the mutex, and under it only encodes the 64-byte
+ * header, whose crc is combined with the payload's (rw_crc32c_combine),
+ * so concurrent appenders serialise on a few hundred nanoseconds, not
+ * on a pass over the payload.  A caller that keeps its buffer alive
+ * until its own write out (jr_writer_append_borrowed: capture's path)
+ * does not even have a large raw payload copied: the pending batch is a
+ * list of pieces — runs of the buffer and borrowed payloads — written
+ * with one pwritev.  Measured (perf, 64 KiB and 1 MiB guest writes): the
+ * crc and the copy under the mutex were ~15% and ~8% of the server.
+ *
  * Opening and recovery live in recover.c.
  */
 #include "journal/jr_int.h"
@@ -54,7 +83,11 @@ void jr_writer_opts_default(struct jr_writer_opts *o)
 	o->batch_bytes = 1u << 20;
 	o->backend = JR_BACKEND_AUTO;
 	o->raw_when_behind = true;
+	o->prezero_bytes = 2ull << 20;
 }
+
+/* Zeroes for the pre-written tail (never written, so in .bss). */
+static uint8_t zero_blk[256u << 10];
 
 void jr_writer_seg_path(const struct jr_writer *w, uint64_t first, char *buf,
 			size_t sz, const char *suffix)
@@ -89,6 +122,16 @@ static int buf_reserve(struct jr_writer *w, size_t need)
 {
 	int a = w->active;
 
+	if (need <= w->cap[a] && w->npc[a] < w->pccap[a])
+		return 0;
+	if (w->npc[a] + 1 >= w->pccap[a]) {
+		size_t np = w->pccap[a] ? 2 * w->pccap[a] : 64;
+		struct jr_piece *v = realloc(w->pc[a], np * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		w->pc[a] = v;
+		w->pccap[a] = np;
+	}
 	if (need <= w->cap[a])
 		return 0;
 	size_t nc = w->cap[a] ? w->cap[a] : 64 * 1024;
@@ -102,6 +145,123 @@ static int buf_reserve(struct jr_writer *w, size_t need)
 	return 0;
 }
 
+/* Adds a run to the active side's pieces (room reserved by buf_reserve,
+ * which keeps two free slots), merging buffer runs that touch. */
+static void piece_add(struct jr_writer *w, const uint8_t *ext, size_t off,
+		      size_t len)
+{
+	int a = w->active;
+	struct jr_piece *last = w->npc[a] ? &w->pc[a][w->npc[a] - 1] : NULL;
+
+	if (!len)
+		return;
+	if (!ext && last && !last->ext && last->off + last->len == off) {
+		last->len += len;
+		return;
+	}
+	w->pc[a][w->npc[a]++] = (struct jr_piece){ ext, off, len };
+}
+
+/*
+ * Writes the pieces of side b (len bytes in all) at off of fd, then
+ * fdatasyncs when sync.  One buffer run goes through the back end; with
+ * borrowed payloads the sync back end writes them all with pwritev
+ * (io_uring never gets borrowed payloads: see jr_writer_append).
+ * 0 or -errno.
+ */
+static int write_pieces(struct jr_writer *w, int fd, int b, size_t len,
+			uint64_t off, bool sync)
+{
+	const struct jr_piece *pc = w->pc[b];
+	size_t n = w->npc[b];
+
+	if (n <= 1 && (!n || !pc[0].ext))
+		return jr_io_write(w->io, fd, n ? w->buf[b] + pc[0].off : w->buf[b],
+				   len, off, sync);
+	if (jr_io_is_uring(w->io)) {
+		for (size_t i = 0; i < n; i++) {
+			const uint8_t *p = pc[i].ext ? pc[i].ext : w->buf[b] + pc[i].off;
+			int err = jr_io_write(w->io, fd, p, pc[i].len, off,
+					      sync && i + 1 == n);
+			if (err)
+				return err;
+			off += pc[i].len;
+		}
+		return 0;
+	}
+	size_t i = 0, skip = 0; /* first piece not written, bytes of it done */
+	while (i < n) {
+		struct iovec iov[64];
+		int k = 0;
+		for (size_t j = i; j < n && k < 64; j++, k++) {
+			const uint8_t *p = pc[j].ext ? pc[j].ext : w->buf[b] + pc[j].off;
+			size_t s0 = j == i ? skip : 0;
+			iov[k] = (struct iovec){ (void *)(p + s0), pc[j].len - s0 };
+		}
+		ssize_t r = rw_sys_pwritev(fd, iov, k, (off_t)off);
+		if (r == -EINTR)
+			continue;
+		if (r < 0)
+			return (int)r;
+		if (r == 0)
+			return -EIO;
+		off += (uint64_t)r;
+		size_t done = (size_t)r;
+		while (done && i < n) {
+			size_t left = pc[i].len - skip;
+			if (done >= left) {
+				done -= left;
+				i++;
+				skip = 0;
+			} else {
+				skip += done;
+				done = 0;
+			}
+		}
+	}
+	return sync ? rw_sys_fdatasync(fd) : 0;
+}
+
+/*
+ * With the mutex held, for a sync whose write ends at file offset end:
+ * decides whether to write zeroes ahead of the records (see the design
+ * note) and reserves [*from, *to) for them by moving zend; *to == 0 when
+ * not.  Only the I/O leader writes, so nothing lands there meanwhile.
+ */
+static void prezero_plan(struct jr_writer *w, uint64_t end, uint64_t *from,
+			 uint64_t *to)
+{
+	uint64_t win = w->o.prezero_bytes;
+	uint64_t lim = w->o.segment_bytes;
+
+	*from = *to = 0;
+	if (!win || w->fd < 0 || end < w->sync_end ||
+	    end - w->sync_end > win / 16 || w->zend >= end + win / 2)
+		return;
+	uint64_t f = w->zend > end ? w->zend : end;
+	uint64_t z = end + win < lim ? end + win : lim;
+	if (z <= f)
+		return;
+	*from = f;
+	*to = z;
+	w->zend = z;
+}
+
+/* Writes zeroes over [from, to) of fd.  0 or -errno. */
+static int prezero_write(struct jr_writer *w, int fd, uint64_t from,
+			 uint64_t to)
+{
+	while (from < to) {
+		size_t n = to - from < sizeof(zero_blk) ? (size_t)(to - from)
+							: sizeof(zero_blk);
+		int err = jr_io_write(w->io, fd, zero_blk, n, from, false);
+		if (err)
+			return err;
+		from += n;
+	}
+	return 0;
+}
+
 /*
  * The I/O leader: called with the mutex held and no I/O running; writes
  * the pending buffer (and syncs when asked) with the mutex released.
@@ -112,11 +272,15 @@ static void leader_io(struct jr_writer *w, bool sync)
 	size_t len = w->plen;
 	uint64_t off = w->poff;
 	uint64_t upto = w->placed_seq;
+	uint64_t zfrom = 0, zto = 0;
 	int fd = w->fd;
 	int err = 0;
 
+	if (sync)
+		prezero_plan(w, off + len, &zfrom, &zto);
 	w->active ^= 1;
 	w->plen = 0;
+	w->bused = 0;
 	w->poff += len;
 	if (sync) {
 		w->covered_ns = w->fresh_ns;
@@ -124,19 +288,25 @@ static void leader_io(struct jr_writer *w, bool sync)
 	}
 	w->io_busy = true;
 	pthread_mutex_unlock(&w->mu);
-	if (fd >= 0 && (len || sync))
-		err = jr_io_write(w->io, fd, w->buf[b], len, off, sync);
+	if (zto)
+		err = prezero_write(w, fd, zfrom, zto);
+	if (!err && fd >= 0 && (len || sync))
+		err = write_pieces(w, fd, b, len, off, sync);
 	pthread_mutex_lock(&w->mu);
+	w->npc[b] = 0;
 	w->io_busy = false;
 	if (err) {
 		set_sticky(w, err, sync ? "write+fdatasync" : "write");
 	} else {
 		w->written_seq = upto;
+		w->st.prezero_bytes += zto - zfrom;
 		if (sync) {
 			w->durable_seq = upto;
 			w->covered_ns = 0;
-			if (fd >= 0)
+			if (fd >= 0) {
 				w->st.syncs++;
+				w->sync_end = off + len;
+			}
 		}
 	}
 	pthread_cond_broadcast(&w->cv);
@@ -158,13 +328,27 @@ static int seal_segment(struct jr_writer *w)
 			.prev_seq = w->seg_last_seq, .ts_ns = w->seg_last_ts,
 			.disk_id = w->o.disk_id,
 		};
-		err = buf_reserve(w, w->plen + JR_HDR_SIZE);
+		err = buf_reserve(w, w->bused + JR_HDR_SIZE);
 		if (err)
 			return set_sticky(w, err, "seal");
-		jr_rec_encode(&s, w->buf[w->active] + w->plen, NULL);
+		jr_rec_encode(&s, w->buf[w->active] + w->bused, NULL);
+		piece_add(w, NULL, w->bused, JR_HDR_SIZE);
+		w->bused += JR_HDR_SIZE;
 		w->plen += JR_HDR_SIZE;
-		err = jr_io_write(w->io, w->fd, w->buf[w->active], w->plen,
-				  w->poff, true);
+		/* A pre-written tail goes first: a sealed segment ends with
+		 * its SEAL, and a reader never sees zeroes after one (until
+		 * the SEAL is written they are the clean end of the file). */
+		uint64_t fin = w->poff + w->plen;
+		if (w->zend > fin) {
+			err = rw_sys_ftruncate(w->fd, (off_t)fin);
+			if (err)
+				return set_sticky(w, err, "seal (cut the "
+						  "pre-written tail)");
+			w->zend = fin;
+		}
+		err = write_pieces(w, w->fd, w->active, w->plen, w->poff, true);
+		w->npc[w->active] = 0;
+		w->bused = 0;
 		if (err)
 			return set_sticky(w, err, "seal (write+fdatasync)");
 		w->st.syncs++;
@@ -215,10 +399,13 @@ static int create_segment(struct jr_writer *w, uint64_t first)
 	fd = -1;
 	w->seg_first = first;
 	w->seg_end = JR_SEG_HDR_SIZE;
+	w->zend = w->sync_end = JR_SEG_HDR_SIZE;
 	w->seg_created_ns = now;
 	w->seg_nrec = 0;
 	w->poff = JR_SEG_HDR_SIZE;
 	w->plen = 0;
+	w->bused = 0;
+	w->npc[w->active] = 0;
 	w->st.syncs++;
 out:
 	if (fd >= 0) {
@@ -291,21 +478,35 @@ static int place_copy(struct jr_writer *w, struct jr_job *job,
 {
 	struct jr_rec *r = &job->rec;
 	uint64_t total = JR_HDR_SIZE + (uint64_t)r->stored_len;
+	bool borrow = job->borrowed && r->stored_len;
+	size_t inbuf = JR_HDR_SIZE + (borrow ? 0 : r->stored_len);
 	int err;
 
-	if ((err = buf_reserve(w, w->plen + total)))
+	if ((err = buf_reserve(w, w->bused + inbuf)))
 		return set_sticky(w, err, "append (out of memory)");
-	uint8_t *dst = w->buf[w->active] + w->plen;
-	if (r->stored_len)
+	uint8_t *dst = w->buf[w->active] + w->bused;
+	if (r->stored_len && !borrow)
 		memcpy(dst + JR_HDR_SIZE, job->payload, r->stored_len);
-	if (job->hdr_ok)
+	if (job->hdr_ok) {
 		memcpy(dst, job->hdr, JR_HDR_SIZE);
-	else
+	} else if (job->pcrc_ok) {
+		/* Header crc (payload NULL: header bytes only), then the
+		 * payload's, taken before the lock. */
+		jr_rec_encode(r, dst, NULL);
+		r->crc = rw_crc32c_combine(rw_crc32c(0, dst, 60), job->pcrc,
+					   r->stored_len);
+		rw_put_le32(dst + 60, r->crc);
+	} else {
 		jr_rec_encode(r, dst, dst + JR_HDR_SIZE);
+	}
+	piece_add(w, NULL, w->bused, inbuf);
+	if (borrow)
+		piece_add(w, job->payload, 0, r->stored_len);
 	if (loc) {
 		loc->segment = w->seg_first;
 		loc->offset = w->seg_end;
 	}
+	w->bused += inbuf;
 	w->plen += total;
 	w->seg_end += total;
 	w->seg_nrec++;
@@ -422,6 +623,8 @@ static int enqueue(struct jr_writer *w, const struct jr_append *a, int level,
 		memcpy(job->raw, a->data, len);
 	job->payload = job->raw;
 	job->hdr_ok = false;
+	job->pcrc_ok = false;
+	job->borrowed = false;
 	job->level = level;
 	job->now = now ? now : 1;
 	job->state = level ? JR_JOB_QUEUED : JR_JOB_DONE;
@@ -442,8 +645,8 @@ static int enqueue(struct jr_writer *w, const struct jr_append *a, int level,
 	return 0;
 }
 
-int jr_writer_append(struct jr_writer *w, const struct jr_append *a,
-		     struct jr_cctx *cc, struct jr_appended *out)
+static int append(struct jr_writer *w, const struct jr_append *a,
+		  struct jr_cctx *cc, struct jr_appended *out, bool borrow)
 {
 	struct jr_job job = { 0 };
 	uint8_t flags = 0;
@@ -475,6 +678,19 @@ int jr_writer_append(struct jr_writer *w, const struct jr_append *a,
 	}
 	uint64_t total = JR_HDR_SIZE + (uint64_t)job.rec.stored_len;
 	uint64_t now = rw_clock_ns();
+	if (!to_pool && job.rec.stored_len >= JR_BORROW_MIN) {
+		/* Off the lock: only the header's crc is taken under it.
+		 * (Below 16 KiB the combine costs about what the crc of the
+		 * payload does: those are checksummed under the lock.) */
+		job.pcrc = rw_crc32c(0, job.payload, job.rec.stored_len);
+		job.pcrc_ok = true;
+		/* Borrow only the caller's own bytes (not a zstd frame in
+		 * cc, which the next compression reuses), and never with
+		 * io_uring, which writes one contiguous buffer. */
+		job.borrowed = borrow && job.payload == a->data &&
+			       a->length >= JR_BORROW_MIN &&
+			       !jr_io_is_uring(w->io);
+	}
 	job.now = now;
 	job.rec.type = a->type;
 	job.rec.flags = flags;
@@ -549,6 +765,18 @@ int jr_writer_append(struct jr_writer *w, const struct jr_append *a,
 out:
 	pthread_mutex_unlock(&w->mu);
 	return err;
+}
+
+int jr_writer_append(struct jr_writer *w, const struct jr_append *a,
+		     struct jr_cctx *cc, struct jr_appended *out)
+{
+	return append(w, a, cc, out, false);
+}
+
+int jr_writer_append_borrowed(struct jr_writer *w, const struct jr_append *a,
+			      struct jr_cctx *cc, struct jr_appended *out)
+{
+	return append(w, a, cc, out, true);
 }
 
 /*
@@ -644,6 +872,8 @@ void jr_writer_free(struct jr_writer *w)
 	jr_io_close(w->io);
 	free(w->buf[0]);
 	free(w->buf[1]);
+	free(w->pc[0]);
+	free(w->pc[1]);
 	free(w->dir);
 	pthread_cond_destroy(&w->cv);
 	pthread_mutex_destroy(&w->mu);
@@ -655,6 +885,19 @@ int jr_writer_close(struct jr_writer *w)
 	if (!w)
 		return 0;
 	int err = jr_writer_flush(w);
+	/* Cut the pre-written tail: the file ends at its last record.  Not
+	 * synced: if the cut is lost the zeroes are a clean end. */
+	if (!err && w->fd >= 0 && w->zend > w->seg_end) {
+		err = rw_sys_ftruncate(w->fd, (off_t)w->seg_end);
+		if (err) {
+			char path[PATH_MAX];
+			jr_writer_seg_path(w, w->seg_first, path, sizeof(path), "");
+			err = rw_err_set(err, "cannot cut the pre-written tail "
+					 "of '%s' at offset %llu: %s", path,
+					 (unsigned long long)w->seg_end,
+					 rw_strerror(err));
+		}
+	}
 	jr_writer_free(w);
 	return err;
 }

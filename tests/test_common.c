@@ -61,6 +61,33 @@ static void test_crc_incremental_and_unaligned(void)
 	for (size_t o = 1; o < 9; o++)
 		CU_ASSERT_EQUAL(rw_crc32c(0, buf + o, 1000),
 				rw_crc32c_sw(0, buf + o, 1000));
+	/* Lengths around the 3-way blocks (3 x 256 and 3 x 8192 bytes). */
+	static const size_t lens[] = { 767, 768, 769, 1543, 24575, 24576,
+				       24577, 24576 + 768 + 13, 49152, 81920 };
+	uint8_t *big = malloc(81920 + 8);
+	CU_ASSERT_FATAL(big != NULL);
+	tu_fill_random(&st, big, 81920 + 8);
+	size_t bad = 0;
+	for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++)
+		for (size_t o = 0; o < 8; o++)
+			if (rw_crc32c(7, big + o, lens[i]) !=
+			    rw_crc32c_sw(7, big + o, lens[i]))
+				bad++;
+	CU_ASSERT_EQUAL(bad, 0);
+	/* combine(crc(A), crc(B), |B|) == crc(A || B) at every split. */
+	static const size_t cuts[] = { 0, 1, 7, 60, 64, 4096, 65536, 81920 };
+	for (size_t i = 0; i < sizeof(cuts) / sizeof(cuts[0]); i++) {
+		size_t a = cuts[i] < 81920 ? 81920 - cuts[i] : 0;
+		for (size_t k = 0; k < 2; k++) {
+			size_t la = k ? 60 : a, lb = 81920 - la;
+			uint32_t ca = rw_crc32c(0, big, la);
+			uint32_t cb = rw_crc32c(0, big + la, lb);
+			if (rw_crc32c_combine(ca, cb, lb) != rw_crc32c(0, big, 81920))
+				bad++;
+		}
+	}
+	CU_ASSERT_EQUAL(bad, 0);
+	free(big);
 }
 
 /*

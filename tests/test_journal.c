@@ -2250,6 +2250,230 @@ static void test_pool_worker_fault(void)
 
 /* -------------------------------------------------------- main */
 
+/* ----------------------------------------------- pre-written zero tail */
+
+/* Appends one 512-byte write at off and flushes; returns its record. */
+static struct jr_appended small_flushed(struct jr_writer *w, uint64_t off)
+{
+	uint8_t b[512];
+	struct jr_appended o;
+	memset(b, (int)(off & 0xff) | 1, sizeof(b));
+	struct jr_append a = { JR_WRITE, off, sizeof(b), b };
+	CU_ASSERT_EQUAL(jr_writer_append(w, &a, NULL, &o), 0);
+	CU_ASSERT_EQUAL(jr_writer_flush(w), 0);
+	return o;
+}
+
+/*
+ * Regression: small flushes make the writer write zeroes ahead of its
+ * records (prezero_bytes), so a crash leaves a last segment that ends in
+ * zeroes.  Recovery must take them for the clean end of the journal —
+ * no torn tail reported, every record kept, the zeroes cut — while a
+ * torn record in front of them is still a torn tail, and sealing leaves
+ * no zeroes after the SEAL.
+ */
+static void test_prezero_tail(void)
+{
+	char *tmp = tu_tmpdir("jr-prezero");
+	char *dir = jdir(tmp);
+	char path[1024];
+	struct jr_clock *clk;
+	struct jr_writer_stats ws;
+	struct jr_recovery rep;
+	int err;
+
+	jr_clock_new(&clk, 1, 0);
+	struct jr_writer *w = open_writer(dir, JR_BACKEND_SYNC, 0, clk, NULL, &err);
+	CU_ASSERT_FATAL(w != NULL);
+	struct jr_appended o = { 0 };
+	for (int i = 0; i < 5; i++)
+		o = small_flushed(w, 4096u * (unsigned)i);
+	uint64_t end = o.loc.offset + JR_HDR_SIZE + o.stored_len;
+	seg_path(dir, o.loc.segment, path, sizeof(path));
+	jr_writer_stats(w, &ws);
+	CU_ASSERT(ws.prezero_bytes >= (2u << 20) - end);
+	CU_ASSERT(file_len(path) > end + (1u << 20));
+	/* A reader of the live journal stops at the zeroes, cleanly. */
+	struct jr_reader *r = NULL;
+	struct jr_rec rec;
+	size_t n = 0;
+	CU_ASSERT_FATAL(jr_reader_open(&r, dir, 0) == 0);
+	while ((err = jr_reader_next(r, &rec, NULL, NULL)) == 1)
+		n++;
+	CU_ASSERT_EQUAL(err, 0);
+	CU_ASSERT_EQUAL(n, 5);
+	jr_reader_close(r);
+
+	/* The crash: the file as the running writer left it. */
+	size_t len;
+	uint8_t *crashed = slurp(path, &len);
+	CU_ASSERT(len > end);
+	CU_ASSERT_EQUAL(jr_writer_close(w), 0);
+	CU_ASSERT_EQUAL(file_len(path), end); /* close cuts the zeroes */
+	spit(path, crashed, len);
+	w = open_writer(dir, JR_BACKEND_SYNC, 0, clk, &rep, &err);
+	CU_ASSERT_FATAL(w != NULL);
+	CU_ASSERT_EQUAL(rep.last_seq, o.seq);
+	CU_ASSERT_EQUAL(rep.truncated_bytes, 0);
+	CU_ASSERT_EQUAL(rep.torn_segment, 0);
+	CU_ASSERT_EQUAL(rep.zero_tail_bytes, len - end);
+	CU_ASSERT_EQUAL(file_len(path), end);
+	/* Appending continues right after the last record. */
+	struct jr_appended o2 = small_flushed(w, 1u << 20);
+	CU_ASSERT_EQUAL(o2.loc.offset, end);
+	CU_ASSERT_EQUAL(jr_writer_close(w), 0);
+
+	/* A torn record in front of the zeroes is still a torn tail. */
+	uint64_t end2 = o2.loc.offset + JR_HDR_SIZE + o2.stored_len;
+	uint8_t *full = slurp(path, &len);
+	CU_ASSERT_EQUAL(len, end2);
+	uint8_t *img = calloc(1, (size_t)end2 + 65536);
+	memcpy(img, full, (size_t)end2);
+	memcpy(img + end2, full + o2.loc.offset, 40); /* half a header */
+	spit(path, img, (size_t)end2 + 65536);
+	w = open_writer(dir, JR_BACKEND_SYNC, 0, clk, &rep, &err);
+	CU_ASSERT_FATAL(w != NULL);
+	CU_ASSERT_EQUAL(rep.last_seq, o2.seq);
+	CU_ASSERT_EQUAL(rep.truncated_bytes, 65536);
+	CU_ASSERT_EQUAL(rep.torn_segment, o2.loc.segment);
+	CU_ASSERT_EQUAL(rep.zero_tail_bytes, 0);
+	CU_ASSERT_EQUAL(file_len(path), end2);
+	CU_ASSERT_EQUAL(jr_writer_close(w), 0);
+	free(img);
+	free(full);
+	free(crashed);
+	tu_rmrf(dir);
+
+	/* Small segments, a flush after every record: every rollover seals
+	 * a segment that had a pre-written tail. */
+	w = open_writer(dir, JR_BACKEND_SYNC, 16384, clk, NULL, &err);
+	CU_ASSERT_FATAL(w != NULL);
+	for (int i = 0; i < 100; i++)
+		o = small_flushed(w, 4096u * (unsigned)i);
+	jr_writer_stats(w, &ws);
+	CU_ASSERT(ws.prezero_bytes > 0);
+	struct jr_seginfo *segs = NULL;
+	int ns = jr_segments_list(dir, &segs);
+	CU_ASSERT(ns > 3);
+	for (int i = 0; i + 1 < ns; i++) {
+		seg_path(dir, segs[i].first_seq, path, sizeof(path));
+		uint8_t *b = slurp(path, &len);
+		struct jr_rec sr;
+		CU_ASSERT_FATAL(len >= 128);
+		CU_ASSERT_EQUAL(jr_rec_decode(b + len - 64, &sr), 0);
+		CU_ASSERT_EQUAL(sr.type, JR_SEAL);
+		free(b);
+	}
+	free(segs);
+	/* Crash copy of the open segment, then recovery of the whole. */
+	seg_path(dir, o.loc.segment, path, sizeof(path));
+	crashed = slurp(path, &len);
+	CU_ASSERT_EQUAL(jr_writer_close(w), 0);
+	spit(path, crashed, len);
+	free(crashed);
+	w = open_writer(dir, JR_BACKEND_SYNC, 16384, clk, &rep, &err);
+	CU_ASSERT_FATAL(w != NULL);
+	CU_ASSERT_EQUAL(rep.last_seq, o.seq);
+	CU_ASSERT_EQUAL(rep.truncated_bytes, 0);
+	CU_ASSERT_EQUAL(jr_writer_close(w), 0);
+	CU_ASSERT_FATAL(jr_reader_open(&r, dir, 0) == 0);
+	n = 0;
+	while ((err = jr_reader_next(r, &rec, NULL, NULL)) == 1)
+		n++;
+	CU_ASSERT_EQUAL(err, 0);
+	CU_ASSERT_EQUAL(n, 100);
+	jr_reader_close(r);
+
+	jr_clock_free(clk);
+	tu_rmrf(tmp);
+	free(dir);
+	free(tmp);
+}
+
+/* ------------------------------------------------- borrowed payloads */
+
+/*
+ * jr_writer_append_borrowed() writes large raw payloads from the
+ * caller's memory: once write_out returns the caller may reuse it, and
+ * what is in the file is what was appended — across rollovers (the seal
+ * writes borrowed pieces too) and short writes that end inside a piece.
+ */
+static void test_borrowed_payloads(void)
+{
+	char *tmp = tu_tmpdir("jr-borrow");
+	char *dir = jdir(tmp);
+	struct jr_clock *clk;
+	uint64_t st = 11;
+	int err;
+	enum { N = 60 };
+	uint32_t lens[N];
+	uint8_t seeds[N];
+
+	jr_clock_new(&clk, 1, 0);
+	struct jr_writer *w = open_writer(dir, JR_BACKEND_SYNC, 256 * 1024, clk,
+					  NULL, &err);
+	CU_ASSERT_FATAL(w != NULL);
+	uint8_t *buf = malloc(3 * 100000);
+	CU_ASSERT_FATAL(buf != NULL);
+	size_t shorts = 0;
+	for (int i = 0; i < N; i += 3) {
+		/* Three appends share a write out: two borrowed, one copied. */
+		for (int k = 0; k < 3; k++) {
+			int j = i + k;
+			lens[j] = k == 2 ? 700 : JR_BORROW_MIN +
+				  (uint32_t)(tu_rand(&st) % 80000);
+			seeds[j] = (uint8_t)(j * 37 + 1);
+			uint8_t *p = buf + (size_t)k * 100000;
+			for (uint32_t b = 0; b < lens[j]; b++)
+				p[b] = (uint8_t)(seeds[j] + b * 7);
+			struct jr_append a = { JR_WRITE, (uint64_t)j << 20, lens[j], p };
+			CU_ASSERT_EQUAL(jr_writer_append_borrowed(w, &a, NULL, NULL), 0);
+		}
+		if (i % 9 == 0) {
+			/* The write out ends inside a borrowed payload. */
+			rw_fault_arm_short(RW_OP_WRITE, 1, 64 + 5000);
+			shorts++;
+		}
+		CU_ASSERT_EQUAL(jr_writer_write_out(w), 0);
+		rw_fault_reset();
+		memset(buf, 0xEE, 3 * 100000); /* no longer the writer's */
+	}
+	CU_ASSERT_EQUAL(jr_writer_close(w), 0);
+	CU_ASSERT(shorts > 0);
+
+	struct jr_reader *r = NULL;
+	struct jr_rec rec;
+	const void *pl;
+	size_t n = 0, bad = 0;
+	CU_ASSERT_FATAL(jr_reader_open(&r, dir, 0) == 0);
+	while ((err = jr_reader_next(r, &rec, NULL, &pl)) == 1) {
+		int j = (int)(rec.offset >> 20);
+		if (j >= N || rec.length != lens[j] || !pl) {
+			bad++;
+			continue;
+		}
+		const uint8_t *p = pl;
+		for (uint32_t b = 0; b < rec.length; b++)
+			if (p[b] != (uint8_t)(seeds[j] + b * 7)) {
+				bad++;
+				break;
+			}
+		n++;
+	}
+	CU_ASSERT_EQUAL(err, 0);
+	CU_ASSERT_EQUAL(n, N);
+	CU_ASSERT_EQUAL(bad, 0);
+	jr_reader_close(r);
+	struct jr_seginfo *segs = NULL;
+	CU_ASSERT(jr_segments_list(dir, &segs) > 3); /* rollovers happened */
+	free(segs);
+	free(buf);
+	jr_clock_free(clk);
+	tu_rmrf(tmp);
+	free(dir);
+	free(tmp);
+}
+
 int main(void)
 {
 	setvbuf(stdout, NULL, _IONBF, 0);
@@ -2288,6 +2512,10 @@ int main(void)
 		     "workers: a write fault hit by a worker is sticky",
 		     test_pool_worker_fault,
 		     "fault loop with compression workers", test_faults_pool,
+		     "pre-written zero tail: a clean end, cut at seal and close",
+		     test_prezero_tail,
+		     "borrowed payloads: written from the caller's memory",
+		     test_borrowed_payloads,
 		     NULL);
 	return tu_run();
 }
