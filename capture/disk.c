@@ -107,6 +107,9 @@ int cap_disk_open(struct cap_disk *d, struct ix *ix, const struct ix_disk *m,
 	 * scheduling ~2.5% of the server, 4 KiB QD32 writes).
 	 */
 	wo.backend = JR_BACKEND_SYNC;
+	/* head_synced_seq is recorded only after a journal fdatasync covered
+	 * it: recovery need not re-read those records' payloads. */
+	wo.durable_seq = m->head_synced_seq;
 	err = jr_writer_open(&d->w, d->journal_dir, &wo, clock, rep);
 	if (err) {
 		d->w = NULL;
