@@ -37,6 +37,13 @@ CPPFLAGS += -D_GNU_SOURCE -I. $(shell pkg-config --cflags $(PKGS) $(DLOPEN_PKGS)
 CFLAGS += -std=c11 $(OPT) $(WARN) $(SANFLAGS) -pthread -MMD -MP
 LDFLAGS += $(SANFLAGS) -pthread
 LDLIBS += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -ldl
+ifneq ($(SANITIZE),)
+# ASan intercepts the XDR functions libvirt calls (from libtirpc) and binds
+# its interceptors to the real ones at start-up: a libtirpc that arrives
+# later with a dlopened libvirt leaves them NULL (SEGV at pc 0 in
+# virNetMessageEncodeHeader).  The sanitizer build links it from the start.
+LDLIBS += -Wl,--no-as-needed -l:libtirpc.so.3 -Wl,--as-needed
+endif
 TEST_LIBS := $(shell pkg-config --libs $(TEST_PKGS) 2>/dev/null)
 
 ifeq ($(V),1)
