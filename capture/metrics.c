@@ -37,7 +37,6 @@
 #include "journal/jr.h"
 #include "restore/rs.h"
 
-#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -83,17 +82,14 @@ static char mh_error[512];
 
 static void mh_load(void)
 {
-	void *h = dlopen("libmicrohttpd.so.12", RTLD_NOW | RTLD_LOCAL);
-
-	if (!h) {
-		snprintf(mh_error, sizeof(mh_error), "%s", dlerror());
-		return;
-	}
-#define X(f) \
-	if (!mh_error[0] && !(*(void **)&mh.f = dlsym(h, #f))) \
-		snprintf(mh_error, sizeof(mh_error), "no %s in libmicrohttpd", #f);
-	MH_FUNCS(X)
+	static const struct rw_dlsym syms[] = {
+#define X(f) { #f, (void **)&mh.f },
+		MH_FUNCS(X)
 #undef X
+	};
+
+	rw_dl_load("libmicrohttpd.so.12", syms, sizeof(syms) / sizeof(syms[0]),
+		   mh_error, sizeof(mh_error));
 }
 
 /* Loads libmicrohttpd once.  0, or RW_EFAILED saying why it cannot be used. */

@@ -314,6 +314,23 @@ int rw_sys_mkdir(const char *path, mode_t mode);
 /* fsync of a directory, so that creates/renames/unlinks in it are durable. */
 int rw_sys_fsync_dir(const char *path);
 
+/* ------------------------------------------------------ optional libraries */
+
+/* One symbol to resolve: its name and the function pointer it fills. */
+struct rw_dlsym {
+	const char *name;
+	void **slot;
+};
+/*
+ * dlopens soname (RTLD_NOW | RTLD_LOCAL; the handle stays open for the
+ * life of the process) and fills every slot of syms[0..n).  err (errlen
+ * bytes) is left "" on success, else says what is missing; slots after a
+ * missing symbol are left as they were.  Call it once, under the caller's
+ * pthread_once.
+ */
+void rw_dl_load(const char *soname, const struct rw_dlsym *syms, size_t n,
+		char *err, size_t errlen);
+
 /* ---------------------------------------------------------------- clock */
 
 /*

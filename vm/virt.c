@@ -11,7 +11,6 @@
 #include "vm/vm.h"
 #include "common/rw.h"
 
-#include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -59,17 +58,14 @@ static char lv_error[512];
 
 static void lv_load(void)
 {
-	void *h = dlopen("libvirt.so.0", RTLD_NOW | RTLD_LOCAL);
-
-	if (!h) {
-		snprintf(lv_error, sizeof(lv_error), "%s", dlerror());
-		return;
-	}
-#define X(f) \
-	if (!lv_error[0] && !(*(void **)&lv.f = dlsym(h, #f))) \
-		snprintf(lv_error, sizeof(lv_error), "no %s in libvirt.so.0", #f);
-	LV_FUNCS(X)
+	static const struct rw_dlsym syms[] = {
+#define X(f) { #f, (void **)&lv.f },
+		LV_FUNCS(X)
 #undef X
+	};
+
+	rw_dl_load("libvirt.so.0", syms, sizeof(syms) / sizeof(syms[0]),
+		   lv_error, sizeof(lv_error));
 }
 
 /* Loads libvirt once.  0, or RW_EFAILED saying why it cannot be used. */

@@ -17,7 +17,6 @@
 #include "common/rw.h"
 #include "index/ix.h"
 
-#include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -69,25 +68,20 @@ static xmlFreeFunc *lx_free_var;              /* &xmlFree */
 
 static void lx_load(void)
 {
-	void *h = dlopen("libxml2.so.2", RTLD_NOW | RTLD_LOCAL);
-
-	if (!h) {
-		snprintf(lx_error, sizeof(lx_error), "%s", dlerror());
-		return;
-	}
-#define X(f) \
-	if (!lx_error[0] && !(*(void **)&lx.f = dlsym(h, #f))) \
-		snprintf(lx_error, sizeof(lx_error), "no %s in libxml2.so.2", #f);
-	LX_FUNCS(X)
+	void *free_sym = NULL;
+	const struct rw_dlsym syms[] = {
+#define X(f) { #f, (void **)&lx.f },
+		LX_FUNCS(X)
 #undef X
-	void *f = dlsym(h, LX_FREE_SYM);
-	if (!f && !lx_error[0])
-		snprintf(lx_error, sizeof(lx_error), "no %s in libxml2.so.2",
-			 LX_FREE_SYM);
+		{ LX_FREE_SYM, &free_sym },
+	};
+
+	rw_dl_load("libxml2.so.2", syms, sizeof(syms) / sizeof(syms[0]),
+		   lx_error, sizeof(lx_error));
 #ifdef LIBXML_THREAD_ALLOC_ENABLED
-	*(void **)&lx_free_slot = f;
+	*(void **)&lx_free_slot = free_sym;
 #else
-	lx_free_var = f;
+	lx_free_var = free_sym;
 #endif
 }
 
