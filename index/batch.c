@@ -536,8 +536,10 @@ int ix_batch_commit(struct ix_batch *b)
 
 	if (b->n)
 		rc = ix_write(b->ix, commit_fn, b, "committing an index batch");
+	/* Only an optimisation: the batch is committed whatever it returns
+	 * (a full disk fails the next batch, which says so). */
 	if (rc == 0 && b->nv >= RECYCLE_VERSIONS)
-		rc = ix_write(b->ix, recycle_fn, NULL, "committing an index batch");
+		(void)ix_write(b->ix, recycle_fn, NULL, "recycling freed pages");
 	b->n = 0;
 	b->nv = 0;
 	b->nd = 0;

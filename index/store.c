@@ -563,9 +563,7 @@ static int upgrade(struct ix *ix, unsigned from)
 	rc = ix_clear_derived(ix);
 	if (rc == 0)
 		rc = ix_write(ix, put_format, NULL, "recording the index format");
-	if (rc == 0)
-		rc = ix_catch_up(ix, NULL, NULL); /* no opener sees it empty */
-	return rc < 0 ? rc : 0;
+	return rc;
 }
 
 static uint64_t initial_mapsize(void)
@@ -682,6 +680,14 @@ int ix_open(struct ix **out, const char *dir, unsigned flags)
 			rc = ix_horizon_sync(ix); /* index/compact.c */
 		if (rc)
 			goto out;
+	}
+	if (oc.upgrade_from) {
+		/* Rebuilt now, with the disks' state synced: no opener sees
+		 * the tables empty. */
+		rc = ix_catch_up(ix, NULL, NULL);
+		if (rc < 0)
+			goto out;
+		rc = 0;
 	}
 	*out = ix;
 	ix = NULL;
