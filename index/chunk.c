@@ -290,7 +290,6 @@ struct cbuild {
 	size_t len;         /* body bytes in buf */
 	uint64_t first;     /* seq of the first entry */
 	bool have;          /* a chunk is open */
-	bool stored;        /* last is only a seq (opened from the table) */
 	bool at_cursor;     /* both cursors are on this chunk's key */
 	struct ix_ventry last;
 };
@@ -337,7 +336,7 @@ static int cb_add(struct ix_vcurs *c, struct cbuild *cb, uint32_t disk,
 	if (cb->have) {
 		if (e->v.seq < cb->last.v.seq ||
 		    (e->v.seq == cb->last.v.seq &&
-		     (cb->stored || e->block <= cb->last.block)))
+		     e->block <= cb->last.block))
 			return rw_err_set(RW_ECORRUPT, "disk id %u block %llu: version seq %llu is not newer than the indexed seq %llu",
 					  disk, (unsigned long long)e->block,
 					  (unsigned long long)e->v.seq,
@@ -348,7 +347,6 @@ static int cb_add(struct ix_vcurs *c, struct cbuild *cb, uint32_t disk,
 			cb->len += n;
 			map_set(cb->map, e->block);
 			cb->last = *e;
-			cb->stored = false;
 			return 0;
 		}
 		if ((rc = cb_put(c, cb)))
@@ -361,7 +359,6 @@ static int cb_add(struct ix_vcurs *c, struct cbuild *cb, uint32_t disk,
 	map_set(cb->map, e->block);
 	cb->last = *e;
 	cb->have = true;
-	cb->stored = false;
 	cb->at_cursor = false;
 	return 0;
 }
@@ -420,9 +417,11 @@ static int cb_open(struct ix_vcurs *vc, struct cbuild *cb, uint32_t disk,
 	memcpy(cb->key, k.mv_data, IX_VKEY);
 	cb->len = v.mv_size - pos;
 	memcpy(cb->buf, (const uint8_t *)v.mv_data + pos, cb->len);
+	/* Only its seq is known: a block above every block refuses an entry
+	 * of the same seq (that record is indexed already). */
 	memset(&cb->last, 0, sizeof(cb->last));
 	cb->last.v.seq = cb->first + span;
-	cb->stored = true;
+	cb->last.block = UINT64_MAX;
 	cb->have = true;
 	cb->at_cursor = true;
 	return 0;

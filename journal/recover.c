@@ -222,15 +222,19 @@ static int recover_last(struct jr_writer *w, const struct jr_seginfo *si,
 				 "not %u", path, h.disk_id, w->o.disk_id);
 		goto out;
 	}
+	/* Known durable (opts.durable_seq): the header and the chain suffice;
+	 * anything else is verified in full.  Seqs grow along the segment, so
+	 * once past durable_seq every later record is read in full only. */
+	bool trust = w->o.durable_seq != 0;
 	for (;;) {
 		int res = JR_SCAN_BAD;
-		/* Known durable (opts.durable_seq): the header and the chain
-		 * suffice; anything else is verified in full. */
-		if (w->o.durable_seq)
+		if (trust)
 			res = jr_scan_record(&sc, pos, false, &rec, &payload, &why);
 		if (res != JR_SCAN_OK || rec.type == JR_SEAL ||
-		    rec.seq > w->o.durable_seq)
+		    rec.seq > w->o.durable_seq) {
+			trust = false;
 			res = jr_scan_record(&sc, pos, true, &rec, &payload, &why);
+		}
 		if (res < 0) {
 			err = rw_err_set(res, "cannot read segment '%s': %s", path,
 					 rw_strerror(res));
