@@ -58,9 +58,6 @@ struct cap_disk {
 	pthread_cond_t cv;
 	struct cap_range *ranges;
 	unsigned range_waiters;           /* threads waiting on cv */
-	uint64_t wb_seg, wb_end;          /* (mu) segment of the newest record
-	                                   * written out, and its file offset
-	                                   * just past that record */
 	struct cap_ixent *ixq;            /* (mu) records written out, not yet
 	                                   * taken by the indexer */
 	size_t ixq_n, ixq_cap;
@@ -70,9 +67,6 @@ struct cap_disk {
 	                                   * committed (kept across a failed
 	                                   * commit) */
 	size_t ixw_n, ixw_cap;
-	int wb_fd;                        /* housekeeping only: wb_fd_seg open */
-	uint64_t wb_fd_seg, wb_done;      /* housekeeping only: writeback
-	                                   * started up to wb_done */
 
 	atomic_int head_failed;           /* head diverged: the error, refuse
 	                                   * writes with it; 0 = fine */
@@ -186,12 +180,13 @@ uint64_t cap_disk_head_watermark(struct cap_disk *d);
  * head_synced_seq in the index.  0 or error. */
 int cap_disk_sync_head(struct cap_disk *d, struct ix *ix);
 /*
- * Starts the kernel's writeback of the journal bytes written out since
- * the last call (sync_file_range WRITE, no waiting), so that the
- * fdatasync of a guest flush or of a segment seal finds little left to
- * write.  Housekeeping thread only; advisory, never fails.
+ * Syncs the journal segments sealed but not yet synced (lazy seal,
+ * journal/writer.c) once there are CAP_LAZY_MAX of them or the oldest
+ * waited CAP_LAZY_AGE: bounds what recovery after a crash scans and the
+ * files the journal keeps open, without the guest's writes waiting.
+ * Housekeeping thread only.  0 or the journal's (sticky) error.
  */
-void cap_disk_writeback(struct cap_disk *d);
+int cap_disk_sync_sealed(struct cap_disk *d);
 /*
  * For the indexer (housekeeping thread): moves the records of d that are
  * safe to index from d->ixq to the end of d->ixw, in seq order, and

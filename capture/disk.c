@@ -64,8 +64,6 @@ int cap_disk_open(struct cap_disk *d, struct ix *ix, const struct ix_disk *m,
 	d->clients = 0;
 	d->claimed = false;
 	d->head_fd = -1;
-	d->wb_fd = -1;
-	d->wb_seg = d->wb_end = d->wb_fd_seg = d->wb_done = 0;
 	d->ixq = d->ixw = NULL;
 	d->ixq_n = d->ixq_cap = d->ixw_n = d->ixw_cap = 0;
 	d->ixq_broken = d->from_files = false;
@@ -387,19 +385,13 @@ static void range_lock_many(struct cap_disk *d, struct cap_wreq *v, size_t n)
 	pthread_mutex_unlock(&d->mu);
 }
 
-/* Releases every range of v that range_lock_many() inserted, and
- * publishes (seg, end), the newest journal position the batch wrote out
- * (0, 0 for none), for cap_disk_writeback(). */
-static void range_unlock_many(struct cap_disk *d, struct cap_wreq *v, size_t n,
-			      uint64_t seg, uint64_t end)
+/* Releases every range of v that range_lock_many() inserted and queues
+ * the appended records for the indexer. */
+static void range_unlock_many(struct cap_disk *d, struct cap_wreq *v, size_t n)
 {
 	uintptr_t first = (uintptr_t)v, last = (uintptr_t)(v + n);
 
 	pthread_mutex_lock(&d->mu);
-	if (seg > d->wb_seg || (seg == d->wb_seg && end > d->wb_end)) {
-		d->wb_seg = seg;
-		d->wb_end = end;
-	}
 	for (size_t i = 0; i < n; i++)
 		if (v[i].appended)
 			ixq_push(d, v[i].type, v[i].off, v[i].len, &v[i].out);
@@ -455,7 +447,6 @@ int cap_disk_open_ro(struct cap_disk *d, const struct cap_ro_export *ro)
 	memset(d, 0, sizeof(*d));
 	d->ro = ro;
 	d->head_fd = -1;
-	d->wb_fd = -1;
 	snprintf(d->meta.name, sizeof(d->meta.name), "%s", ro->name);
 	d->meta.size = ro->size;
 	d->meta.block_size = ro->block_size;
@@ -563,7 +554,6 @@ void cap_disk_write_batch(struct cap_disk *d, struct cap_wreq *v, size_t n)
 {
 	int herr = atomic_load(&d->head_failed);
 	size_t nappended = 0;
-	uint64_t wb_seg = 0, wb_end = 0;
 	bool fua = false;
 	int err;
 
@@ -643,20 +633,12 @@ void cap_disk_write_batch(struct cap_disk *d, struct cap_wreq *v, size_t n)
 		q->compressed = (out.flags & JR_F_ZSTD) != 0;
 		q->appended = true;
 		nappended++;
-		uint64_t e = out.loc.offset + JR_HDR_SIZE + out.stored_len;
-		if (out.loc.segment > wb_seg ||
-		    (out.loc.segment == wb_seg && e > wb_end)) {
-			wb_seg = out.loc.segment;
-			wb_end = e;
-		}
 	}
 	/* One write out for the whole batch: no reply before its record is
 	 * in the file (kill -9 loses no acknowledged write). */
 	if (nappended) {
 		rw_err_clear();
 		err = jr_writer_write_out(d->w);
-		if (err)
-			wb_seg = wb_end = 0;
 		for (size_t i = 0; err && i < n; i++) {
 			if (!v[i].appended)
 				continue;
@@ -690,7 +672,7 @@ void cap_disk_write_batch(struct cap_disk *d, struct cap_wreq *v, size_t n)
 			continue;
 		}
 	}
-	range_unlock_many(d, v, n, wb_seg, wb_end);
+	range_unlock_many(d, v, n);
 
 	for (size_t i = 0; i < n; i++) {
 		struct cap_wreq *q = &v[i];
@@ -811,10 +793,22 @@ int cap_disk_sync_head(struct cap_disk *d, struct ix *ix)
 	if (mark <= d->head_synced_seq || ops == d->synced_ops)
 		return 0;
 	/* The journal must be durable up to mark before head may claim it:
-	 * otherwise a power loss could leave head ahead of the journal. */
-	err = jr_writer_flush(d->w);
-	if (err)
+	 * otherwise a power loss could leave head ahead of the journal.
+	 * While sealed segments wait for their sync (a guest writing fast
+	 * without flushing) a flush here would sync all of them and hold up
+	 * every append that rolls a segment meanwhile (seconds, at 1 GiB/s):
+	 * head then claims only what is durable already, and the rest
+	 * waits for the next round. */
+	struct jr_writer_stats st;
+	jr_writer_stats(d->w, &st);
+	if (st.sealed_waiting) {
+		if (st.durable_seq < mark)
+			mark = st.durable_seq;
+		if (mark <= d->head_synced_seq)
+			return 0;
+	} else if ((err = jr_writer_flush(d->w))) {
 		return err;
+	}
 	err = rw_sys_fsync(d->head_fd);
 	if (err)
 		return rw_err_set(err, "cannot fsync '%s': %s", d->head_path,
@@ -827,59 +821,27 @@ int cap_disk_sync_head(struct cap_disk *d, struct ix *ix)
 	return 0;
 }
 
-/* ----------------------------------------------------------- writeback */
+/* ------------------------------------------------------ sealed segments */
 
 /*
- * Why: a segment is sealed with an fdatasync while the journal's mutex is
- * held, so every append waits for it; with 64 MiB of dirty pages behind
- * it that took 0.1-0.3 s per seal on a busy disk (strace, 64 KiB
- * sequential writes), which halved sequential write throughput.
- * Starting writeback as the bytes are written out spreads that work over
- * time and leaves the seal (and every guest FLUSH) little to wait for.
- * The file is opened read-only by name (the journal keeps its fd to
- * itself); a writeback error is not lost to the journal: since Linux
- * 4.13 every open file of an inode sees it at its next fdatasync.
- *
- * Starting writeback is not enough when the disk is busy: the seal still
- * waited for everything in flight (strace, 64 KiB writes with another
- * process writing ~580 MB/s to the disk: fdatasync 1-2 s of every 5 s,
- * up to 0.4 s each).  So each time the bytes written out cross a
- * quarter of the segment, this thread also fdatasyncs the segment —
- * here, where nobody waits for it — and the seal is left with at most a
- * quarter.  Its errors are advisory for the same reason as above.
+ * A segment is sealed without a sync (journal/writer.c, "lazy seal"), so
+ * 64 KiB and 1 MiB guest writes run at the speed of the page cache, not
+ * of the disk, as with the peers: a guest that never flushes never
+ * waits for an fdatasync.  What stays unsynced is bounded here, off the
+ * write path: 16 sealed segments (1 GiB at the default size) or 10 s.
+ * (This replaces a writeback thread that started the kernel's writeback
+ * of every MiB and fdatasynced every 16 MiB so that a seal under the
+ * journal's lock had less to wait for: it made the journal run at disk
+ * speed.)
  */
-#define WB_MIN_BYTES (1u << 20)
-#define WB_SYNC_STEP (16u << 20)
+#define CAP_LAZY_MAX 16
+#define CAP_LAZY_AGE (10ull * 1000000000ull)
 
-void cap_disk_writeback(struct cap_disk *d)
+int cap_disk_sync_sealed(struct cap_disk *d)
 {
-	uint64_t seg, end;
-
 	if (d->ro || !d->w)
-		return;
-	pthread_mutex_lock(&d->mu);
-	seg = d->wb_seg;
-	end = d->wb_end;
-	pthread_mutex_unlock(&d->mu);
-	if (!seg)
-		return;
-	if (seg != d->wb_fd_seg) {
-		char name[32], path[sizeof(d->journal_dir) + 40];
-		if (d->wb_fd >= 0)
-			close(d->wb_fd);
-		d->wb_fd_seg = seg;
-		d->wb_done = 0;
-		jr_segment_name(seg, name);
-		snprintf(path, sizeof(path), "%s/%s", d->journal_dir, name);
-		d->wb_fd = open(path, O_RDONLY | O_CLOEXEC);
-	}
-	if (d->wb_fd < 0 || end < d->wb_done + WB_MIN_BYTES)
-		return;
-	(void)sync_file_range(d->wb_fd, (off_t)d->wb_done,
-			      (off_t)(end - d->wb_done), SYNC_FILE_RANGE_WRITE);
-	if (d->wb_done / WB_SYNC_STEP != end / WB_SYNC_STEP)
-		(void)fdatasync(d->wb_fd);
-	d->wb_done = end;
+		return 0;
+	return jr_writer_sync_sealed(d->w, CAP_LAZY_MAX, CAP_LAZY_AGE);
 }
 
 /* -------------------------------------------------------------- replay */
@@ -951,9 +913,6 @@ int cap_disk_close(struct cap_disk *d)
 			err = -errno;
 		d->head_fd = -1;
 	}
-	if (d->wb_fd >= 0)
-		close(d->wb_fd);
-	d->wb_fd = -1;
 	free(d->ixq);
 	free(d->ixw);
 	d->ixq = d->ixw = NULL;

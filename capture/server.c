@@ -17,8 +17,9 @@
  * that cap_server_stop() writes (async-signal-safe).  Each connection gets
  * a thread (handshake, then conn.c).  Above max_conns a new connection is
  * closed at once.  A housekeeping thread wakes every index_interval
- * (50 ms): it starts the kernel's writeback of freshly written journal
- * bytes (disk.c, cap_disk_writeback), ticks the writers (segment age),
+ * (50 ms): it ticks the writers (segment age) and syncs the segments they
+ * sealed without a sync once there are many or they are old (disk.c,
+ * cap_disk_sync_sealed),
  * indexes new records, and every head_sync_interval fsyncs each head.img
  * and records head_synced_seq (disk.c).  Indexing takes the record
  * headers the write path queued as jr_writer_append returned them
@@ -428,11 +429,11 @@ static void *hk_main(void *arg)
 			break;
 		pthread_mutex_unlock(&s->hk_mu);
 
-		for (size_t i = 0; i < s->ndisks; i++)
-			cap_disk_writeback(&s->disks[i]);
 		for (size_t i = 0; i < s->ndisks; i++) {
 			rw_err_clear();
 			int err = jr_writer_tick(s->disks[i].w);
+			if (!err)
+				err = cap_disk_sync_sealed(&s->disks[i]);
 			if (err)
 				hk_error(s, "segment rotation",
 					 s->disks[i].meta.name, err);
@@ -507,6 +508,14 @@ static int recover(struct cap_server *s)
 		s->disks[i].skip_unchanged = s->o.skip_unchanged;
 		s->disks[i].budget = s->o.max_journal;
 		s->nopen++;
+		if (rep.set_aside)
+			rw_log(RW_LOG_WARN, "disk '%s': the journal ends in a "
+			       "segment a power loss cut short; moved the %llu "
+			       "segments after it (from %020llu, never "
+			       "flushed) to journal/%s", list[i].name,
+			       (unsigned long long)rep.set_aside,
+			       (unsigned long long)rep.set_aside_first,
+			       rep.set_aside_dir);
 		if (rep.truncated_bytes)
 			rw_log(RW_LOG_WARN, "disk '%s': dropped a torn tail of "
 			       "%llu bytes from segment %020llu (never flushed)",

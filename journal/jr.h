@@ -244,6 +244,12 @@ struct jr_recovery {
 	uint64_t zero_tail_bytes; /* all-zero pre-written tail cut from the
 				   * last segment: a clean end, not a torn
 				   * tail (not counted in truncated_bytes) */
+	uint64_t set_aside;       /* segments moved to journal/unflushed-*:
+				   * created after a lazily sealed segment
+				   * that a power loss cut short, so never
+				   * acknowledged durable (FORMAT.md) */
+	uint64_t set_aside_first; /* the first of them, or 0 */
+	char set_aside_dir[64];   /* their directory's name, or "" */
 };
 
 /* What the input to an append looks like. */
@@ -288,6 +294,8 @@ struct jr_writer_stats {
 				     * no worker had started them */
 	uint64_t prezero_bytes;     /* zero bytes written ahead of the tail
 				     * since open (prezero_bytes option) */
+	uint64_t sealed_waiting;    /* sealed segments not yet synced (lazy
+				     * seal, jr_writer_sync_sealed) */
 	bool uring;                 /* true when the io_uring back end is in use */
 	int error;                  /* the sticky error, or 0 */
 };
@@ -347,6 +355,19 @@ int jr_writer_flush(struct jr_writer *w);
 
 /* Seals the current segment if it is older than segment_age_ns.  0 or error. */
 int jr_writer_tick(struct jr_writer *w);
+
+/*
+ * Makes the oldest sealed segment still waiting for its sync durable
+ * (lazy seal: a rollover does not sync; FORMAT.md "Lazy seal"), when at
+ * least min_count of them wait or the oldest waited min_age_ns (0, 0:
+ * whenever one waits); one segment per call, so a caller's periodic
+ * thread is held up for one segment's sync at most.  Appends continue
+ * meanwhile; a flush waits for it.  Bounds what a crash leaves for
+ * recovery to scan and the files the writer keeps open.  0 or the
+ * sticky error (a failed sync is sticky like any other).
+ */
+int jr_writer_sync_sealed(struct jr_writer *w, size_t min_count,
+			  uint64_t min_age_ns);
 
 /* Copies the writer's counters into st. */
 void jr_writer_stats(struct jr_writer *w, struct jr_writer_stats *st);

@@ -22,6 +22,11 @@
 #define JR_SEG_VERSION 1u      /* what the writer creates */
 #define JR_SEG_VERSION_PAD 2u  /* a recompressed copy: may hold PAD records */
 #define JR_SEG_HDR_SIZE 64u
+/* Segment header flag: when this segment was created its predecessor was
+ * sealed but not yet known durable (lazy seal, writer.c); cleared in
+ * place once it is.  FORMAT.md, "Lazy seal". */
+#define JR_SEGF_PRED_UNSYNCED 1u
+#define JR_SEGF_KNOWN JR_SEGF_PRED_UNSYNCED
 #define JR_REC_MAGIC 0x524A5752u /* "RWJR" as little-endian bytes */
 
 /* Largest logical offset + length a record may describe (fits off_t). */
@@ -32,6 +37,10 @@ struct jr_seghdr {
 	uint64_t first_seq;
 	uint64_t created_ns;
 	uint32_t disk_id;
+	uint32_t flags;         /* JR_SEGF_* */
+	uint64_t pred_first;    /* name of the segment before it when it was
+				 * created; 0: none, or written before this
+				 * field existed */
 };
 
 void jr_seghdr_encode(const struct jr_seghdr *h, uint8_t buf[JR_SEG_HDR_SIZE]);
@@ -284,6 +293,24 @@ struct jr_writer {
 				 * end of the records (prezero_bytes) */
 	uint64_t sync_end;      /* file end covered by the last sync of this
 				 * segment (bytes appended per sync) */
+	bool seg_flagged;       /* its header carries JR_SEGF_PRED_UNSYNCED */
+	uint64_t newest_seg;    /* name of the newest segment file, 0: none */
+
+	/* Lazy seal (writer.c): sealed segments not yet known durable,
+	 * oldest first, their fds kept open until a sync covers them.  Only
+	 * a seal appends (mutex held, no leader running); only the thread
+	 * that set lazy_busy syncs and removes entries. */
+	struct jr_lazy {
+		int fd;
+		uint64_t first;     /* segment name */
+		uint64_t last;      /* seq of its SEAL (its last record) */
+		bool flagged;       /* its header carries the flag */
+	} *lazy;
+	size_t nlazy, lazycap;
+	bool lazy_busy;
+	uint64_t lazy_since_ns; /* rw_mono_ns() of the oldest entry's seal */
+	bool dir_dirty;         /* a segment was created since the last
+				 * fsync of the directory */
 
 	uint64_t last_seq;      /* newest record of this journal (seq taken) */
 	uint64_t last_ts;
@@ -315,6 +342,14 @@ struct jr_writer {
 	int err;
 	char errmsg[PATH_MAX + 256];
 };
+
+/*
+ * Clears JR_SEGF_PRED_UNSYNCED in the header of segment `first`, open
+ * read-write as fd: everything before it is durable now (writer.c).  Not
+ * synced here; the caller's fdatasync of fd follows.  0, -errno, or
+ * RW_ECORRUPT when the header is not a valid one for `first`.
+ */
+int jr_seg_clear_pred_flag(int fd, uint64_t first);
 
 /* Path of segment `first` of w's journal, with suffix ("" or ".tmp"). */
 void jr_writer_seg_path(const struct jr_writer *w, uint64_t first, char *buf,

@@ -230,7 +230,9 @@ void jr_seghdr_encode(const struct jr_seghdr *h, uint8_t buf[JR_SEG_HDR_SIZE])
 	rw_put_le64(buf + 16, h->first_seq);
 	rw_put_le64(buf + 24, h->created_ns);
 	rw_put_le32(buf + 32, h->disk_id);
-	/* 36..59 reserved, zero */
+	rw_put_le32(buf + 36, h->flags);
+	rw_put_le64(buf + 40, h->pred_first);
+	/* 48..59 reserved, zero */
 	rw_put_le32(buf + 60, rw_crc32c(0, buf, 60));
 }
 
@@ -268,7 +270,13 @@ int jr_seghdr_decode(const uint8_t buf[JR_SEG_HDR_SIZE], struct jr_seghdr *h,
 		*why = "bad segment header length";
 		return RW_ECORRUPT;
 	}
-	for (int i = 36; i < 60; i++)
+	h->flags = rw_get_le32(buf + 36);
+	h->pred_first = rw_get_le64(buf + 40);
+	if (h->flags & ~JR_SEGF_KNOWN) {
+		*why = "unknown segment header flags";
+		return RW_ECORRUPT;
+	}
+	for (int i = 48; i < 60; i++)
 		if (buf[i]) {
 			*why = "reserved segment header bytes are not zero";
 			return RW_ECORRUPT;

@@ -17,9 +17,15 @@
  * Records the caller knows durable (opts.durable_seq) are taken on their
  * headers and the seq chain alone, without reading their payloads.
  *
+ * Lazy seal (writer.c): a sealed segment whose successor's header still
+ * says PRED_UNSYNCED may have lost its end in a power loss; it is scanned
+ * like a last segment, and when it turns out cut short the journal ends
+ * there and the later segments (never acknowledged durable) are moved to
+ * unflushed-<ns>/.  FORMAT.md, "Recovery", step 2.
+ *
  * Rejected alternative: verifying every sealed segment at open.  A full
- * read of a large journal would make every restart take minutes; sealed
- * segments were synced before their successor existed, and readers
+ * read of a large journal would make every restart take minutes; a
+ * segment whose successor's flag is clear was synced in full, and readers
  * verify every record they use anyway.
  */
 #include "journal/jr_int.h"
@@ -173,12 +179,36 @@ static int tail_is_zero(int fd, uint64_t from, uint64_t size)
 }
 
 /*
- * Scans the last segment; keeps complete valid records, truncates a torn
- * tail, refuses corruption.  On success leaves w->fd open on it (or -1
- * when it ended sealed or was a torn creation that got removed).
+ * Whether a segment file's header never reached the disk: shorter than a
+ * header, or a header of zeroes (the size was persisted, the block not).
+ * The writer creates segments without a sync (lazy seal), and a segment
+ * whose records were ever synced has its header synced with them, so
+ * such a file holds nothing that was acknowledged.  1, 0 or -errno.
  */
-static int recover_last(struct jr_writer *w, const struct jr_seginfo *si,
-			uint64_t prev_seq, struct jr_recovery *rep)
+static int header_unwritten(int fd, uint64_t bytes)
+{
+	static const uint8_t zero[JR_SEG_HDR_SIZE];
+	uint8_t b[JR_SEG_HDR_SIZE];
+	ssize_t got;
+
+	if (bytes < JR_SEG_HDR_SIZE)
+		return 1;
+	got = rw_sys_pread_full(fd, b, sizeof(b), 0);
+	if (got < 0)
+		return (int)got;
+	return got < (ssize_t)sizeof(b) || !memcmp(b, zero, sizeof(b));
+}
+
+/*
+ * Scans the last segment — or a lazily sealed one whose successor says it
+ * may have lost its end — record by record; keeps complete valid records,
+ * truncates a torn tail, refuses corruption.  On success leaves w->fd
+ * open on it (or -1 when it ended sealed or was a torn creation that got
+ * removed); *sealed tells whether it ends with its SEAL.
+ */
+static int recover_seg(struct jr_writer *w, const struct jr_seginfo *si,
+		       uint64_t prev_seq, struct jr_recovery *rep,
+		       bool *sealed_out)
 {
 	char path[PATH_MAX];
 	struct jr_seghdr h;
@@ -200,9 +230,15 @@ static int recover_last(struct jr_writer *w, const struct jr_seginfo *si,
 		goto out;
 	}
 	sc.fd = fd;
-	if (si->bytes < JR_SEG_HDR_SIZE) {
-		/* Torn creation (cannot happen with the tmp+rename protocol,
-		 * but a damaged file system can do it): nothing in it. */
+	int unw = header_unwritten(fd, si->bytes);
+	if (unw < 0) {
+		err = rw_err_set(unw, "cannot read segment '%s': %s", path,
+				 rw_strerror(unw));
+		goto out;
+	}
+	if (unw) {
+		/* Torn creation (segments are created without a sync): nothing
+		 * in it was ever acknowledged. */
 		close(fd);
 		fd = -1;
 		if ((err = rw_sys_unlink(path)) || (err = rw_sys_fsync_dir(w->dir))) {
@@ -213,6 +249,7 @@ static int recover_last(struct jr_writer *w, const struct jr_seginfo *si,
 		rep->truncated_bytes = si->bytes;
 		rep->torn_segment = si->first_seq;
 		rep->segments--;
+		*sealed_out = false;
 		goto out;
 	}
 	if ((err = jr_segment_read_header(fd, path, si->first_seq, &h)))
@@ -342,6 +379,7 @@ static int recover_last(struct jr_writer *w, const struct jr_seginfo *si,
 	}
 	w->last_seq = last;
 	w->last_ts = last_ts;
+	*sealed_out = sealed;
 	if (sealed) {
 		close(fd);
 		fd = -1;
@@ -362,6 +400,100 @@ out:
 		close(fd);
 	jr_scan_fini(&sc);
 	return err;
+}
+
+/*
+ * The flags and predecessor of segment si's header, for the decision
+ * about its predecessor: *flags, *pred, or *never = true when the file is
+ * shorter than a header (its creation never reached the disk; nothing in
+ * it or after it was synced).  0, or an error naming the segment (a
+ * damaged header; an all-zero one counts as never written).
+ */
+static int seg_flags(struct jr_writer *w, const struct jr_seginfo *si,
+		     uint32_t *flags, uint64_t *pred, bool *never)
+{
+	char path[PATH_MAX];
+	struct jr_seghdr h;
+	int fd, err;
+
+	*flags = 0;
+	*pred = 0;
+	*never = false;
+	jr_writer_seg_path(w, si->first_seq, path, sizeof(path), "");
+	fd = rw_sys_open(path, O_RDONLY, 0);
+	if (fd < 0)
+		return rw_err_set(fd, "cannot open segment '%s': %s", path,
+				  rw_strerror(fd));
+	int unw = header_unwritten(fd, si->bytes);
+	if (unw) {
+		close(fd);
+		*never = unw > 0;
+		return unw < 0 ? rw_err_set(unw, "cannot read segment '%s': %s",
+					    path, rw_strerror(unw)) : 0;
+	}
+	err = jr_segment_read_header(fd, path, si->first_seq, &h);
+	close(fd);
+	*flags = h.flags;
+	*pred = h.pred_first;
+	return err;
+}
+
+/* Clears the flag of segment `first` (its predecessor is durable now) and
+ * syncs it.  0 or an error naming the segment. */
+static int unflag_seg(struct jr_writer *w, uint64_t first)
+{
+	char path[PATH_MAX];
+	int fd, err;
+
+	jr_writer_seg_path(w, first, path, sizeof(path), "");
+	fd = rw_sys_open(path, O_RDWR, 0);
+	if (fd < 0)
+		return rw_err_set(fd, "cannot open segment '%s': %s", path,
+				  rw_strerror(fd));
+	err = jr_seg_clear_pred_flag(fd, first);
+	if (!err)
+		err = rw_sys_fdatasync(fd);
+	close(fd);
+	if (err)
+		return rw_err_set(err, "cannot clear the header flag of segment "
+				  "'%s': %s", path, rw_strerror(err));
+	return 0;
+}
+
+/*
+ * Moves segments v[0..n) into a new directory unflushed-<ns> of the
+ * journal: they follow a lazily sealed segment that a power loss cut
+ * short, so none of their records was ever acknowledged durable, and the
+ * journal cannot continue after a gap.  They are kept, not deleted, for
+ * an operator to inspect.  0 or an error naming the file.
+ */
+static int set_aside(struct jr_writer *w, const struct jr_seginfo *v, int n,
+		     struct jr_recovery *rep)
+{
+	char sub[PATH_MAX + 64], from[PATH_MAX], to[PATH_MAX + 128], name[32];
+	int err;
+
+	snprintf(rep->set_aside_dir, sizeof(rep->set_aside_dir),
+		 "unflushed-%020llu", (unsigned long long)rw_clock_ns());
+	snprintf(sub, sizeof(sub), "%s/%s", w->dir, rep->set_aside_dir);
+	if ((err = rw_sys_mkdir(sub, 0755)))
+		return rw_err_set(err, "cannot create '%s': %s", sub,
+				  rw_strerror(err));
+	for (int i = 0; i < n; i++) {
+		jr_segment_name(v[i].first_seq, name);
+		jr_writer_seg_path(w, v[i].first_seq, from, sizeof(from), "");
+		snprintf(to, sizeof(to), "%s/%s", sub, name);
+		if ((err = rw_sys_rename(from, to)))
+			return rw_err_set(err, "cannot move '%s' to '%s': %s",
+					  from, to, rw_strerror(err));
+	}
+	if ((err = rw_sys_fsync_dir(sub)) || (err = rw_sys_fsync_dir(w->dir)))
+		return rw_err_set(err, "cannot fsync journal '%s': %s", w->dir,
+				  rw_strerror(err));
+	rep->set_aside = (uint64_t)n;
+	rep->set_aside_first = v[0].first_seq;
+	rep->segments -= (uint64_t)n;
+	return 0;
 }
 
 int jr_writer_open(struct jr_writer **out, const char *dir,
@@ -408,16 +540,60 @@ int jr_writer_open(struct jr_writer **out, const char *dir,
 		goto out;
 	}
 	rec.segments = (uint64_t)n;
+	/* Every segment but the last: sealed, checked on its last record —
+	 * unless its successor says it was sealed lazily and not known
+	 * durable yet, when it is scanned like a last segment; if it turns
+	 * out cut short, the journal ends there (see set_aside). */
+	bool ended = false, sealed = false;
 	for (int i = 0; i + 1 < n; i++) {
-		uint64_t s = 0, ts = 0;
-		if ((err = check_sealed(w, &segs[i], segs[i + 1].first_seq, &s,
-					&ts)))
+		uint64_t s = 0, ts = 0, pred;
+		uint32_t fl;
+		bool never;
+		if ((err = seg_flags(w, &segs[i + 1], &fl, &pred, &never)))
 			goto out;
-		w->last_seq = s;
-		w->last_ts = ts;
+		/* A segment between the two that never reached the disk. */
+		bool gap = pred && pred != segs[i].first_seq;
+		bool lazy = (fl & JR_SEGF_PRED_UNSYNCED) || never;
+		if (!lazy && gap) {
+			char path[PATH_MAX];
+			jr_writer_seg_path(w, segs[i + 1].first_seq, path,
+					   sizeof(path), "");
+			err = rw_err_set(RW_ECORRUPT, "segment '%s' was created "
+					 "after segment %020llu, which is missing "
+					 "(the next older one is %020llu)", path,
+					 (unsigned long long)pred,
+					 (unsigned long long)segs[i].first_seq);
+			goto out;
+		}
+		if (!lazy) {
+			if ((err = check_sealed(w, &segs[i], segs[i + 1].first_seq,
+						&s, &ts)))
+				goto out;
+			w->last_seq = s;
+			w->last_ts = ts;
+			continue;
+		}
+		if ((err = recover_seg(w, &segs[i], w->last_seq, &rec, &sealed)))
+			goto out;
+		if (!sealed || never || gap) {
+			if ((err = set_aside(w, &segs[i + 1], n - i - 1, &rec)))
+				goto out;
+			w->newest_seg = w->fd >= 0 || sealed ? segs[i].first_seq
+				: i ? segs[i - 1].first_seq : 0;
+			ended = true;
+			break;
+		}
+		if ((err = unflag_seg(w, segs[i + 1].first_seq)))
+			goto out;
 	}
-	if (n > 0 && (err = recover_last(w, &segs[n - 1], w->last_seq, &rec)))
-		goto out;
+	if (n > 0 && !ended) {
+		if ((err = recover_seg(w, &segs[n - 1], w->last_seq, &rec,
+				       &sealed)))
+			goto out;
+		/* (a torn creation was removed: fd < 0, not sealed) */
+		w->newest_seg = w->fd >= 0 || sealed ? segs[n - 1].first_seq
+			: n > 1 ? segs[n - 2].first_seq : 0;
+	}
 	if ((err = jr_io_open(&w->io, w->o.backend)))
 		goto out;
 	w->written_seq = w->durable_seq = w->placed_seq = w->last_seq;

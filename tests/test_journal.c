@@ -1540,6 +1540,14 @@ static void test_age_sealing(void)
 	CU_ASSERT_EQUAL(segs[0].bytes, 64 + 3 * 64 + 64);
 	CU_ASSERT(segs[0].bytes > size_before);
 	free(segs);
+	/* Sealed lazily: durable only once synced. */
+	jr_writer_stats(w, &ws);
+	CU_ASSERT_EQUAL(ws.durable_seq, 0);
+	CU_ASSERT_EQUAL(ws.oldest_unsynced_ns, t_first);
+	CU_ASSERT_EQUAL(jr_writer_sync_sealed(w, 2, 30 * sec), 0); /* not yet */
+	jr_writer_stats(w, &ws);
+	CU_ASSERT_EQUAL(ws.durable_seq, 0);
+	CU_ASSERT_EQUAL(jr_writer_sync_sealed(w, 1, 0), 0);
 	jr_writer_stats(w, &ws);
 	CU_ASSERT_EQUAL(ws.durable_seq, 3);
 	CU_ASSERT_EQUAL(ws.oldest_unsynced_ns, 0);
@@ -2272,6 +2280,236 @@ static struct jr_appended small_flushed(struct jr_writer *w, uint64_t off)
  * torn record in front of them is still a torn tail, and sealing leaves
  * no zeroes after the SEAL.
  */
+/* ------------------------------------------------------- lazy seal */
+
+/* The flags and predecessor of a segment's header, read from the file. */
+static void seg_hdr_of(const char *dir, uint64_t first, uint32_t *flags,
+		       uint64_t *pred)
+{
+	char path[1024];
+	size_t len;
+	seg_path(dir, first, path, sizeof(path));
+	uint8_t *b = slurp(path, &len);
+	CU_ASSERT_FATAL(b != NULL && len >= 64);
+	*flags = rw_get_le32(b + 36);
+	*pred = rw_get_le64(b + 40);
+	free(b);
+}
+
+/*
+ * A rollover does not sync: the sealed segment waits, its successor's
+ * header says so and names it; a flush (or jr_writer_sync_sealed, oldest
+ * first) makes them durable and clears the flags; close leaves none.
+ */
+static void test_lazy_seal(void)
+{
+	char *tmp = tu_tmpdir("jr-lazy");
+	char *dir = jdir(tmp);
+	struct jr_clock *clk;
+	struct jr_seginfo *segs = NULL;
+	struct jr_writer_stats ws;
+	struct model m = { 0 };
+	uint64_t st = 17, pred;
+	uint32_t fl;
+	int err;
+
+	jr_clock_new(&clk, 1, 0);
+	struct jr_writer *w = open_writer(dir, JR_BACKEND_SYNC, 2048, clk,
+					  NULL, &err);
+	CU_ASSERT_FATAL(w != NULL);
+	for (int i = 0; i < 40; i++)
+		CU_ASSERT_EQUAL(append_random(&st, w, NULL, &m, 700), 0);
+	CU_ASSERT_EQUAL(jr_writer_write_out(w), 0);
+	int ns = jr_segments_list(dir, &segs);
+	CU_ASSERT_FATAL(ns >= 4);
+	seg_hdr_of(dir, segs[0].first_seq, &fl, &pred);
+	CU_ASSERT_EQUAL(fl, 0);
+	CU_ASSERT_EQUAL(pred, 0);
+	for (int i = 1; i < ns; i++) {
+		seg_hdr_of(dir, segs[i].first_seq, &fl, &pred);
+		CU_ASSERT_EQUAL(fl, 1);
+		CU_ASSERT_EQUAL(pred, segs[i - 1].first_seq);
+	}
+	jr_writer_stats(w, &ws);
+	CU_ASSERT_EQUAL(ws.durable_seq, 0);
+	CU_ASSERT(ws.written_seq > 0);
+	/* The oldest waiting segment alone: durable up to its seal. */
+	CU_ASSERT_EQUAL(jr_writer_sync_sealed(w, 0, 0), 0);
+	jr_writer_stats(w, &ws);
+	CU_ASSERT(ws.durable_seq >= segs[0].first_seq);
+	CU_ASSERT(ws.durable_seq < segs[1].first_seq);
+	seg_hdr_of(dir, segs[1].first_seq, &fl, &pred);
+	CU_ASSERT_EQUAL(fl, 1); /* cleared by its own sync */
+	/* A flush covers every segment. */
+	CU_ASSERT_EQUAL(jr_writer_flush(w), 0);
+	jr_writer_stats(w, &ws);
+	CU_ASSERT_EQUAL(ws.durable_seq, ws.last_seq);
+	for (int i = 1; i < ns; i++) {
+		seg_hdr_of(dir, segs[i].first_seq, &fl, &pred);
+		CU_ASSERT_EQUAL(fl, 0);
+		CU_ASSERT_EQUAL(pred, segs[i - 1].first_seq);
+	}
+	free(segs);
+	/* More rollovers, then close: no flag left, nothing set aside. */
+	for (int i = 0; i < 20; i++)
+		CU_ASSERT_EQUAL(append_random(&st, w, NULL, &m, 700), 0);
+	CU_ASSERT_EQUAL(jr_writer_close(w), 0);
+	ns = jr_segments_list(dir, &segs);
+	for (int i = 1; i < ns; i++) {
+		seg_hdr_of(dir, segs[i].first_seq, &fl, &pred);
+		CU_ASSERT_EQUAL(fl, 0);
+	}
+	struct jr_recovery rep;
+	w = open_writer(dir, JR_BACKEND_SYNC, 2048, clk, &rep, &err);
+	CU_ASSERT_FATAL(w != NULL);
+	CU_ASSERT_EQUAL(rep.set_aside, 0);
+	CU_ASSERT_EQUAL(rep.segments, (uint64_t)ns);
+	CU_ASSERT_EQUAL(jr_writer_close(w), 0);
+	size_t count, mism;
+	CU_ASSERT_EQUAL(read_all(dir, 0, &m, &count, &mism), 0);
+	CU_ASSERT_EQUAL(count, m.n);
+	CU_ASSERT_EQUAL(mism, 0);
+	free(segs);
+	model_free(&m);
+	jr_clock_free(clk);
+	tu_rmrf(tmp);
+	free(dir);
+	free(tmp);
+}
+
+/*
+ * Power loss with lazily sealed segments: everything after the last
+ * flush may be lost from any segment on — the rest of the segment the
+ * flush ended in, and each later segment whole (never created),
+ * shortened (header included), zeroed, or cut short.  Recovery keeps
+ * every flushed record, sets aside what follows a cut-short segment,
+ * and the journal takes appends again.
+ */
+static void test_lazy_power_loss(void)
+{
+	char *tmp = tu_tmpdir("jr-lazy-power");
+	uint64_t st = 61;
+	size_t bad = 0, trials = 0, lost = 0, aside = 0;
+
+	for (int t = 0; t < 150; t++) {
+		char *dir = NULL;
+		char path[1024];
+		struct model m = { 0 };
+		struct jr_seginfo *segs = NULL;
+		struct jr_clock *clk;
+		int err;
+
+		if (asprintf(&dir, "%s/j%d", tmp, t) < 0)
+			abort();
+		jr_clock_new(&clk, 1, 0);
+		enum jr_backend b = t % 2 ? uring_or_sync() : JR_BACKEND_SYNC;
+		struct jr_writer *w = open_writer(dir, b, 2048, clk, NULL, &err);
+		CU_ASSERT_FATAL(w != NULL);
+		int n1 = 3 + (int)(tu_rand(&st) % 12);
+		for (int i = 0; i < n1; i++) {
+			CU_ASSERT_EQUAL(append_random(&st, w, NULL, &m, 700), 0);
+			if (tu_rand(&st) % 5 == 0) {
+				CU_ASSERT_EQUAL(jr_writer_flush(w), 0);
+				model_mark_flushed(&m);
+			}
+		}
+		CU_ASSERT_EQUAL(jr_writer_flush(w), 0);
+		model_mark_flushed(&m);
+		int n2 = 4 + (int)(tu_rand(&st) % 30);
+		for (int i = 0; i < n2; i++)
+			CU_ASSERT_EQUAL(append_random(&st, w, NULL, &m, 700), 0);
+		CU_ASSERT_EQUAL(jr_writer_write_out(w), 0);
+		/* The crash: the first sync at close fails, nothing after the
+		 * last flush was synced. */
+		rw_fault_arm(RW_OP_FSYNC, 1, -EIO, true);
+		CU_ASSERT_NOT_EQUAL(jr_writer_close(w), 0);
+		rw_fault_reset();
+		/* The durable boundary: the end of the last flushed record. */
+		const struct mrec *lf = NULL;
+		for (size_t i = 0; i < m.n; i++)
+			if (m.v[i].flushed)
+				lf = &m.v[i];
+		CU_ASSERT_FATAL(lf != NULL);
+		if (!lf)
+			abort();
+		uint64_t bseg = lf->loc.segment;
+		uint64_t bnd = lf->loc.offset + 64 + lf->stored;
+		int ns = jr_segments_list(dir, &segs);
+		for (int i = 0; i < ns; i++) {
+			if (segs[i].first_seq < bseg)
+				continue;
+			seg_path(dir, segs[i].first_seq, path, sizeof(path));
+			uint64_t size = file_len(path);
+			uint64_t from = segs[i].first_seq == bseg ? bnd : 0;
+			int mode = (int)(tu_rand(&st) % 5);
+			if (mode == 0 || size <= from)
+				continue;                   /* all of it made it */
+			if (mode == 1 && from == 0) {       /* never created */
+				CU_ASSERT_EQUAL(unlink(path), 0);
+				continue;
+			}
+			uint64_t k = from + tu_rand(&st) % (size - from + 1);
+			int fd = open(path, O_RDWR);
+			CU_ASSERT_FATAL(fd >= 0);
+			if (mode <= 2) {                    /* cut short */
+				CU_ASSERT_EQUAL(ftruncate(fd, (off_t)k), 0);
+			} else {            /* zeroes (or garbage past the header) */
+				/* a sector is written whole: the header is
+				 * either there or not at all */
+				if (k < 64)
+					k = mode == 4 ? 64 : 0;
+				size_t gl = (size_t)(size - k);
+				uint8_t *g = calloc(1, gl + 1);
+				if (mode == 4)
+					tu_fill_random(&st, g, gl);
+				CU_ASSERT_EQUAL(pwrite(fd, g, gl, (off_t)k),
+						(ssize_t)gl);
+				free(g);
+			}
+			close(fd);
+		}
+		free(segs);
+
+		struct jr_recovery rep;
+		w = open_writer(dir, b, 2048, clk, &rep, &err);
+		if (!w) {
+			fprintf(stderr, "lazy power loss trial %d: %s (%s)\n", t,
+				rw_strerror(err), rw_err_msg());
+			bad++;
+		}
+		aside += rep.set_aside;
+		if (w && append_random(&st, w, NULL, &m, 500))
+			bad++;
+		if (w && jr_writer_close(w))
+			bad++;
+		size_t count, mism;
+		err = read_all(dir, 0, &m, &count, &mism);
+		if (err || mism) {
+			fprintf(stderr, "lazy power loss trial %d: read %s (%s), "
+				"%zu mismatches\n", t, rw_strerror(err),
+				rw_err_msg(), mism);
+			bad++;
+		}
+		for (size_t i = 0; i < m.n; i++) {
+			if (m.v[i].flushed && !m.v[i].seen)
+				bad++;
+			if (!m.v[i].flushed && !m.v[i].seen)
+				lost++;
+		}
+		trials++;
+		jr_clock_free(clk);
+		model_free(&m);
+		tu_rmrf(dir);
+		free(dir);
+	}
+	CU_ASSERT_EQUAL(trials, 150);
+	CU_ASSERT(lost > 0);
+	CU_ASSERT(aside > 0);
+	CU_ASSERT_EQUAL(bad, 0);
+	tu_rmrf(tmp);
+	free(tmp);
+}
+
 static void test_prezero_tail(void)
 {
 	char *tmp = tu_tmpdir("jr-prezero");
@@ -2516,6 +2754,10 @@ int main(void)
 		     test_prezero_tail,
 		     "borrowed payloads: written from the caller's memory",
 		     test_borrowed_payloads,
+		     "lazy seal: flags, sync of sealed segments, flush covers all",
+		     test_lazy_seal,
+		     "lazy seal: power loss across segments keeps flushed records",
+		     test_lazy_power_loss,
 		     NULL);
 	return tu_run();
 }
