@@ -800,10 +800,13 @@ int cap_disk_sync_head(struct cap_disk *d, struct ix *ix)
 	 * head then claims only what is durable already, and the rest
 	 * waits for the next round. */
 	struct jr_writer_stats st;
+	bool partial = false;
 	jr_writer_stats(d->w, &st);
 	if (st.sealed_waiting) {
-		if (st.durable_seq < mark)
+		if (st.durable_seq < mark) {
 			mark = st.durable_seq;
+			partial = true; /* the next round claims the rest */
+		}
 		if (mark <= d->head_synced_seq)
 			return 0;
 	} else if ((err = jr_writer_flush(d->w))) {
@@ -817,7 +820,8 @@ int cap_disk_sync_head(struct cap_disk *d, struct ix *ix)
 	if (err)
 		return err;
 	d->head_synced_seq = mark;
-	d->synced_ops = ops;
+	if (!partial)
+		d->synced_ops = ops;
 	return 0;
 }
 
