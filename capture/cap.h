@@ -228,6 +228,7 @@ struct cap_disk_figures {
 	bool live;                    /* the fields marked (live) are set */
 	/* live: from the server's counters since it started */
 	double capture_lag_s;
+	uint64_t sealed_unsynced;   /* journal segments sealed, not yet synced */
 	uint64_t writes, write_bytes, flushes, zero_bytes, trim_bytes;
 	uint64_t zeroes, trims;
 	uint64_t errors_journal, errors_head;

@@ -295,6 +295,7 @@ struct fam {
 #define D(f) offsetof(struct cap_disk_figures, f), 'd'
 static const struct fam fams[] = {
 	{ "rewind_capture_lag_seconds", "gauge", "Age of the oldest acknowledged write not yet durable (0 when all are durable).", D(capture_lag_s), true },
+	{ "rewind_journal_sealed_unsynced_segments", "gauge", "Journal segments sealed but not yet synced (synced by the next flush, or in the background at 16 or after 10 s).", U(sealed_unsynced), true },
 	{ "rewind_index_lag_records", "gauge", "Journal records not yet in the index.", U(index_lag_records), false },
 	{ "rewind_index_lag_seconds", "gauge", "How long records have been waiting for the index (0 when none waits).", D(index_lag_s), false },
 	{ "rewind_journal_bytes", "gauge", "Sum of the sizes of the disk's journal segment files.", U(journal_bytes), false },
@@ -609,6 +610,7 @@ static int collect_disk(struct ix *ix, struct cap_server *s,
 		f->accepting = !st.error && !atomic_load(&d->head_failed);
 		f->capture_lag_s = st.oldest_unsynced_ns && now > st.oldest_unsynced_ns
 			? (double)(now - st.oldest_unsynced_ns) / 1e9 : 0;
+		f->sealed_unsynced = st.sealed_waiting;
 		f->writes = atomic_load(&d->n_writes);
 		f->write_bytes = atomic_load(&d->write_bytes);
 		f->zeroes = atomic_load(&d->n_zeroes);

@@ -304,6 +304,8 @@ struct jr_writer {
 		int fd;
 		uint64_t first;     /* segment name */
 		uint64_t last;      /* seq of its SEAL (its last record) */
+		uint64_t oldest_ns; /* append time of its oldest record not
+				     * yet synced (0: none) */
 		bool flagged;       /* its header carries the flag */
 	} *lazy;
 	size_t nlazy, lazycap;

@@ -546,7 +546,10 @@ static int seal_segment(struct jr_writer *w)
 		w->lazy[w->nlazy++] = (struct jr_lazy){
 			.fd = w->fd, .first = w->seg_first,
 			.last = w->seg_last_seq, .flagged = w->seg_flagged,
+			.oldest_ns = w->covered_ns ? w->covered_ns : w->fresh_ns,
 		};
+		/* From here on fresh_ns is about the next segment. */
+		w->covered_ns = w->fresh_ns = 0;
 		w->fd = -1;
 		w->seg_flagged = false;
 		return 0;
@@ -1053,6 +1056,9 @@ void jr_writer_stats(struct jr_writer *w, struct jr_writer_stats *st)
 	st->durable_seq = w->durable_seq;
 	st->sealed_waiting = w->nlazy;
 	st->oldest_unsynced_ns = w->covered_ns ? w->covered_ns : w->fresh_ns;
+	for (size_t i = w->nlazy; i-- > 0;)
+		if (w->lazy[i].oldest_ns)
+			st->oldest_unsynced_ns = w->lazy[i].oldest_ns;
 	if (!st->oldest_unsynced_ns && w->pool && w->pool->head < w->pool->tail)
 		st->oldest_unsynced_ns = w->pool->ring[w->pool->head %
 						       w->pool->cap].now;

@@ -2333,17 +2333,24 @@ static void test_lazy_seal(void)
 	jr_writer_stats(w, &ws);
 	CU_ASSERT_EQUAL(ws.durable_seq, 0);
 	CU_ASSERT(ws.written_seq > 0);
+	CU_ASSERT_EQUAL(ws.sealed_waiting, (uint64_t)ns - 1);
+	uint64_t oldest = ws.oldest_unsynced_ns;
+	CU_ASSERT(oldest != 0);
 	/* The oldest waiting segment alone: durable up to its seal. */
 	CU_ASSERT_EQUAL(jr_writer_sync_sealed(w, 0, 0), 0);
 	jr_writer_stats(w, &ws);
 	CU_ASSERT(ws.durable_seq >= segs[0].first_seq);
 	CU_ASSERT(ws.durable_seq < segs[1].first_seq);
+	CU_ASSERT_EQUAL(ws.sealed_waiting, (uint64_t)ns - 2);
+	CU_ASSERT(ws.oldest_unsynced_ns > oldest); /* the next segment's */
 	seg_hdr_of(dir, segs[1].first_seq, &fl, &pred);
 	CU_ASSERT_EQUAL(fl, 1); /* cleared by its own sync */
 	/* A flush covers every segment. */
 	CU_ASSERT_EQUAL(jr_writer_flush(w), 0);
 	jr_writer_stats(w, &ws);
 	CU_ASSERT_EQUAL(ws.durable_seq, ws.last_seq);
+	CU_ASSERT_EQUAL(ws.sealed_waiting, 0);
+	CU_ASSERT_EQUAL(ws.oldest_unsynced_ns, 0);
 	for (int i = 1; i < ns; i++) {
 		seg_hdr_of(dir, segs[i].first_seq, &fl, &pred);
 		CU_ASSERT_EQUAL(fl, 0);
