@@ -43,12 +43,24 @@ struct world {
 	int nops;
 };
 
+/* When set, every other write of a new world is offered for compression
+ * (so the world's journal holds zstd records too). */
+static bool world_compress;
+
 static int apply(struct world *W, uint8_t type, uint64_t off, uint32_t len,
 		 const void *data)
 {
+	static struct jr_cctx *cc;
+	static unsigned nth;
 	struct jr_append a = { type, off, len, data };
 	struct jr_appended out;
-	int err = jr_writer_append(W->w, &a, NULL, &out);
+	if (world_compress && !cc)
+		CU_ASSERT_FATAL(jr_cctx_new(&cc, 1) == 0);
+	if (!world_compress && cc) {
+		jr_cctx_free(cc);
+		cc = NULL;
+	}
+	int err = jr_writer_append(W->w, &a, cc && nth++ % 2 ? cc : NULL, &out);
 
 	if (err)
 		return err;
@@ -874,6 +886,94 @@ static void test_rollback_store_over_base(void)
 	rs_rollback_parallel_lookups = 1024;
 }
 
+/*
+ * Reads records through jr_reader_map_at (the rollback's reader): every
+ * record of the journal, raw and compressed, gives the same header and
+ * payload as jr_reader_read_at; a payload byte damaged is RW_ECORRUPT
+ * naming the segment; a location past the end of its segment is
+ * RW_ECORRUPT; after jr_reader_unmap the reader maps again.
+ */
+static void test_map_at(void)
+{
+	struct world W;
+	char path[4096];
+	struct jr_reader *seq_r, *r1, *r2;
+	struct jr_rec rec, a, b;
+	struct jr_loc loc;
+	uint8_t *buf1 = malloc(JR_MAX_WRITE), *buf2 = malloc(JR_MAX_WRITE);
+	unsigned raw = 0, zstd = 0, bad = 0;
+
+	world_compress = true;
+	world_setup(&W, 41);
+	world_compress = false;
+	CU_ASSERT_FATAL(jr_writer_flush(W.w) == 0);
+	CU_ASSERT_FATAL(ix_disk_path(W.ix, "d", "journal", path, sizeof(path)) == 0);
+	CU_ASSERT_FATAL(jr_reader_open(&seq_r, path, JR_READ_HEADERS) == 0);
+	CU_ASSERT_FATAL(jr_reader_open(&r1, path, 0) == 0);
+	CU_ASSERT_FATAL(jr_reader_open(&r2, path, 0) == 0);
+	struct jr_loc victim = { 0 };
+	while (jr_reader_next(seq_r, &rec, &loc, NULL) == 1) {
+		const uint8_t *pl;
+		CU_ASSERT_FATAL(jr_reader_read_at(r1, &loc, &a, buf1, JR_MAX_WRITE) == 0);
+		CU_ASSERT_FATAL(jr_reader_map_at(r2, &loc, &b, &pl, buf2, JR_MAX_WRITE) == 0);
+		bad += a.seq != b.seq || a.type != b.type || a.offset != b.offset ||
+		       a.length != b.length || a.flags != b.flags;
+		if (a.type != JR_WRITE) {
+			bad += pl != NULL;
+			continue;
+		}
+		bad += !pl || memcmp(pl, buf1, a.length) != 0;
+		if (a.flags & JR_F_ZSTD) {
+			zstd++;
+			bad += pl != buf2;
+		} else {
+			raw++;
+			bad += pl == buf2;
+			if (!victim.segment && a.length > 16)
+				victim = loc;
+		}
+		if ((raw + zstd) % 16 == 0)
+			jr_reader_unmap(r2);
+	}
+	CU_ASSERT_EQUAL(bad, 0);
+	CU_ASSERT(raw > 0);
+	CU_ASSERT(zstd > 0);
+	jr_reader_unmap(r2);
+
+	/* A damaged payload byte. */
+	CU_ASSERT_FATAL(victim.segment != 0);
+	char seg[4200], name[32];
+	jr_segment_name(victim.segment, name);
+	snprintf(seg, sizeof(seg), "%s/%s", path, name);
+	int fd = open(seg, O_RDWR);
+	uint8_t x;
+	off_t at = (off_t)victim.offset + JR_HDR_SIZE + 5;
+	CU_ASSERT_FATAL(fd >= 0 && pread(fd, &x, 1, at) == 1);
+	x ^= 0x10;
+	CU_ASSERT(pwrite(fd, &x, 1, at) == 1);
+	const uint8_t *pl;
+	CU_ASSERT_EQUAL(jr_reader_map_at(r2, &victim, &b, &pl, buf2, JR_MAX_WRITE),
+			RW_ECORRUPT);
+	CU_ASSERT_PTR_NOT_NULL(strstr(rw_err_msg(), name));
+	x ^= 0x10;
+	CU_ASSERT(pwrite(fd, &x, 1, at) == 1);
+	close(fd);
+	CU_ASSERT(jr_reader_map_at(r2, &victim, &b, &pl, buf2, JR_MAX_WRITE) == 0);
+	/* Past the end of the segment. */
+	struct stat st;
+	CU_ASSERT_FATAL(stat(seg, &st) == 0);
+	struct jr_loc past = { victim.segment, (uint64_t)st.st_size - 8 };
+	CU_ASSERT_EQUAL(jr_reader_map_at(r2, &past, &b, &pl, buf2, JR_MAX_WRITE),
+			RW_ECORRUPT);
+	rw_err_clear();
+	jr_reader_close(seq_r);
+	jr_reader_close(r1);
+	jr_reader_close(r2);
+	free(buf1);
+	free(buf2);
+	world_teardown(&W);
+}
+
 int main(void)
 {
 	tu_add_suite("restore",
@@ -890,6 +990,7 @@ int main(void)
 		     "rollback and roll forward over an imported base", test_rollback_over_base,
 		     "offline rollback in place, undo, unclean store refused", test_rollback_store,
 		     "same, over an imported base", test_rollback_store_over_base,
+		     "records read through mappings match, corrupt ones fail", test_map_at,
 		     NULL);
 	return tu_run();
 }
