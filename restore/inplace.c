@@ -21,36 +21,54 @@
  *   records its disk's head or the index lack — is left untouched (the
  *   caller recovers it the server's way), so replay and catch-up stay in
  *   one place (capture/).
- * - Per window of runs (rollback.c): head space for the data runs is
- *   reserved first (fallocate), so a full file system fails before
- *   anything is journaled; the runs are appended as ordinary WRITE / ZERO
- *   records, followed by a FLUSH record (as after a server's rollback),
- *   and made durable with one write-out and one fdatasync; only then is
- *   head written: adjacent data runs with one pwritev, adjacent zero runs
- *   with one fallocate (ZERO_RANGE, see zero()).
- *   Once the journal sync returns, a thread indexes the window's records
- *   (one transaction) while head is written.
- * - End: head fsynced once, then head_synced_seq moved to the last
- *   record (a small transaction of its own: it may only follow head's
- *   fsync, and the records' commit is hidden behind the head writes).
+ * - Per step of runs (rollback.c: up to 4 MiB of blocks): head space for
+ *   the data runs is reserved first (fallocate), so a full file system
+ *   fails before anything is journaled; the runs are appended as
+ *   ordinary WRITE / ZERO records, borrowed (written from the bytes
+ *   rollback.c found in the page cache, not copied into the writer);
+ *   then a thread, the applier, makes them durable (one fdatasync) and
+ *   only then writes them into head — adjacent data runs with one
+ *   pwritev and their writeback started at once (sync_file_range),
+ *   adjacent zero runs with one fallocate (ZERO_RANGE, see zero()) —
+ *   while this thread reads and journals the next step.  The last step
+ *   of a window is applied here, behind a FLUSH record (as after a
+ *   server's rollback); then a thread indexes the window's records (one
+ *   transaction) while head is written.
+ * - End: head fdatasynced once (most of it is on its way already), then
+ *   head_synced_seq moved to the last record (a small transaction of its
+ *   own: it may only follow head's sync, and the records' commit is
+ *   hidden behind the head writes).
  *
  * Crash safety: head is written only after the records holding the same
- * bytes are durable, and head_synced_seq moves only after head's fsync,
+ * bytes are durable (each step's fdatasync returns before the step's
+ * head writes start), and head_synced_seq moves only after head's sync,
  * so a crash anywhere leaves a journal that is a prefix of the rollback
  * plus a head at or behind it: the next open replays the tail into head
  * and indexes what the index lacks.  A partial rollback is journaled
- * history like any other; running the rollback again completes it.
+ * history like any other; running the rollback again completes it
+ * (tests/e2e/rollback_kill9.sh kills it at many instants).
  *
  * Records are stored raw, not compressed: a rollback rewrites a small
  * slice of history, and zstd over it would cost more time than the rest
  * of the rollback together.
  *
+ * Why a sync per step: with one fdatasync per 64 MiB window, the disk
+ * sat idle while the window was read and journaled, then the journal's
+ * bytes and head's bytes went out one after the other, each behind a
+ * sync the process waited for; now the disk takes each step's journal
+ * and head bytes while the next step is read, and the waits left are the
+ * last step's and head's tail (measured on the benchmark's rollback of
+ * 5.5 MiB of data: journal sync 7 ms -> 1 ms, head write + sync
+ * 9 ms -> 5 ms).  A sync costs a device cache flush more per step,
+ * which the overlap pays for many times.
+ *
  * Rejected: keeping the server's open for the offline case with a faster
  * write path behind it — the open alone (two full reads of the last
  * segment) cost more than the target for the whole command.  Writing
- * head right after the write-out (the guest path's order) — cheaper by
- * nothing here, since a window needs its fdatasync anyway, and it would
- * let a power loss leave head ahead of the journal.
+ * head right after the write-out (the guest path's order) — it would let
+ * a power loss leave head ahead of the journal.  Starting the journal's
+ * writeback early (sync_file_range) and syncing once per window — the
+ * head writes then still waited for the whole window.
  */
 #include "restore/rs.h"
 #include "restore/rs_int.h"
@@ -90,6 +108,15 @@ struct ip {
 	bool opening;            /* opener running, not joined yet */
 	int open_err;            /* its result (1: not clean) */
 	char open_msg[1024];
+	/* A step's runs are applied (journal synced, then head written) on
+	 * a thread while the next step is read: two buffers, one each. */
+	struct rs_run *sruns[2];
+	size_t sn[2], scap[2];
+	int cur;                 /* the buffer of the step being journaled */
+	pthread_t applier;
+	bool applying;           /* applier running, not joined yet */
+	int apply_err;
+	char apply_msg[1024];
 	/* A window's records are indexed on a thread while head is written. */
 	pthread_t committer;
 	bool committing;         /* committer running, not joined yet */
@@ -128,7 +155,10 @@ static int journal(struct ip *p, uint8_t type, uint64_t off, uint32_t len,
 	struct jr_append a = { .type = type, .offset = off, .length = len,
 			       .data = data };
 	struct jr_appended out;
-	int err = jr_writer_append(p->w, &a, NULL, &out);
+	/* Borrowed: written straight from the window's bytes, which stay
+	 * until the window's flush returned (no copy into the writer's
+	 * buffer). */
+	int err = jr_writer_append_borrowed(p->w, &a, NULL, &out);
 
 	if (err)
 		return err;
@@ -205,35 +235,57 @@ static int zero(struct ip *p, uint64_t off, uint64_t len)
 	return 0;
 }
 
-/* Applies a window's runs to head: adjacent runs of a kind merged. */
+/*
+ * Applies a step's runs to head: adjacent runs of a kind merged, zero
+ * runs first.  The writeback of each data write is started at once
+ * (sync_file_range), so the disk works while the rest is written and the
+ * final fdatasync waits for the tail only; the zero runs go first
+ * because an ext4 fallocate waits for writeback under way in the file
+ * (measured on the benchmark's rollback: head written and synced in
+ * 5-6 ms, against 7-8.5 ms without the early writeback and 7-10 ms with
+ * it but zero runs interleaved).
+ */
 static int head_write(struct ip *p, const struct rs_run *runs, size_t n)
 {
 	struct iovec iov[IOV_BATCH];
 	int err;
 
-	for (size_t i = 0; i < n;) {
-		size_t k = i + 1;
-		uint64_t end = runs[i].off + runs[i].len;
-		bool data = runs[i].data != NULL;
-		while (k < n && runs[k].off == end &&
-		       (runs[k].data != NULL) == data &&
-		       (!data || k - i < IOV_BATCH)) {
-			end += runs[k].len;
-			k++;
+	for (int pass = 0; pass < 2; pass++) {
+		bool want_data = pass == 1;
+		for (size_t i = 0; i < n;) {
+			size_t k = i + 1;
+			uint64_t end = runs[i].off + runs[i].len;
+			bool data = runs[i].data != NULL;
+			while (k < n && runs[k].off == end &&
+			       (runs[k].data != NULL) == data &&
+			       (!data || k - i < IOV_BATCH)) {
+				end += runs[k].len;
+				k++;
+			}
+			if (data != want_data) {
+				i = k;
+				continue;
+			}
+			if (data) {
+				for (size_t t = i; t < k; t++)
+					iov[t - i] = (struct iovec){
+						.iov_base = (void *)runs[t].data,
+						.iov_len = runs[t].len,
+					};
+				err = pwritev_full(p, iov, (int)(k - i),
+						   runs[i].off);
+				if (!err)
+					(void)sync_file_range(p->head_fd,
+							      (off_t)runs[i].off,
+							      (off_t)(end - runs[i].off),
+							      SYNC_FILE_RANGE_WRITE);
+			} else {
+				err = zero(p, runs[i].off, end - runs[i].off);
+			}
+			if (err)
+				return err;
+			i = k;
 		}
-		if (data) {
-			for (size_t t = i; t < k; t++)
-				iov[t - i] = (struct iovec){
-					.iov_base = (void *)runs[t].data,
-					.iov_len = runs[t].len,
-				};
-			err = pwritev_full(p, iov, (int)(k - i), runs[i].off);
-		} else {
-			err = zero(p, runs[i].off, end - runs[i].off);
-		}
-		if (err)
-			return err;
-		i = k;
 	}
 	return 0;
 }
@@ -263,31 +315,95 @@ static int commit_join(struct ip *p)
 	return 0;
 }
 
-static int window(void *arg, const struct rs_run *runs, size_t n)
+/* Copies a step's runs into buffer b.  0 or -ENOMEM. */
+static int runs_keep(struct ip *p, int b, const struct rs_run *runs, size_t n)
+{
+	if (n > p->scap[b]) {
+		struct rs_run *v = realloc(p->sruns[b], n * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		p->sruns[b] = v;
+		p->scap[b] = n;
+	}
+	memcpy(p->sruns[b], runs, n * sizeof(*runs));
+	p->sn[b] = n;
+	return 0;
+}
+
+/* Makes every record appended so far durable, then writes buffer b's runs
+ * into head.  0 or error. */
+static int apply(struct ip *p, int b)
+{
+	int err = jr_writer_flush(p->w);
+
+	return err ? err : head_write(p, p->sruns[b], p->sn[b]);
+}
+
+static void *applier(void *arg)
 {
 	struct ip *p = arg;
+
+	p->apply_err = apply(p, p->cur ^ 1);
+	if (p->apply_err)
+		snprintf(p->apply_msg, sizeof(p->apply_msg), "%s", rw_err_msg());
+	return NULL;
+}
+
+/* Waits for the applier of the previous step.  0 or its error. */
+static int apply_join(struct ip *p)
+{
+	if (!p->applying)
+		return 0;
+	pthread_join(p->applier, NULL);
+	p->applying = false;
+	if (p->apply_err)
+		return rw_err_set(p->apply_err, "%s", p->apply_msg);
+	return 0;
+}
+
+/*
+ * rs_runs_fn: journals a step's runs and has them applied (journal
+ * synced, head written) on a thread while the next step is read; the
+ * window's last step is applied here, behind a FLUSH record, and the
+ * window's records are then indexed (see the design note).
+ */
+static int window(void *arg, const struct rs_run *runs, size_t n, bool last)
+{
+	struct ip *p = arg;
+	int b = p->cur;
 	int err;
 
+	if (!n)
+		return apply_join(p); /* the rollback stops (rs_runs_fn) */
 	if ((err = journals_ready(p)) || (err = commit_join(p)) ||
-	    (err = reserve(p, runs, n)))
+	    (err = reserve(p, runs, n)) || (err = runs_keep(p, b, runs, n)))
 		return err;
 	for (size_t i = 0; i < n; i++)
 		if ((err = journal(p, runs[i].data ? JR_WRITE : JR_ZERO,
 				   runs[i].off, runs[i].len, runs[i].data)))
 			return err;
 	/*
-	 * Durable before head changes (see the design note), and marked so
-	 * in the history as a server's rollback is: a FLUSH record covered
-	 * by the same fdatasync.
+	 * The window's records are marked durable in the history as a
+	 * server's rollback marks its own: a FLUSH record, covered by the
+	 * window's last sync.
 	 */
-	if ((err = journal(p, JR_FLUSH, 0, 0, NULL)) ||
-	    (err = jr_writer_flush(p->w)))
+	if (last && (err = journal(p, JR_FLUSH, 0, 0, NULL)))
+		return err;
+	if ((err = apply_join(p)))
+		return err;
+	p->cur ^= 1;
+	if (!last) {
+		p->applying = pthread_create(&p->applier, NULL, applier, p) == 0;
+		return p->applying ? 0 : apply(p, b);
+	}
+	if ((err = jr_writer_flush(p->w)))
 		return err;
 	/* The records are durable: index them while head is written. */
 	p->committing = pthread_create(&p->committer, NULL, committer, p) == 0;
 	if (!p->committing && (err = ix_batch_commit(p->b)))
 		return err;
-	return head_write(p, runs, n);
+	err = head_write(p, p->sruns[b], p->sn[b]);
+	return err;
 }
 
 /*
@@ -312,6 +428,9 @@ static int open_journals(struct ix *ix, const char *name, struct jr_clock *clk,
 		o.disk_id = list[i].id;
 		o.backend = JR_BACKEND_SYNC;
 		o.durable_seq = list[i].head_synced_seq;
+		/* Each step is synced whatever its size: zeroes written
+		 * ahead of the records would only add to every sync. */
+		o.prezero_bytes = 0;
 		if ((err = ix_disk_path(ix, list[i].name, "journal", jdir,
 					sizeof(jdir))) ||
 		    (err = jr_writer_open(&jw, jdir, &o, clk, &rep)))
@@ -420,9 +539,10 @@ int rs_rollback_store(const char *dir, const char *name,
 				    window, &p, NULL, NULL, &res->st)) ||
 	    (err = journals_ready(&p)) || !p.records)
 		goto out;
-	/* Head durable, then head_synced_seq says so. */
-	if ((err = rw_sys_fsync(p.head_fd))) {
-		err = rw_err_set(err, "cannot fsync '%s': %s", p.head_path,
+	/* Head durable, then head_synced_seq says so.  (fdatasync: the
+	 * size never changes, and the extents it must write it writes.) */
+	if ((err = rw_sys_fdatasync(p.head_fd))) {
+		err = rw_err_set(err, "cannot fdatasync '%s': %s", p.head_path,
 				 rw_strerror(err));
 		goto out;
 	}
@@ -436,7 +556,10 @@ out:
 		pthread_join(p.opener, NULL);
 		p.opening = false;
 	}
+	apply_join(&p);
 	ix_batch_free(p.b);
+	free(p.sruns[0]);
+	free(p.sruns[1]);
 	if (p.head_fd >= 0)
 		close(p.head_fd);
 	if (p.w) {
