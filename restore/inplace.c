@@ -25,27 +25,33 @@
  *   the data runs is reserved first (fallocate), so a full file system
  *   fails before anything is journaled; the runs are appended as
  *   ordinary WRITE / ZERO records, borrowed (written from the bytes
- *   rollback.c found in the page cache, not copied into the writer);
- *   then a thread, the applier, makes them durable (one fdatasync) and
- *   only then writes them into head — adjacent data runs with one
- *   pwritev and their writeback started at once (sync_file_range),
- *   adjacent zero runs with one fallocate (ZERO_RANGE, see zero()) —
- *   while this thread reads and journals the next step.  The last step
- *   of a window is applied here, behind a FLUSH record (as after a
- *   server's rollback); then a thread indexes the window's records (one
- *   transaction) while head is written.
- * - End: head fdatasynced once (most of it is on its way already), then
- *   head_synced_seq moved to the last record (a small transaction of its
- *   own: it may only follow head's sync, and the records' commit is
- *   hidden behind the head writes).
+ *   rollback.c found in the page cache, not copied into the writer),
+ *   and queued for the applier thread, which takes the steps in order:
+ *   makes them durable (one fdatasync), and only then writes them into
+ *   head — zero runs first, adjacent ones with one fallocate
+ *   (ZERO_RANGE, see zero()), then adjacent data runs with one pwritev
+ *   each and their writeback started at once (sync_file_range) — while
+ *   this thread reads and journals the next steps.
+ * - The last step of a window: the window's other records go to the
+ *   committer thread, which indexes them (one transaction) once the
+ *   applier made them durable; this thread journals the step behind a
+ *   FLUSH record (as after a server's rollback), waits for the applier,
+ *   syncs the journal, writes the step into head and starts head's
+ *   fdatasync on a thread (most of head is on its way already) while the
+ *   rollback lets go of its mappings and buffers.
+ * - End: once head's sync and the committer returned, one transaction
+ *   indexes the last step's records and moves head_synced_seq to the
+ *   last record (after a window that is not the last, its last step is
+ *   indexed before anything of the next window).
  *
  * Crash safety: head is written only after the records holding the same
- * bytes are durable (each step's fdatasync returns before the step's
- * head writes start), and head_synced_seq moves only after head's sync,
- * so a crash anywhere leaves a journal that is a prefix of the rollback
- * plus a head at or behind it: the next open replays the tail into head
- * and indexes what the index lacks.  A partial rollback is journaled
- * history like any other; running the rollback again completes it
+ * bytes are durable (a step's fdatasync returns before its head writes
+ * start), the index never holds a record before it is durable, and
+ * head_synced_seq moves only after head's sync, so a crash anywhere
+ * leaves a journal that is a prefix of the rollback plus a head and an
+ * index at or behind it: the next open replays the tail into head and
+ * indexes what the index lacks.  A partial rollback is journaled history
+ * like any other; running the rollback again completes it
  * (tests/e2e/rollback_kill9.sh kills it at many instants).
  *
  * Records are stored raw, not compressed: a rollback rewrites a small
@@ -55,12 +61,15 @@
  * Why a sync per step: with one fdatasync per 64 MiB window, the disk
  * sat idle while the window was read and journaled, then the journal's
  * bytes and head's bytes went out one after the other, each behind a
- * sync the process waited for; now the disk takes each step's journal
- * and head bytes while the next step is read, and the waits left are the
- * last step's and head's tail (measured on the benchmark's rollback of
- * 5.5 MiB of data: journal sync 7 ms -> 1 ms, head write + sync
- * 9 ms -> 5 ms).  A sync costs a device cache flush more per step,
- * which the overlap pays for many times.
+ * sync the process waited for, then the window's index commit; now the
+ * disk takes each step's journal and head bytes while later steps are
+ * read, and what is left after the last step is its own sync and head
+ * write, a small commit and the tail of head's sync (the benchmark's
+ * rollback of 5.5 MiB of data and 16.7 MiB of zeroes: what followed the
+ * reading of the last records took 24 ms, now 4-6 ms).  A step costs
+ * one device cache flush more, which the overlap pays for many times.
+ * Indexing each step on its own was tried and dropped: the commits'
+ * CPU slowed the reading threads more than it shortened the end.
  *
  * Rejected: keeping the server's open for the offline case with a faster
  * write path behind it — the open alone (two full reads of the last
@@ -90,11 +99,25 @@
 
 #define IOV_BATCH 256
 
+/* A step's runs, queued for the applier (a copy: rs_runs_fn reuses its
+ * array; the bytes they point at stay until the window ends). */
+struct step {
+	struct step *next;
+	size_t n;
+	struct rs_run runs[];
+};
+
 struct ip {
 	struct ix *ix;
 	struct ix_disk d;
 	struct jr_writer *w;
-	struct ix_batch *b;
+	struct ix_batch *b;      /* records appended, not yet handed over */
+	size_t bn;               /* how many */
+	struct ix_batch *ba;     /* the committer's: a window's steps but
+				  * its last */
+	struct ix_batch *bl;     /* a window's last step: committed before
+				  * the next window's, or at the end with
+				  * head_synced_seq */
 	int head_fd;
 	char head_path[4096];
 	bool prealloc_ok;
@@ -108,15 +131,23 @@ struct ip {
 	bool opening;            /* opener running, not joined yet */
 	int open_err;            /* its result (1: not clean) */
 	char open_msg[1024];
-	/* A step's runs are applied (journal synced, then head written) on
-	 * a thread while the next step is read: two buffers, one each. */
-	struct rs_run *sruns[2];
-	size_t sn[2], scap[2];
-	int cur;                 /* the buffer of the step being journaled */
+	/* Steps are applied (journal synced, then head written) by the
+	 * applier thread, in order, while later steps are read: a queue
+	 * under amu. */
+	pthread_mutex_t amu;
+	pthread_cond_t acv;
+	struct step *qhead, **qtail;
+	bool abusy;              /* the applier holds a step */
+	bool aquit;              /* no more steps: the applier ends */
+	bool astarted;           /* the applier runs, not joined yet */
 	pthread_t applier;
-	bool applying;           /* applier running, not joined yet */
-	int apply_err;
+	int apply_err;           /* its first error (then it skips steps) */
 	char apply_msg[1024];
+	/* Head is synced on a thread once a window is written, while the
+	 * rollback lets go of its buffers and mappings. */
+	pthread_t syncer;
+	bool syncing;            /* syncer running, not joined yet */
+	int sync_err;
 	/* A window's records are indexed on a thread while head is written. */
 	pthread_t committer;
 	bool committing;         /* committer running, not joined yet */
@@ -169,6 +200,7 @@ static int journal(struct ip *p, uint8_t type, uint64_t off, uint32_t len,
 	};
 	if ((err = ix_batch_add(p->b, &rec, &out.loc)))
 		return err;
+	p->bn++;
 	p->last_seq = out.seq;
 	p->records++;
 	return 0;
@@ -291,119 +323,262 @@ static int head_write(struct ip *p, const struct rs_run *runs, size_t n)
 }
 
 static int journals_ready(struct ip *p);
+static int apply_drain(struct ip *p);
 
+/* Indexes p->ba once the applier made its records durable. */
 static void *committer(void *arg)
 {
 	struct ip *p = arg;
 
-	p->commit_err = ix_batch_commit(p->b);
+	p->commit_err = apply_drain(p);
+	if (!p->commit_err)
+		p->commit_err = ix_batch_commit(p->ba);
 	if (p->commit_err)
 		snprintf(p->commit_msg, sizeof(p->commit_msg), "%s",
 			 rw_err_msg());
 	return NULL;
 }
 
-/* Waits for the index commit of the previous window.  0 or its error. */
-static int commit_join(struct ip *p)
+/* Waits for the committer (or takes the result of a run in this
+ * thread).  0 or its error. */
+static int committer_join(struct ip *p)
 {
-	if (!p->committing)
-		return 0;
-	pthread_join(p->committer, NULL);
-	p->committing = false;
-	if (p->commit_err)
-		return rw_err_set(p->commit_err, "%s", p->commit_msg);
-	return 0;
-}
-
-/* Copies a step's runs into buffer b.  0 or -ENOMEM. */
-static int runs_keep(struct ip *p, int b, const struct rs_run *runs, size_t n)
-{
-	if (n > p->scap[b]) {
-		struct rs_run *v = realloc(p->sruns[b], n * sizeof(*v));
-		if (!v)
-			return -ENOMEM;
-		p->sruns[b] = v;
-		p->scap[b] = n;
+	if (p->committing) {
+		pthread_join(p->committer, NULL);
+		p->committing = false;
 	}
-	memcpy(p->sruns[b], runs, n * sizeof(*runs));
-	p->sn[b] = n;
-	return 0;
-}
-
-/* Makes every record appended so far durable, then writes buffer b's runs
- * into head.  0 or error. */
-static int apply(struct ip *p, int b)
-{
-	int err = jr_writer_flush(p->w);
-
-	return err ? err : head_write(p, p->sruns[b], p->sn[b]);
-}
-
-static void *applier(void *arg)
-{
-	struct ip *p = arg;
-
-	p->apply_err = apply(p, p->cur ^ 1);
-	if (p->apply_err)
-		snprintf(p->apply_msg, sizeof(p->apply_msg), "%s", rw_err_msg());
-	return NULL;
-}
-
-/* Waits for the applier of the previous step.  0 or its error. */
-static int apply_join(struct ip *p)
-{
-	if (!p->applying)
-		return 0;
-	pthread_join(p->applier, NULL);
-	p->applying = false;
-	if (p->apply_err)
-		return rw_err_set(p->apply_err, "%s", p->apply_msg);
+	ix_batch_free(p->ba);
+	p->ba = NULL;
+	int err = p->commit_err;
+	p->commit_err = 0;
+	if (err)
+		return rw_err_set(err, "%s", p->commit_msg);
 	return 0;
 }
 
 /*
- * rs_runs_fn: journals a step's runs and has them applied (journal
- * synced, head written) on a thread while the next step is read; the
- * window's last step is applied here, behind a FLUSH record, and the
- * window's records are then indexed (see the design note).
+ * Waits for the committer, then indexes a previous window's last step
+ * (p->bl) — in seq order, before anything later.  0 or error.
+ */
+static int commit_join(struct ip *p)
+{
+	int err = committer_join(p);
+
+	if (!err && p->bl) {
+		err = ix_batch_commit(p->bl);
+		ix_batch_free(p->bl);
+		p->bl = NULL;
+	}
+	return err;
+}
+
+/* Hands p->b over as *to (a fresh batch takes its place).  0 or error. */
+static int batch_handover(struct ip *p, struct ix_batch **to)
+{
+	struct ix_batch *nb;
+	int err = ix_batch_new(p->ix, &nb);
+
+	if (err)
+		return err;
+	*to = p->b;
+	p->b = nb;
+	p->bn = 0;
+	return 0;
+}
+
+/*
+ * Applies a step: makes every record appended so far durable, then
+ * writes the step's runs into head.  0 or error.  (The window's records
+ * are indexed in one transaction at its end: a commit per step cost
+ * more CPU, which the reading threads need, than it took off the end.)
+ */
+static int apply(struct ip *p, const struct step *st)
+{
+	int err = jr_writer_flush(p->w);
+
+	return err ? err : head_write(p, st->runs, st->n);
+}
+
+/* The applier: applies queued steps in order until told to quit. */
+static void *applier(void *arg)
+{
+	struct ip *p = arg;
+
+	pthread_mutex_lock(&p->amu);
+	for (;;) {
+		while (!p->qhead && !p->aquit)
+			pthread_cond_wait(&p->acv, &p->amu);
+		struct step *st = p->qhead;
+		if (!st)
+			break;
+		p->qhead = st->next;
+		if (!p->qhead)
+			p->qtail = &p->qhead;
+		p->abusy = true;
+		/* After an error, or once told to quit (the steps' bytes may
+		 * be gone), steps are only dropped. */
+		bool skip = p->apply_err != 0 || p->aquit;
+		pthread_mutex_unlock(&p->amu);
+		int err = skip ? 0 : apply(p, st);
+		free(st);
+		pthread_mutex_lock(&p->amu);
+		p->abusy = false;
+		if (err && !p->apply_err) {
+			p->apply_err = err;
+			snprintf(p->apply_msg, sizeof(p->apply_msg), "%s",
+				 rw_err_msg());
+		}
+		pthread_cond_broadcast(&p->acv);
+	}
+	pthread_mutex_unlock(&p->amu);
+	return NULL;
+}
+
+/* The applier's error so far, set again in this thread.  0 or error. */
+static int apply_err(struct ip *p)
+{
+	pthread_mutex_lock(&p->amu);
+	int err = p->apply_err;
+	if (err)
+		rw_err_set(err, "%s", p->apply_msg);
+	pthread_mutex_unlock(&p->amu);
+	return err;
+}
+
+/*
+ * Queues a copy of a step's runs for the applier (started on the first
+ * step; without a thread the step is applied here).  0 or error.
+ */
+static int apply_queue(struct ip *p, const struct rs_run *runs, size_t n)
+{
+	struct step *st = malloc(sizeof(*st) + n * sizeof(*runs));
+
+	if (!st)
+		return -ENOMEM;
+	st->next = NULL;
+	st->n = n;
+	memcpy(st->runs, runs, n * sizeof(*runs));
+	if (!p->astarted) {
+		p->qtail = &p->qhead;
+		p->astarted = pthread_create(&p->applier, NULL, applier, p) == 0;
+		if (!p->astarted) {
+			int err = apply(p, st);
+			free(st);
+			return err;
+		}
+	}
+	pthread_mutex_lock(&p->amu);
+	*p->qtail = st;
+	p->qtail = &st->next;
+	pthread_cond_broadcast(&p->acv);
+	pthread_mutex_unlock(&p->amu);
+	return 0;
+}
+
+/* Waits until every queued step is applied.  0 or the applier's error. */
+static int apply_drain(struct ip *p)
+{
+	if (!p->astarted)
+		return 0;
+	pthread_mutex_lock(&p->amu);
+	while (p->qhead || p->abusy)
+		pthread_cond_wait(&p->acv, &p->amu);
+	pthread_mutex_unlock(&p->amu);
+	return apply_err(p);
+}
+
+/* Ends the applier; steps still queued are dropped, not applied. */
+static void apply_stop(struct ip *p)
+{
+	if (!p->astarted)
+		return;
+	pthread_mutex_lock(&p->amu);
+	p->aquit = true;
+	pthread_cond_broadcast(&p->acv);
+	pthread_mutex_unlock(&p->amu);
+	pthread_join(p->applier, NULL);
+	p->astarted = false;
+}
+
+static void *syncer(void *arg)
+{
+	struct ip *p = arg;
+
+	p->sync_err = rw_sys_fdatasync(p->head_fd);
+	return NULL;
+}
+
+/*
+ * Waits for the head sync started at the end of a window.  0 or an
+ * error naming head.
+ */
+static int sync_join(struct ip *p)
+{
+	if (!p->syncing)
+		return 0;
+	pthread_join(p->syncer, NULL);
+	p->syncing = false;
+	if (p->sync_err)
+		return rw_err_set(p->sync_err, "cannot fdatasync '%s': %s",
+				  p->head_path, rw_strerror(p->sync_err));
+	return 0;
+}
+
+/*
+ * rs_runs_fn: journals a step's runs and queues them for the applier,
+ * which makes them durable and writes them into head while later steps
+ * are read; the window's last step, behind a FLUSH record, is applied
+ * here once the applier is done, and the window's records are then
+ * indexed (see the design note).
  */
 static int window(void *arg, const struct rs_run *runs, size_t n, bool last)
 {
 	struct ip *p = arg;
-	int b = p->cur;
 	int err;
 
 	if (!n)
-		return apply_join(p); /* the rollback stops (rs_runs_fn) */
+		return apply_drain(p); /* the rollback stops (rs_runs_fn) */
 	if ((err = journals_ready(p)) || (err = commit_join(p)) ||
-	    (err = reserve(p, runs, n)) || (err = runs_keep(p, b, runs, n)))
+	    (err = apply_err(p)) || (err = reserve(p, runs, n)))
 		return err;
+	if (last && p->bn) {
+		/* The window's earlier steps are indexed on a thread as soon
+		 * as the applier made them durable, while the last step is
+		 * journaled, applied and head synced. */
+		if ((err = batch_handover(p, &p->ba)))
+			return err;
+		p->committing = pthread_create(&p->committer, NULL, committer,
+					       p) == 0;
+		if (!p->committing) {
+			committer(p);
+			if ((err = committer_join(p)))
+				return err;
+		}
+	}
 	for (size_t i = 0; i < n; i++)
 		if ((err = journal(p, runs[i].data ? JR_WRITE : JR_ZERO,
 				   runs[i].off, runs[i].len, runs[i].data)))
 			return err;
+	if (!last)
+		return apply_queue(p, runs, n);
 	/*
 	 * The window's records are marked durable in the history as a
 	 * server's rollback marks its own: a FLUSH record, covered by the
 	 * window's last sync.
 	 */
-	if (last && (err = journal(p, JR_FLUSH, 0, 0, NULL)))
+	if ((err = journal(p, JR_FLUSH, 0, 0, NULL)) ||
+	    (err = apply_drain(p)))
 		return err;
-	if ((err = apply_join(p)))
+	if ((err = jr_writer_flush(p->w)) || (err = batch_handover(p, &p->bl)))
 		return err;
-	p->cur ^= 1;
-	if (!last) {
-		p->applying = pthread_create(&p->applier, NULL, applier, p) == 0;
-		return p->applying ? 0 : apply(p, b);
-	}
-	if ((err = jr_writer_flush(p->w)))
+	if ((err = head_write(p, runs, n)) || (err = sync_join(p)))
 		return err;
-	/* The records are durable: index them while head is written. */
-	p->committing = pthread_create(&p->committer, NULL, committer, p) == 0;
-	if (!p->committing && (err = ix_batch_commit(p->b)))
-		return err;
-	err = head_write(p, p->sruns[b], p->sn[b]);
-	return err;
+	/* Head durable (fdatasync: the size never changes, and the extents
+	 * it must write it writes); a later window syncs again. */
+	p->syncing = pthread_create(&p->syncer, NULL, syncer, p) == 0;
+	if (!p->syncing)
+		syncer(p);
+	return p->syncing ? 0 : sync_join(p);
 }
 
 /*
@@ -497,7 +672,9 @@ static int journals_ready(struct ip *p)
 int rs_rollback_store(const char *dir, const char *name,
 		      const struct rw_when *when, struct rs_rollback_result *res)
 {
-	struct ip p = { .head_fd = -1, .prealloc_ok = true, .name = name };
+	struct ip p = { .head_fd = -1, .prealloc_ok = true, .name = name,
+			.amu = PTHREAD_MUTEX_INITIALIZER,
+			.acv = PTHREAD_COND_INITIALIZER };
 	uint64_t ts;
 	int err;
 
@@ -539,27 +716,27 @@ int rs_rollback_store(const char *dir, const char *name,
 				    window, &p, NULL, NULL, &res->st)) ||
 	    (err = journals_ready(&p)) || !p.records)
 		goto out;
-	/* Head durable, then head_synced_seq says so.  (fdatasync: the
-	 * size never changes, and the extents it must write it writes.) */
-	if ((err = rw_sys_fdatasync(p.head_fd))) {
-		err = rw_err_set(err, "cannot fdatasync '%s': %s", p.head_path,
-				 rw_strerror(err));
+	/* Head durable (the last window's sync), then head_synced_seq
+	 * says so. */
+	if ((err = sync_join(&p)))
 		goto out;
-	}
-	if ((err = commit_join(&p)) ||
-	    (err = ix_disk_set_head_synced(p.ix, p.d.id, p.last_seq)))
+	/* Head synced: the last step's records are indexed with
+	 * head_synced_seq, in one transaction after the earlier steps'. */
+	if ((err = committer_join(&p)) ||
+	    (err = ix_batch_commit_head_synced(p.bl, p.d.id, p.last_seq)))
 		goto out;
 	res->last_seq = p.last_seq;
 out:
-	commit_join(&p);
+	sync_join(&p);
+	committer_join(&p);
 	if (p.opening) {
 		pthread_join(p.opener, NULL);
 		p.opening = false;
 	}
-	apply_join(&p);
+	apply_stop(&p);
 	ix_batch_free(p.b);
-	free(p.sruns[0]);
-	free(p.sruns[1]);
+	ix_batch_free(p.ba);
+	ix_batch_free(p.bl);
 	if (p.head_fd >= 0)
 		close(p.head_fd);
 	if (p.w) {

@@ -1072,7 +1072,7 @@ static void test_rollback_store_corrupt_late(void)
 	rw_err_clear();
 	struct ix_disk d = disk_state(store);
 	CU_ASSERT_EQUAL(d.head_synced_seq, W.seq[NOPS]);
-	CU_ASSERT(d.last_indexed_seq == W.seq[NOPS]);
+	CU_ASSERT_EQUAL(d.last_indexed_seq, W.seq[NOPS]);
 	CU_ASSERT_EQUAL(rs_rollback_store(store, "d", &when, &res), 1);
 	rw_err_clear();
 	rs_rollback_step_bytes = 4u << 20;
