@@ -27,18 +27,21 @@
  *   ordinary WRITE / ZERO records, borrowed (written from the bytes
  *   rollback.c found in the page cache, not copied into the writer),
  *   and queued for the applier thread, which takes the steps in order:
- *   makes them durable (one fdatasync), and only then writes them into
+ *   writes them out and makes them durable (one pwritev, one fdatasync:
+ *   the writer's batch is larger than a step, so the appends themselves
+ *   write nothing on this thread), and only then writes them into
  *   head — zero runs first, adjacent ones with one fallocate
  *   (ZERO_RANGE, see zero()), then adjacent data runs with one pwritev
  *   each and their writeback started at once (sync_file_range) — while
  *   this thread reads and journals the next steps.
  * - The last step of a window: the window's other records go to the
- *   committer thread, which indexes them (one transaction) once the
- *   applier made them durable; this thread journals the step behind a
- *   FLUSH record (as after a server's rollback), waits for the applier,
- *   syncs the journal, writes the step into head and starts head's
- *   fdatasync on a thread (most of head is on its way already) while the
- *   rollback lets go of its mappings and buffers.
+ *   committer thread, which syncs the journal itself (a sync under way
+ *   is shared) and indexes them (one transaction); this thread journals
+ *   the step behind a FLUSH record (as after a server's rollback), syncs
+ *   it, writes it into head alongside the applier's last steps, waits
+ *   for the applier and starts head's fdatasync on a thread (most of
+ *   head is on its way already) while the rollback lets go of its
+ *   mappings and buffers.
  * - End: once head's sync and the committer returned, one transaction
  *   indexes the last step's records and moves head_synced_seq to the
  *   last record (after a window that is not the last, its last step is
@@ -91,6 +94,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -121,7 +125,8 @@ struct ip {
 	int head_fd;
 	char head_path[4096];
 	bool prealloc_ok;
-	int zero_mode;           /* zero(): first fallocate mode to try */
+	atomic_int zero_mode;    /* zero(): first fallocate mode to try
+				  * (the applier and this thread) */
 	uint64_t last_seq;       /* newest record appended (0: none) */
 	uint64_t records;
 	/* The journals are opened on a thread of their own (opener()). */
@@ -249,12 +254,12 @@ static int zero(struct ip *p, uint64_t off, uint64_t len)
 		FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 	};
 
-	for (; p->zero_mode < 2; p->zero_mode++) {
-		if (fallocate(p->head_fd, modes[p->zero_mode], (off_t)off,
-			      (off_t)len) == 0)
+	for (int m = atomic_load(&p->zero_mode); m < 2; m++) {
+		if (fallocate(p->head_fd, modes[m], (off_t)off, (off_t)len) == 0)
 			return 0;
 		if (errno != EOPNOTSUPP && errno != ENOSYS)
 			return head_err(p, -errno, "zero", off);
+		atomic_store(&p->zero_mode, m + 1);
 	}
 	for (uint64_t o = 0; o < len; o += sizeof(zeroes)) {
 		size_t k = len - o < sizeof(zeroes) ? (size_t)(len - o)
@@ -323,14 +328,17 @@ static int head_write(struct ip *p, const struct rs_run *runs, size_t n)
 }
 
 static int journals_ready(struct ip *p);
-static int apply_drain(struct ip *p);
 
-/* Indexes p->ba once the applier made its records durable. */
+/*
+ * Indexes p->ba once its records are durable: it syncs the journal
+ * itself (sharing the applier's sync when one runs: group commit)
+ * rather than wait for the applier, whose head writes it does not need.
+ */
 static void *committer(void *arg)
 {
 	struct ip *p = arg;
 
-	p->commit_err = apply_drain(p);
+	p->commit_err = jr_writer_flush(p->w);
 	if (!p->commit_err)
 		p->commit_err = ix_batch_commit(p->ba);
 	if (p->commit_err)
@@ -567,11 +575,12 @@ static int window(void *arg, const struct rs_run *runs, size_t n, bool last)
 	 * window's last sync.
 	 */
 	if ((err = journal(p, JR_FLUSH, 0, 0, NULL)) ||
-	    (err = apply_drain(p)))
+	    (err = jr_writer_flush(p->w)) || (err = batch_handover(p, &p->bl)))
 		return err;
-	if ((err = jr_writer_flush(p->w)) || (err = batch_handover(p, &p->bl)))
-		return err;
-	if ((err = head_write(p, runs, n)) || (err = sync_join(p)))
+	/* Durable: into head alongside the applier's last steps (other
+	 * blocks), which head's sync must follow. */
+	if ((err = head_write(p, runs, n)) || (err = apply_drain(p)) ||
+	    (err = sync_join(p)))
 		return err;
 	/* Head durable (fdatasync: the size never changes, and the extents
 	 * it must write it writes); a later window syncs again. */
@@ -606,6 +615,9 @@ static int open_journals(struct ix *ix, const char *name, struct jr_clock *clk,
 		/* Each step is synced whatever its size: zeroes written
 		 * ahead of the records would only add to every sync. */
 		o.prezero_bytes = 0;
+		/* Steps are written out by their sync (on the applier), not
+		 * by the appends (on the reading thread). */
+		o.batch_bytes = 256u << 20;
 		if ((err = ix_disk_path(ix, list[i].name, "journal", jdir,
 					sizeof(jdir))) ||
 		    (err = jr_writer_open(&jw, jdir, &o, clk, &rep)))
