@@ -546,6 +546,44 @@ int ix_batch_commit(struct ix_batch *b)
 	return rc;
 }
 
+/* ix_batch_commit_head_synced(): the batch and head_synced_seq in one
+ * transaction. */
+struct commit_synced {
+	struct ix_batch *b;
+	uint32_t id;
+	uint64_t seq;
+};
+
+static int commit_synced_fn(struct ix *ix, MDB_txn *txn, void *arg)
+{
+	struct commit_synced *cs = arg;
+	struct ix_disk d;
+	int rc = cs->b->n ? commit_fn(ix, txn, cs->b) : 0;
+
+	if (rc)
+		return rc;
+	rc = ix_disk_load(ix, txn, cs->id, &d);
+	if (rc == MDB_NOTFOUND)
+		return rw_err_set(RW_ENOTFOUND, "store '%s': no disk with id %u",
+				  ix->dir, cs->id);
+	if (rc)
+		return rc;
+	d.head_synced_seq = cs->seq;
+	return ix_disk_store(ix, txn, &d);
+}
+
+int ix_batch_commit_head_synced(struct ix_batch *b, uint32_t id, uint64_t seq)
+{
+	struct commit_synced cs = { b, id, seq };
+	int rc = ix_write(b->ix, commit_synced_fn, &cs,
+			  "committing an index batch and head_synced_seq");
+
+	b->n = 0;
+	b->nv = 0;
+	b->nd = 0;
+	return rc;
+}
+
 /* ------------------------------------------------------------ catch-up */
 
 #define CATCHUP_BYTES (8u << 20)

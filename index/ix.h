@@ -159,6 +159,16 @@ int ix_batch_add(struct ix_batch *b, const struct jr_rec *rec,
  * may be reused.  Returns 0 or error (nothing of the batch is visible then).
  */
 int ix_batch_commit(struct ix_batch *b);
+
+/*
+ * ix_batch_commit() (without its page-recycling transaction) and
+ * ix_disk_set_head_synced(b's store, id, seq) in one transaction: for a
+ * writer whose last records reach head and the index together, one
+ * commit (two syncs) instead of two.  The batch is emptied either way.
+ * Returns 0 or error (nothing of either is visible then); RW_ENOTFOUND
+ * for an unknown id.
+ */
+int ix_batch_commit_head_synced(struct ix_batch *b, uint32_t id, uint64_t seq);
 void ix_batch_free(struct ix_batch *b);
 
 /*

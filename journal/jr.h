@@ -423,6 +423,27 @@ int jr_reader_read_at(struct jr_reader *r, const struct jr_loc *loc,
 		      struct jr_rec *rec, void *buf, size_t bufsz);
 
 /*
+ * jr_reader_read_at() without copying: verifies the record at loc where
+ * the page cache holds it, through a read-only mapping of its segment,
+ * and sets *payload to a raw WRITE's bytes inside that mapping, or to buf
+ * for a compressed WRITE (decompressed there; bufsz >= rec->length, else
+ * -ENOBUFS), or to NULL for other types.  The bytes stay valid and
+ * unchanged until jr_reader_unmap() or jr_reader_close() — also when the
+ * segment is renamed over (recompression) or deleted meanwhile.  The
+ * caller must not read records that someone may cut off the file (only
+ * recovery truncates, and only a torn tail, past every record indexed).
+ * Returns what jr_reader_read_at() returns; a read error comes back as
+ * -errno naming the segment.
+ */
+int jr_reader_map_at(struct jr_reader *r, const struct jr_loc *loc,
+		     struct jr_rec *rec, const uint8_t **payload, void *buf,
+		     size_t bufsz);
+
+/* Drops the mappings jr_reader_map_at() made; its payloads become invalid.
+ * No-op on NULL. */
+void jr_reader_unmap(struct jr_reader *r);
+
+/*
  * Lists the segments (sorted by first seq).  *out is malloc'ed and owned by
  * the caller (free()).  Returns the count (>= 0) or -errno.
  */

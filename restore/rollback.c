@@ -4,22 +4,33 @@
  * Only blocks with a version after the target seq differ from the target,
  * so only they are rewritten: the cost is the history undone, not the
  * disk.  Their content as-of the target is assembled in block order, a
- * window of up to 64 MiB at a time: inside a window each needed record is
- * read once (in journal order; from 8 records on, a second thread with
- * its own reader shares them — reading and checksumming whole
- * records is most of a rollback's CPU time, and a host has more than one
- * core) and its blocks copied into place, blocks
- * that are zero as-of the target (a ZERO/TRIM, or base where base is
- * empty) are only flagged — never memset, never scanned — so their window
- * pages are not even touched; never-written blocks of a non-empty base
- * come from it in large reads, and only blocks whose newest version is
- * partial go through a view.  Each window is handed over as one array of
- * runs (rs_rollback_runs: the offline path, inplace.c, journals a window
- * with one write-out and one fdatasync) or run by run to a sink
+ * step of up to 4 MiB of blocks at a time: inside a step each needed
+ * record is read once (in journal order; from 8 records on, a second
+ * thread with its own reader shares them — checksumming whole records is
+ * a large part of a rollback's CPU time, and a host has more than one
+ * core) where the page cache holds it (jr_reader_map_at: verified in
+ * place, never copied), and a block's bytes are a pointer into it;
+ * only blocks of compressed records, of a non-empty base (in large
+ * reads) and blocks whose newest version is partial (through a view) are
+ * copied, into slots of the window.  Blocks that are zero as-of the
+ * target (a ZERO/TRIM, or base where base is empty) are only flagged —
+ * never memset, never scanned.  Each step is handed over as one array of
+ * runs (rs_rollback_runs), and the steps come in windows of up to
+ * 64 MiB whose bytes stay valid until the window's last step was handed
+ * over: the offline path (inplace.c) journals a step while the previous
+ * one is synced and written into head; or run by run to a sink
  * (rs_rollback: a server's write path).  Either way the rewrites become
  * ordinary journal records, which is what makes a rollback undoable:
  * rolling back to a moment just before the rollback restores every
  * rewritten block.
+ *
+ * Steps inside windows, rather than one window of 64 MiB at a time: the
+ * journal's and head's writes of a step then overlap the reading of the
+ * next one; a window per step would keep the overlap but give up the
+ * bound on the bytes held (mappings, slots) that a window is.  Copying
+ * every block into the window (the old path) was rejected for cost: the
+ * copies and the page faults of fresh buffers (pread of whole records,
+ * then their blocks) were most of the reading.
  *
  * Rewriting through a private path (straight into head, with a special
  * "rollback" record type) was rejected: it would need its own recovery and
@@ -46,13 +57,13 @@
 #include <unistd.h>
 
 #define RUN_MAX (1u << 20)
-#define NO_SLOT SIZE_MAX
 /* Records in a window from which a second thread reads half of them. */
 #define PARALLEL_GROUPS 8
 /* Entries of a window from which a second thread looks up half of them
  * (rs_int.h; tests lower it). */
 size_t rs_rollback_parallel_lookups = 1024;
-#define WINDOW_BYTES (64u << 20)
+size_t rs_rollback_step_bytes = 4u << 20;
+size_t rs_rollback_window_bytes = 64u << 20;
 
 struct rb {
 	struct ix *ix;
@@ -62,10 +73,13 @@ struct rb {
 	bool base_empty;
 	struct jr_reader *jr;
 	struct rs_view *v;
-	uint8_t *rec;          /* JR_MAX_WRITE, a decoded record */
-	uint8_t *win;          /* slots of block_size for the window's data
-				* entries, in entry order (NO_SLOT: zero) */
-	size_t *slot;          /* per window entry: its slot, or NO_SLOT */
+	uint8_t *rec;          /* JR_MAX_WRITE, a decompressed record */
+	const uint8_t **src;   /* per window entry: its bytes as-of seq, in
+				* a raw record's page cache (jr_reader_map_at)
+				* or in a slot of win; NULL: zero */
+	uint8_t *win;          /* slots of block_size for entries read from
+				* base, views or compressed records */
+	atomic_size_t nslot;   /* slots of win taken in this window */
 	size_t *idx;           /* scratch: record entries of a window */
 	size_t *grp;           /* scratch: where each record's entries start */
 	bool *vanished;        /* scratch: per record, gone from the journal */
@@ -130,9 +144,10 @@ static int part_read(struct part *p)
 
 	for (size_t g; (g = atomic_fetch_add(p->next, 1)) < p->ngrp;) {
 		size_t j = r->grp[g], k = r->grp[g + 1];
+		const uint8_t *pl;
 		struct jr_rec rec;
-		err = jr_reader_read_at(p->jr, &p->w[r->idx[j]].loc, &rec,
-					p->rec, JR_MAX_WRITE);
+		err = jr_reader_map_at(p->jr, &p->w[r->idx[j]].loc, &rec, &pl,
+				       p->rec, JR_MAX_WRITE);
 		if (err == RW_ENOTFOUND || err == -ENOENT) {
 			rw_err_clear();
 			r->vanished[g] = true;
@@ -140,14 +155,24 @@ static int part_read(struct part *p)
 		}
 		if (err)
 			return err;
+		/* A decompressed record lives in p->rec until the next one:
+		 * its blocks are copied into slots, which stay. */
+		uint8_t *slots = NULL;
+		if (pl == p->rec)
+			slots = r->win + atomic_fetch_add(&r->nslot, k - j) * bs;
 		for (size_t t = j; t < k; t++) {
 			const struct rs_ent *e = &p->w[r->idx[t]];
 			uint64_t boff = e->block * bs;
 			uint64_t part = d->size - boff < bs ? d->size - boff : bs;
 			if ((err = rs_rec_check(d, e, &rec, part)))
 				return err;
-			memcpy(r->win + r->slot[r->idx[t]] * bs,
-			       p->rec + (boff - rec.offset), part);
+			const uint8_t *b = pl + (boff - rec.offset);
+			if (slots) {
+				memcpy(slots, b, part);
+				b = slots;
+				slots += bs;
+			}
+			r->src[r->idx[t]] = b;
 		}
 	}
 	return 0;
@@ -163,26 +188,34 @@ static void *part_main(void *arg)
 	return NULL;
 }
 
-/* Fills the slots of entries w[0..n) (the window) with their bytes. */
+/* A slot of the window, for the bytes of one entry. */
+static uint8_t *slot_take(struct rb *r, size_t n)
+{
+	return r->win + atomic_fetch_add(&r->nslot, n) * r->d->block_size;
+}
+
+/*
+ * Points r->src[i] at the bytes of each entry w[i] of the window (n of
+ * them): raw records are read where the page cache holds them, other
+ * sources are copied into slots.  The bytes stay valid until
+ * window_release().  0 or error.
+ */
 static int fill_window(struct rb *r, const struct rs_ent *w, size_t n)
 {
 	const struct ix_disk *d = r->d;
 	uint64_t bs = d->block_size;
-	size_t nrec = 0, next = 0;
+	size_t nrec = 0;
 	int err;
 
 	for (size_t i = 0; i < n; i++) {
-		uint8_t *slot = r->win + next * bs;
 		uint64_t boff = w[i].block * bs;
 		uint64_t part = d->size - boff < bs ? d->size - boff : bs;
-		r->slot[i] = next++;
+		r->src[i] = NULL;
 		switch (w[i].src) {
 		case RS_SRC_REC:
 			r->idx[nrec++] = i;
 			break;
 		case RS_SRC_ZERO:
-			r->slot[i] = NO_SLOT;
-			next--;
 			break;
 		case RS_SRC_MIXED: {
 			const uint8_t *blk;
@@ -190,7 +223,9 @@ static int fill_window(struct rb *r, const struct rs_ent *w, size_t n)
 				return err;
 			if ((err = rs_view_block(r->v, w[i].block, &blk)))
 				return err;
+			uint8_t *slot = slot_take(r, 1);
 			memcpy(slot, blk, part);
+			r->src[i] = slot;
 			break;
 		}
 		default: {
@@ -202,10 +237,10 @@ static int fill_window(struct rb *r, const struct rs_ent *w, size_t n)
 			uint64_t end = (w[k - 1].block + 1) * bs;
 			if (end > d->size)
 				end = d->size;
-			next--;
 			for (size_t t = i; t < k; t++)
-				r->slot[t] = r->base_empty ? NO_SLOT : next++;
+				r->src[t] = NULL;
 			if (!r->base_empty) {
+				uint8_t *slot = slot_take(r, k - i);
 				ssize_t got = rw_sys_pread_full(r->base_fd, slot,
 								end - boff,
 								(off_t)boff);
@@ -216,6 +251,8 @@ static int fill_window(struct rb *r, const struct rs_ent *w, size_t n)
 							  rw_strerror((int)got));
 				if ((uint64_t)got < (k - i) * bs)
 					memset(slot + got, 0, (k - i) * bs - (size_t)got);
+				for (size_t t = i; t < k; t++)
+					r->src[t] = slot + (t - i) * bs;
 			}
 			i = k - 1;
 			break;
@@ -268,11 +305,20 @@ static int fill_window(struct rb *r, const struct rs_ent *w, size_t n)
 			uint64_t boff = e->block * bs;
 			if ((err = rs_view_block(r->v, e->block, &blk)))
 				return err;
-			memcpy(r->win + r->slot[r->idx[t]] * bs, blk,
-			       d->size - boff < bs ? d->size - boff : bs);
+			uint8_t *slot = slot_take(r, 1);
+			memcpy(slot, blk, d->size - boff < bs ? d->size - boff : bs);
+			r->src[r->idx[t]] = slot;
 		}
 	}
 	return 0;
+}
+
+/* Lets go of the bytes fill_window() found for a window's steps. */
+static void window_release(struct rb *r)
+{
+	jr_reader_unmap(r->jr);
+	jr_reader_unmap(r->jr2);
+	atomic_store(&r->nslot, 0);
 }
 
 /*
@@ -419,8 +465,7 @@ static int window_entries(struct rb *r, struct rs_ent *w, size_t n)
 /* Whether window entry i is zero as-of the target (flagged or all-zero bytes). */
 static bool entry_zero(const struct rb *r, size_t i, uint64_t part)
 {
-	return r->slot[i] == NO_SLOT ||
-	       rw_all_zero(r->win + r->slot[i] * r->d->block_size, part);
+	return !r->src[i] || rw_all_zero(r->src[i], part);
 }
 
 int rs_rollback_runs(struct ix *ix, const struct ix_disk *d, uint64_t seq,
@@ -441,7 +486,10 @@ int rs_rollback_runs(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 				  "before its horizon (seq %" PRIu64 ")", seq,
 				  d->name, d->horizon_seq);
 	uint32_t bs = d->block_size;
-	size_t wmax = WINDOW_BYTES / bs ? WINDOW_BYTES / bs : 1;
+	size_t wmax = rs_rollback_window_bytes / bs;
+	size_t smax = rs_rollback_step_bytes / bs;
+	size_t in_window = 0;  /* blocks of the open window handed over */
+	atomic_init(&r.nslot, 0);
 	if ((err = rs_blockset_init(&c, d->size, bs)))
 		return err;
 	if ((err = ix_disk_path(ix, d->name, "journal", jdir, sizeof(jdir))) ||
@@ -449,18 +497,23 @@ int rs_rollback_runs(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 		goto out;
 	if (!c.set)
 		goto done;
+	if (!wmax)
+		wmax = 1;
 	if (wmax > c.set)
 		wmax = (size_t)c.set;
+	if (!smax || smax > wmax)
+		smax = wmax;
+	/* Slots for a whole window, the rest for one step. */
 	r.win = big_alloc(wmax * bs);
-	r.slot = malloc(wmax * sizeof(*r.slot));
-	r.idx = malloc(wmax * sizeof(*r.idx));
-	r.grp = malloc((wmax + 1) * sizeof(*r.grp));
-	r.vanished = malloc(wmax * sizeof(*r.vanished));
-	r.runs = malloc(wmax * sizeof(*r.runs));
+	r.src = malloc(smax * sizeof(*r.src));
+	r.idx = malloc(smax * sizeof(*r.idx));
+	r.grp = malloc((smax + 1) * sizeof(*r.grp));
+	r.vanished = malloc(smax * sizeof(*r.vanished));
+	r.runs = malloc(smax * sizeof(*r.runs));
 	r.jdir = jdir;
 	r.rec = big_alloc(JR_MAX_WRITE);
-	w = malloc(wmax * sizeof(*w));
-	if (!r.win || !r.slot || !r.idx || !r.grp || !r.vanished || !r.runs ||
+	w = malloc(smax * sizeof(*w));
+	if (!r.win || !r.src || !r.idx || !r.grp || !r.vanished || !r.runs ||
 	    !r.rec || !w) {
 		err = -ENOMEM;
 		goto out;
@@ -477,11 +530,15 @@ int rs_rollback_runs(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 	if ((err = jr_reader_open(&r.jr, jdir, 0)))
 		goto out;
 
-	/* Windows of the changed blocks, in block order. */
+	/*
+	 * Steps of the changed blocks, in block order, in windows of up to
+	 * wmax blocks: a window's bytes (mapped records, slots) are kept
+	 * until its last step was handed over.
+	 */
 	uint64_t done = 0, block = 0;
 	for (;;) {
 		size_t n = 0;
-		for (; block < c.nbits && n < wmax; block++) {
+		for (; block < c.nbits && n < smax; block++) {
 			if (!(c.w[block / 64] >> (block % 64))) {
 				block |= 63; /* nothing more in this word */
 				continue;
@@ -503,18 +560,22 @@ int rs_rollback_runs(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 			bool z = entry_zero(&r, a, part0);
 			uint64_t len = part0;
 			size_t b = a + 1;
+			/* A data run's bytes must follow each other in
+			 * memory too: blocks of one record, or of one base
+			 * read. */
 			while (b < n && w[b].block == w[b - 1].block + 1 &&
 			       len + bs <= RUN_MAX) {
 				uint64_t o = w[b].block * bs;
 				uint64_t part = d->size - o < bs ? d->size - o : bs;
-				if (entry_zero(&r, b, part) != z)
+				if (entry_zero(&r, b, part) != z ||
+				    (!z && r.src[b] != r.src[b - 1] + bs))
 					break;
 				len += part;
 				b++;
 			}
 			r.runs[nruns++] = (struct rs_run){
 				.off = off, .len = (uint32_t)len,
-				.data = z ? NULL : r.win + r.slot[a] * bs,
+				.data = z ? NULL : r.src[a],
 			};
 			s.blocks += b - a;
 			if (z)
@@ -523,8 +584,19 @@ int rs_rollback_runs(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 				s.data_bytes += len;
 			a = b;
 		}
-		if ((err = fn(arg, r.runs, nruns)))
+		/* The last step of a window: none left, or the next would
+		 * not fit (slots are taken for the whole window). */
+		in_window += n;
+		uint64_t left = c.set - done - n;
+		bool last = !left ||
+			    in_window + (left < smax ? left : smax) > wmax;
+		err = fn(arg, r.runs, nruns, last);
+		if (err)
 			goto out;
+		if (last) {
+			window_release(&r);
+			in_window = 0;
+		}
 		done += n;
 		if (progress)
 			progress(parg, done, c.set);
@@ -534,6 +606,8 @@ done:
 		*st = s;
 	err = 0;
 out:
+	if (err && in_window)
+		(void)fn(arg, NULL, 0, true); /* stop using the window's bytes */
 	rs_view_close(r.v);
 	jr_reader_close(r.jr);
 	jr_reader_close(r.jr2);
@@ -543,7 +617,7 @@ out:
 	if (r.base_fd >= 0)
 		close(r.base_fd);
 	free(r.win);
-	free(r.slot);
+	free(r.src);
 	free(r.idx);
 	free(r.runs);
 	free(r.rec);
@@ -557,11 +631,13 @@ struct one_by_one {
 	void *arg;
 };
 
-static int runs_to_sink(void *arg, const struct rs_run *runs, size_t n)
+static int runs_to_sink(void *arg, const struct rs_run *runs, size_t n,
+			bool last)
 {
 	struct one_by_one *o = arg;
 	int err;
 
+	(void)last; /* the sink takes each run as it comes */
 	for (size_t i = 0; i < n; i++)
 		if ((err = o->sink(o->arg, runs[i].off, runs[i].len,
 				   runs[i].data)))

@@ -10,9 +10,10 @@
  * - As-of S, a block is its newest version with seq <= S applied over the
  *   older versions it only partly covers, over base; never a version with
  *   seq > S, never older than the horizon (invariant 5).
- * - Every journal record used is checksummed (jr_reader_read_at); a bad
- *   one fails the operation with RW_ECORRUPT naming segment and offset —
- *   nothing silently wrong is ever written.
+ * - Every journal record used is checksummed (jr_reader_read_at, or
+ *   jr_reader_map_at in place); a bad one fails the operation with
+ *   RW_ECORRUPT naming segment and offset — nothing silently wrong is
+ *   ever written.
  * - Read transactions are short: a block map (restore, compaction,
  *   exports) is one scan of the disk's versions per window of at most
  *   4 Mi changed blocks, views renew theirs every few thousand blocks,
@@ -186,18 +187,26 @@ struct rs_run {
 };
 
 /*
- * Receives a rollback's rewrites one window (up to 64 MiB of blocks) at a
- * time: n runs in increasing offset order, whose data stays valid until
- * the call returns.  Same duty as rs_sink_fn (journal them as ordinary
- * records, apply them to head), but a whole window at once, so it can be
- * journaled with one write-out and one sync.  Returns 0 or an error that
- * stops the rollback.
+ * Receives a rollback's rewrites a step (up to 4 MiB of blocks) at a
+ * time: n runs in increasing offset order.  Steps come in windows (up to
+ * 64 MiB of blocks); last is true for the last step of a window, and the
+ * data of every run of the window stays valid and unchanged until that
+ * call returns.  Same duty as rs_sink_fn (journal them as ordinary
+ * records, apply them to head), but so that a window can be journaled
+ * with one sync: the records of early steps are written out while later
+ * steps are read, and head is written once the window's records are
+ * durable.  When the rollback stops on an error while a window is open
+ * (the error of a call included), fn is called once more with n == 0 and
+ * last true, its result ignored: by its return the callee must have
+ * stopped using the window's bytes.  Returns 0 or an error that stops
+ * the rollback.
  */
-typedef int (*rs_runs_fn)(void *arg, const struct rs_run *runs, size_t n);
+typedef int (*rs_runs_fn)(void *arg, const struct rs_run *runs, size_t n,
+			  bool last);
 
 /*
- * rs_rollback() handing the sink whole windows (see rs_runs_fn); progress
- * is reported once per window, in blocks.  Same returns.
+ * rs_rollback() handing the sink steps and windows (see rs_runs_fn);
+ * progress is reported once per step, in blocks.  Same returns.
  */
 int rs_rollback_runs(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 		     uint64_t upto, rs_runs_fn fn, void *arg,
@@ -215,9 +224,10 @@ struct rs_rollback_result {
 /*
  * Rolls disk name of the store in dir back to when, in place, from this
  * process: takes the store's lock, appends the rewrites to the disk's
- * journal as ordinary records (one write-out and one fdatasync per
- * window), writes them into head.img, fsyncs it once, and indexes the new
- * records — the same history `rewind serve` would have written, so the
+ * journal as ordinary records (one fdatasync per step of up to 4 MiB of
+ * blocks, on a thread while the next step is read), writes each step
+ * into head.img once its records are durable, fdatasyncs head once, and
+ * indexes the new records — the same history `rewind serve` would have written, so the
  * rollback is undone by rolling back to res->before_seq.
  * Only for a store that was shut down cleanly: when any disk's journal
  * holds records its head or the index lack (a crash), nothing is changed

@@ -81,6 +81,10 @@ extern size_t rs_map_window;
 /* Window entries from which a rollback looks them up on two threads
  * (1024; tests lower it to cover that path). */
 extern size_t rs_rollback_parallel_lookups;
+/* A rollback's step and window, in bytes of blocks (rollback.c: 4 MiB and
+ * 64 MiB; tests lower them to cover many steps and windows). */
+extern size_t rs_rollback_step_bytes;
+extern size_t rs_rollback_window_bytes;
 
 /*
  * Fills m (emptied first) with the entries of disk d for blocks >= from,
