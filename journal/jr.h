@@ -307,6 +307,10 @@ struct jr_writer;
  * removes leftover temporary files, checks every segment header and that
  * every segment but the last is sealed, scans the last segment and
  * truncates a torn tail, then observes the newest (seq, ts) on clock.
+ * A segment sealed lazily (its successor's header says it may not be
+ * durable) is scanned like the last one; if a power loss cut it short,
+ * the journal ends there and the later segments are moved to
+ * dir/unflushed-<ns>/ (rep->set_aside).  Everything kept is synced.
  * rep (may be NULL) receives what recovery found.
  * Returns 0 and *out, or RW_ECORRUPT (naming segment and seq), RW_EVERSION,
  * -errno.  The writer keeps a reference to clock, which must outlive it.
