@@ -411,38 +411,92 @@ void jr_reader_close(struct jr_reader *r)
 	free(r);
 }
 
+/* Opens r->at_fd on segment seg (path) unless it is open.  0 or error. */
+static int at_open(struct jr_reader *r, uint64_t seg, const char *path)
+{
+	struct jr_seghdr h;
+
+	if (r->at_fd >= 0 && r->at_seg == seg)
+		return 0;
+	if (r->at_fd >= 0)
+		close(r->at_fd);
+	r->at_fd = -1;
+	int fd = rw_sys_open(path, O_RDONLY, 0);
+	if (fd == -ENOENT)
+		return rw_err_set(RW_ENOTFOUND, "no segment '%s'", path);
+	if (fd < 0)
+		return rw_err_set(fd, "cannot open segment '%s': %s", path,
+				  rw_strerror(fd));
+	int err = jr_segment_read_header(fd, path, seg, &h);
+	if (err) {
+		close(fd);
+		return err;
+	}
+	r->at_fd = fd;
+	r->at_seg = seg;
+	return 0;
+}
+
+/* Whether loc's offset can hold a record of the largest size at all. */
+static bool at_offset_ok(const struct jr_loc *loc)
+{
+	return loc->offset >= JR_SEG_HDR_SIZE &&
+	       loc->offset <= (uint64_t)INT64_MAX - JR_HDR_SIZE - JR_MAX_STORED;
+}
+
+/* Decodes the header at loc into rec and checks that a record (not a PAD)
+ * of this segment starts there.  0 or RW_ECORRUPT with *why. */
+static int at_check_header(const struct jr_loc *loc, const uint8_t *hdr,
+			   struct jr_rec *rec, const char **why)
+{
+	if (jr_rec_decode_why(hdr, rec, why))
+		return RW_ECORRUPT;
+	if (rec->type == JR_PAD)
+		*why = "a pad record, not a record, at this offset";
+	else if (rec->seq < loc->segment)
+		*why = "seq below the segment's first seq";
+	else
+		return 0;
+	return RW_ECORRUPT;
+}
+
+/* The common end of the read_at functions: names the record in the
+ * message of a corruption.  Returns err. */
+static int at_done(int err, const char *why, const char *path,
+		   const struct jr_loc *loc, const struct jr_rec *rec)
+{
+	if (err == RW_ECORRUPT && why)
+		rw_err_set(err, "corrupt record in segment '%s' at offset %llu "
+			   "(seq %llu): %s", path,
+			   (unsigned long long)loc->offset,
+			   (unsigned long long)rec->seq, why);
+	return err;
+}
+
+/* The caller's buffer must hold rec's logical bytes.  0 or -ENOBUFS. */
+static int at_room(const struct jr_rec *rec, const char *path, size_t bufsz)
+{
+	if (bufsz >= rec->length)
+		return 0;
+	return rw_err_set(-ENOBUFS, "record seq %llu in '%s' needs %u bytes, "
+			  "buffer has %zu", (unsigned long long)rec->seq, path,
+			  rec->length, bufsz);
+}
+
 int jr_reader_read_at(struct jr_reader *r, const struct jr_loc *loc,
 		      struct jr_rec *rec, void *buf, size_t bufsz)
 {
 	char path[PATH_MAX], name[32];
 	uint8_t hdr[JR_HDR_SIZE];
-	struct jr_seghdr h;
 	const char *why = NULL;
 	ssize_t n;
 	int err = 0;
 
 	jr_segment_name(loc->segment, name);
 	snprintf(path, sizeof(path), "%s/%s", r->dir, name);
-	if (r->at_fd < 0 || r->at_seg != loc->segment) {
-		if (r->at_fd >= 0)
-			close(r->at_fd);
-		r->at_fd = -1;
-		int fd = rw_sys_open(path, O_RDONLY, 0);
-		if (fd == -ENOENT)
-			return rw_err_set(RW_ENOTFOUND, "no segment '%s'", path);
-		if (fd < 0)
-			return rw_err_set(fd, "cannot open segment '%s': %s", path,
-					  rw_strerror(fd));
-		err = jr_segment_read_header(fd, path, loc->segment, &h);
-		if (err) {
-			close(fd);
-			return err;
-		}
-		r->at_fd = fd;
-		r->at_seg = loc->segment;
-	}
-	if (loc->offset < JR_SEG_HDR_SIZE || loc->offset > (uint64_t)INT64_MAX -
-	    JR_HDR_SIZE - JR_MAX_STORED) {
+	if ((err = at_open(r, loc->segment, path)))
+		return err;
+	if (!at_offset_ok(loc)) {
 		why = "offset out of range";
 		err = RW_ECORRUPT;
 		goto out;
@@ -458,20 +512,8 @@ int jr_reader_read_at(struct jr_reader *r, const struct jr_loc *loc,
 		err = RW_ECORRUPT;
 		goto out;
 	}
-	if (jr_rec_decode_why(hdr, rec, &why)) {
-		err = RW_ECORRUPT;
+	if ((err = at_check_header(loc, hdr, rec, &why)))
 		goto out;
-	}
-	if (rec->type == JR_PAD) {
-		why = "a pad record, not a record, at this offset";
-		err = RW_ECORRUPT;
-		goto out;
-	}
-	if (rec->seq < loc->segment) {
-		why = "seq below the segment's first seq";
-		err = RW_ECORRUPT;
-		goto out;
-	}
 	/* A raw WRITE is read straight into the caller's buffer: restores
 	 * and rollbacks read tens of MiB of records, and the copy out of
 	 * at_buf was a third of their memory traffic. */
@@ -508,24 +550,14 @@ int jr_reader_read_at(struct jr_reader *r, const struct jr_loc *loc,
 	}
 	if (rec->type != JR_WRITE)
 		goto out;
-	if (bufsz < rec->length) {
-		err = rw_err_set(-ENOBUFS, "record seq %llu in '%s' needs %u "
-				 "bytes, buffer has %zu",
-				 (unsigned long long)rec->seq, path, rec->length,
-				 bufsz);
+	if ((err = at_room(rec, path, bufsz)))
 		goto out;
-	}
 	if (rec->flags & JR_F_ZSTD)
 		err = decompress(&r->dctx, rec, r->at_buf, buf, &why);
 	else if (!direct)
 		memcpy(buf, r->at_buf, rec->length);
 out:
-	if (err == RW_ECORRUPT && why)
-		rw_err_set(err, "corrupt record in segment '%s' at offset %llu "
-			   "(seq %llu): %s", path,
-			   (unsigned long long)loc->offset,
-			   (unsigned long long)rec->seq, why);
-	return err;
+	return at_done(err, why, path, loc, rec);
 }
 
 /* ------------------------------------------------------------ mapped reads */
@@ -549,32 +581,6 @@ void jr_reader_unmap(struct jr_reader *r)
 	for (size_t i = 0; i < r->nmaps; i++)
 		munmap(r->maps[i].addr, r->maps[i].len);
 	r->nmaps = 0;
-}
-
-/* Opens r->at_fd on segment seg (path) unless it is open.  0 or error. */
-static int at_open(struct jr_reader *r, uint64_t seg, const char *path)
-{
-	struct jr_seghdr h;
-
-	if (r->at_fd >= 0 && r->at_seg == seg)
-		return 0;
-	if (r->at_fd >= 0)
-		close(r->at_fd);
-	r->at_fd = -1;
-	int fd = rw_sys_open(path, O_RDONLY, 0);
-	if (fd == -ENOENT)
-		return rw_err_set(RW_ENOTFOUND, "no segment '%s'", path);
-	if (fd < 0)
-		return rw_err_set(fd, "cannot open segment '%s': %s", path,
-				  rw_strerror(fd));
-	int err = jr_segment_read_header(fd, path, seg, &h);
-	if (err) {
-		close(fd);
-		return err;
-	}
-	r->at_fd = fd;
-	r->at_seg = seg;
-	return 0;
 }
 
 /*
@@ -649,8 +655,7 @@ int jr_reader_map_at(struct jr_reader *r, const struct jr_loc *loc,
 	snprintf(path, sizeof(path), "%s/%s", r->dir, name);
 	if ((err = at_open(r, loc->segment, path)))
 		return err;
-	if (loc->offset < JR_SEG_HDR_SIZE || loc->offset > (uint64_t)INT64_MAX -
-	    JR_HDR_SIZE - JR_MAX_STORED) {
+	if (!at_offset_ok(loc)) {
 		why = "offset out of range";
 		err = RW_ECORRUPT;
 		goto out;
@@ -665,20 +670,8 @@ int jr_reader_map_at(struct jr_reader *r, const struct jr_loc *loc,
 	const uint8_t *hdr = base + loc->offset;
 	if ((err = populate(hdr, JR_HDR_SIZE)))
 		goto read_err;
-	if (jr_rec_decode_why(hdr, rec, &why)) {
-		err = RW_ECORRUPT;
+	if ((err = at_check_header(loc, hdr, rec, &why)))
 		goto out;
-	}
-	if (rec->type == JR_PAD) {
-		why = "a pad record, not a record, at this offset";
-		err = RW_ECORRUPT;
-		goto out;
-	}
-	if (rec->seq < loc->segment) {
-		why = "seq below the segment's first seq";
-		err = RW_ECORRUPT;
-		goto out;
-	}
 	uint64_t end = loc->offset + JR_HDR_SIZE + rec->stored_len;
 	err = map_get(r, loc->segment, path, end, &base);
 	if (err == 1) {
@@ -702,22 +695,12 @@ int jr_reader_map_at(struct jr_reader *r, const struct jr_loc *loc,
 		*payload = stored;
 		goto out;
 	}
-	if (bufsz < rec->length) {
-		err = rw_err_set(-ENOBUFS, "record seq %llu in '%s' needs %u "
-				 "bytes, buffer has %zu",
-				 (unsigned long long)rec->seq, path, rec->length,
-				 bufsz);
+	if ((err = at_room(rec, path, bufsz)))
 		goto out;
-	}
 	if (!(err = decompress(&r->dctx, rec, stored, buf, &why)))
 		*payload = buf;
 out:
-	if (err == RW_ECORRUPT && why)
-		rw_err_set(err, "corrupt record in segment '%s' at offset %llu "
-			   "(seq %llu): %s", path,
-			   (unsigned long long)loc->offset,
-			   (unsigned long long)rec->seq, why);
-	return err;
+	return at_done(err, why, path, loc, rec);
 read_err:
 	return rw_err_set(err, "cannot read segment '%s' at offset %llu: %s",
 			  path, (unsigned long long)loc->offset,

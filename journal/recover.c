@@ -88,6 +88,18 @@ static int remove_tmp_files(const char *dir)
 	return err;
 }
 
+/* Opens segment `first` of w's journal (its path into path, PATH_MAX
+ * bytes) with flags.  The fd, or an error naming the segment. */
+static int open_seg(struct jr_writer *w, uint64_t first, int flags, char *path)
+{
+	jr_writer_seg_path(w, first, path, PATH_MAX, "");
+	int fd = rw_sys_open(path, flags, 0);
+	if (fd < 0)
+		return rw_err_set(fd, "cannot open segment '%s': %s", path,
+				  rw_strerror(fd));
+	return fd;
+}
+
 /* A non-last segment: header, and a valid SEAL as its last 64 bytes. */
 static int check_sealed(struct jr_writer *w, const struct jr_seginfo *si,
 			uint64_t next_first, uint64_t *seal_seq,
@@ -101,11 +113,8 @@ static int check_sealed(struct jr_writer *w, const struct jr_seginfo *si,
 	const char *why = NULL;
 	int fd, err;
 
-	jr_writer_seg_path(w, si->first_seq, path, sizeof(path), "");
-	fd = rw_sys_open(path, O_RDONLY, 0);
-	if (fd < 0)
-		return rw_err_set(fd, "cannot open segment '%s': %s", path,
-				  rw_strerror(fd));
+	if ((fd = open_seg(w, si->first_seq, O_RDONLY, path)) < 0)
+		return fd;
 	if ((err = jr_segment_read_header(fd, path, si->first_seq, &h)))
 		goto out;
 	if (fstat(fd, &st) < 0) {
@@ -222,11 +231,8 @@ static int recover_seg(struct jr_writer *w, const struct jr_seginfo *si,
 	int fd = -1, err = 0;
 
 	jr_scan_init(&sc, -1);
-	jr_writer_seg_path(w, si->first_seq, path, sizeof(path), "");
-	fd = rw_sys_open(path, O_RDWR, 0);
-	if (fd < 0) {
-		err = rw_err_set(fd, "cannot open segment '%s': %s", path,
-				 rw_strerror(fd));
+	if ((fd = open_seg(w, si->first_seq, O_RDWR, path)) < 0) {
+		err = fd;
 		goto out;
 	}
 	sc.fd = fd;
@@ -419,11 +425,8 @@ static int seg_flags(struct jr_writer *w, const struct jr_seginfo *si,
 	*flags = 0;
 	*pred = 0;
 	*never = false;
-	jr_writer_seg_path(w, si->first_seq, path, sizeof(path), "");
-	fd = rw_sys_open(path, O_RDONLY, 0);
-	if (fd < 0)
-		return rw_err_set(fd, "cannot open segment '%s': %s", path,
-				  rw_strerror(fd));
+	if ((fd = open_seg(w, si->first_seq, O_RDONLY, path)) < 0)
+		return fd;
 	int unw = header_unwritten(fd, si->bytes);
 	if (unw) {
 		close(fd);
@@ -445,11 +448,8 @@ static int unflag_seg(struct jr_writer *w, uint64_t first)
 	char path[PATH_MAX];
 	int fd, err;
 
-	jr_writer_seg_path(w, first, path, sizeof(path), "");
-	fd = rw_sys_open(path, O_RDWR, 0);
-	if (fd < 0)
-		return rw_err_set(fd, "cannot open segment '%s': %s", path,
-				  rw_strerror(fd));
+	if ((fd = open_seg(w, first, O_RDWR, path)) < 0)
+		return fd;
 	err = jr_seg_clear_pred_flag(fd, first);
 	if (!err)
 		err = rw_sys_fdatasync(fd);

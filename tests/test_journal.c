@@ -2517,6 +2517,87 @@ static void test_lazy_power_loss(void)
 	free(tmp);
 }
 
+/*
+ * DESIGN.md invariants 3 and 4 with lazily sealed segments: a failed
+ * background sync (jr_writer_sync_sealed) is sticky like any other; and
+ * damage in the middle of a lazily sealed segment, with valid records
+ * after it, is reported naming the segment — not taken for a cut-short
+ * end and set aside.
+ */
+static void test_lazy_sticky_and_corrupt(void)
+{
+	char *tmp = tu_tmpdir("jr-lazy-err");
+	char *dir = jdir(tmp);
+	struct jr_clock *clk;
+	struct jr_seginfo *segs = NULL;
+	struct model m = { 0 };
+	uint64_t st = 23;
+	int err;
+
+	jr_clock_new(&clk, 1, 0);
+	struct jr_writer *w = open_writer(dir, JR_BACKEND_SYNC, 2048, clk,
+					  NULL, &err);
+	CU_ASSERT_FATAL(w != NULL);
+	for (int i = 0; i < 30; i++)
+		CU_ASSERT_EQUAL(append_random(&st, w, NULL, &m, 700), 0);
+	CU_ASSERT_EQUAL(jr_writer_write_out(w), 0);
+	rw_fault_arm(RW_OP_FSYNC, 1, -EIO, true);
+	CU_ASSERT_EQUAL(jr_writer_sync_sealed(w, 0, 0), -EIO);
+	rw_fault_reset();
+	struct jr_append a = { JR_ZERO, 0, 512, NULL };
+	CU_ASSERT_EQUAL(jr_writer_append(w, &a, NULL, NULL), -EIO);
+	CU_ASSERT_EQUAL(jr_writer_flush(w), -EIO);
+	CU_ASSERT_EQUAL(jr_writer_sync_sealed(w, 0, 0), -EIO);
+	struct jr_writer_stats ws;
+	jr_writer_stats(w, &ws);
+	CU_ASSERT_EQUAL(ws.error, -EIO);
+	CU_ASSERT_EQUAL(ws.durable_seq, 0);
+	CU_ASSERT_EQUAL(jr_writer_close(w), -EIO);
+
+	/* The first segment's successor still says it may be cut short.
+	 * Damage its first record: valid ones follow, so it is corruption. */
+	int ns = jr_segments_list(dir, &segs);
+	CU_ASSERT_FATAL(ns >= 3);
+	uint32_t fl;
+	uint64_t pred;
+	seg_hdr_of(dir, segs[1].first_seq, &fl, &pred);
+	CU_ASSERT_EQUAL(fl, 1);
+	char path[1024], name[32];
+	seg_path(dir, segs[0].first_seq, path, sizeof(path));
+	jr_segment_name(segs[0].first_seq, name);
+	size_t len;
+	uint8_t *orig = slurp(path, &len);
+	CU_ASSERT_FATAL(orig != NULL && len > 200);
+	uint8_t *bad = malloc(len);
+	memcpy(bad, orig, len);
+	bad[64 + 20] ^= 0x40;
+	spit(path, bad, len);
+	struct jr_recovery rep;
+	w = open_writer(dir, JR_BACKEND_SYNC, 2048, clk, &rep, &err);
+	CU_ASSERT_PTR_NULL(w);
+	CU_ASSERT_EQUAL(err, RW_ECORRUPT);
+	CU_ASSERT_PTR_NOT_NULL(strstr(rw_err_msg(), name));
+	free(segs);
+	CU_ASSERT_EQUAL(jr_segments_list(dir, &segs), ns); /* nothing moved */
+	/* Undamaged, it recovers whole: nothing set aside, flags cleared. */
+	spit(path, orig, len);
+	w = open_writer(dir, JR_BACKEND_SYNC, 2048, clk, &rep, &err);
+	CU_ASSERT_FATAL(w != NULL);
+	CU_ASSERT_EQUAL(rep.set_aside, 0);
+	CU_ASSERT_EQUAL(rep.last_seq, m.v[m.n - 1].seq);
+	CU_ASSERT_EQUAL(jr_writer_close(w), 0);
+	seg_hdr_of(dir, segs[1].first_seq, &fl, &pred);
+	CU_ASSERT_EQUAL(fl, 0);
+	free(orig);
+	free(bad);
+	free(segs);
+	model_free(&m);
+	jr_clock_free(clk);
+	tu_rmrf(tmp);
+	free(dir);
+	free(tmp);
+}
+
 static void test_prezero_tail(void)
 {
 	char *tmp = tu_tmpdir("jr-prezero");
@@ -2765,6 +2846,8 @@ int main(void)
 		     test_lazy_seal,
 		     "lazy seal: power loss across segments keeps flushed records",
 		     test_lazy_power_loss,
+		     "lazy seal: a failed background sync is sticky; damage in a "
+		     "lazily sealed segment is reported", test_lazy_sticky_and_corrupt,
 		     NULL);
 	return tu_run();
 }
