@@ -92,6 +92,9 @@ struct cap_disk {
 	                                   * queue broke) */
 
 	atomic_uint_fast64_t n_reads, n_writes, n_zeroes, n_trims, n_flushes;
+	atomic_uint_fast64_t n_presyncs;       /* cap_disk_presync calls */
+	atomic_uint_fast64_t n_flushes_ahead;  /* flushes an earlier presync
+	                                        * had covered already */
 	atomic_uint_fast64_t n_compressed, n_uncompressed;
 	atomic_uint_fast64_t flush_marker_seq; /* seq of the newest FLUSH
 	                                        * marker appended */
@@ -166,6 +169,13 @@ void cap_disk_write_batch(struct cap_disk *d, struct cap_wreq *v, size_t n);
  * fdatasync (group commit).  0 or the journal's error.
  */
 int cap_disk_flush_n(struct cap_disk *d, unsigned nreq);
+/*
+ * Makes every record of d appended so far durable (one journal sync, no
+ * FLUSH marker), ahead of a FLUSH the connection expects next: that
+ * flush then only appends its marker (see flush_behind in disk.c).
+ * Returns 0 or the journal's error (sticky: the next flush reports it).
+ */
+int cap_disk_presync(struct cap_disk *d);
 int cap_disk_flush(struct cap_disk *d);
 /* Sets d up as a read-only export (no journal, no head).  0 or error. */
 int cap_disk_open_ro(struct cap_disk *d, const struct cap_ro_export *ro);

@@ -230,6 +230,7 @@ struct cap_disk_figures {
 	double capture_lag_s;
 	uint64_t sealed_unsynced;   /* journal segments sealed, not yet synced */
 	uint64_t writes, write_bytes, flushes, zero_bytes, trim_bytes;
+	uint64_t flushes_anticipated; /* flushes a presync had covered */
 	uint64_t zeroes, trims;
 	uint64_t errors_journal, errors_head;
 	uint64_t flush_buckets[CAP_FLUSH_NBUCKETS + 1]; /* per bucket, last

@@ -310,6 +310,7 @@ static const struct fam fams[] = {
 	{ "rewind_writes_total", "counter", "WRITE requests journaled since the server started.", U(writes), true },
 	{ "rewind_write_bytes_total", "counter", "Bytes of WRITE requests journaled since the server started.", U(write_bytes), true },
 	{ "rewind_flushes_total", "counter", "FLUSH requests since the server started.", U(flushes), true },
+	{ "rewind_flushes_anticipated_total", "counter", "FLUSH requests whose writes were already durable when they came: the server synced right after the write, expecting the flush (a guest flushing after every write at queue depth 1).", U(flushes_anticipated), true },
 	{ "rewind_zero_bytes_total", "counter", "Bytes of WRITE_ZEROES requests journaled since the server started.", U(zero_bytes), true },
 	{ "rewind_trim_bytes_total", "counter", "Bytes of TRIM requests journaled since the server started.", U(trim_bytes), true },
 	{ "rewind_journal_over_budget", "gauge", "1 while writes are refused with ENOSPC because the journal is over its budget (serve --max-journal with --over-budget refuse).", U(over_budget), true },
@@ -618,6 +619,7 @@ static int collect_disk(struct ix *ix, struct cap_server *s,
 		f->trims = atomic_load(&d->n_trims);
 		f->trim_bytes = atomic_load(&d->trim_bytes);
 		f->flushes = atomic_load(&d->n_flushes);
+		f->flushes_anticipated = atomic_load(&d->n_flushes_ahead);
 		f->errors_journal = atomic_load(&d->err_journal);
 		f->errors_head = atomic_load(&d->err_head);
 		for (size_t i = 0; i <= CAP_FLUSH_NBUCKETS; i++) {

@@ -92,6 +92,7 @@ static void print_json(FILE *f, const struct cap_store_figures *fig,
 		json_u64(f, "writes_total", d->writes, l);
 		json_u64(f, "write_bytes_total", d->write_bytes, l);
 		json_u64(f, "flushes_total", d->flushes, l);
+		json_u64(f, "flushes_anticipated_total", d->flushes_anticipated, l);
 		json_u64(f, "zero_bytes_total", d->zero_bytes, l);
 		json_u64(f, "trim_bytes_total", d->trim_bytes, l);
 		if (l)
@@ -172,9 +173,10 @@ static void print_text(FILE *f, const struct cap_store_figures *fig,
 			 rw_fmt_size(d->zero_bytes, b, sizeof(b)),
 			 rw_fmt_size(d->trim_bytes, c, sizeof(c)));
 		fprintf(f, "  writes             %s\n", na(l, buf));
-		snprintf(buf, sizeof(buf), "%" PRIu64 " (mean %.3f ms)", d->flushes,
+		snprintf(buf, sizeof(buf), "%" PRIu64 " (mean %.3f ms, %" PRIu64
+			 " anticipated)", d->flushes,
 			 d->flush_count ? d->flush_sum_s * 1e3 /
-			 (double)d->flush_count : 0.0);
+			 (double)d->flush_count : 0.0, d->flushes_anticipated);
 		fprintf(f, "  flushes            %s\n", na(l, buf));
 		snprintf(buf, sizeof(buf), "journal %" PRIu64 ", head %" PRIu64,
 			 d->errors_journal, d->errors_head);

@@ -463,6 +463,107 @@ static void test_server_pipelined_batch(void)
 	free(dir);
 }
 
+/*
+ * Flush anticipation (capture/conn.c rd_run, disk.c flush_behind): a
+ * client writing and flushing one request at a time.  After FLUSH_HIST
+ * (4) writes each followed by a flush the server syncs right after each
+ * write, and the flush that follows only appends its marker.  Every
+ * write and every marker is in the journal, in the order sent; the
+ * metric counts the flushes found covered; writes without flushes in
+ * between never start it.
+ */
+static void test_flush_anticipation(void)
+{
+	enum { N = 12 };
+	char *dir = tu_tmpdir("capf");
+	char store[512], sock[600], jdir[700];
+	struct ix *ix = NULL;
+	struct srv v = { 0 };
+	uint8_t wbuf[4096], er[10];
+	struct cap_store_figures f;
+
+	snprintf(store, sizeof(store), "%s/s", dir);
+	snprintf(sock, sizeof(sock), "%s/t.sock", dir);
+	snprintf(jdir, sizeof(jdir), "%s/disks/vm1/journal", store);
+	CU_ASSERT_EQUAL_FATAL(ix_store_init(store), 0);
+	CU_ASSERT_EQUAL_FATAL(ix_open(&ix, store, IX_LOCK), 0);
+	CU_ASSERT_EQUAL_FATAL(ix_disk_create(ix, "vm1", SIZE, 4096, NULL, NULL), 0);
+	ix_close(ix);
+	ix = NULL;
+	CU_ASSERT_EQUAL_FATAL(srv_start(&v, store, sock), 0);
+
+	int fd = dial(sock);
+	CU_ASSERT_FATAL(fd >= 0);
+	CU_ASSERT(greet(fd, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES) >= 0);
+	CU_ASSERT_EQUAL(send_opt(fd, NBD_OPT_EXPORT_NAME, "vm1", 3), 0);
+	CU_ASSERT_EQUAL(xfer(fd, er, 10, false), 0);
+	/* writes alone first: no flush follows them, nothing anticipated */
+	for (int i = 0; i < N; i++) {
+		memset(wbuf, 0x80 + i, sizeof(wbuf));
+		CU_ASSERT_EQUAL(request(fd, 0, NBD_CMD_WRITE, 1, 4096 * (uint64_t)i,
+					4096, wbuf), 0);
+		CU_ASSERT_EQUAL(simple_reply(fd, 1, NULL, 0), 0);
+	}
+	CU_ASSERT_EQUAL(request(fd, 0, NBD_CMD_FLUSH, 2, 0, 0, NULL), 0);
+	CU_ASSERT_EQUAL(simple_reply(fd, 2, NULL, 0), 0);
+	CU_ASSERT_EQUAL_FATAL(cap_server_stats(v.s, "vm1", &f), 0);
+	CU_ASSERT_EQUAL_FATAL(f.ndisks, 1);
+	CU_ASSERT_EQUAL(f.disks[0].flushes_anticipated, 0);
+	cap_store_figures_free(&f);
+	/* then write + flush pairs, one request at a time */
+	for (int i = 0; i < N; i++) {
+		memset(wbuf, i + 1, sizeof(wbuf));
+		CU_ASSERT_EQUAL(request(fd, 0, NBD_CMD_WRITE, 3, 4096 * (uint64_t)i,
+					4096, wbuf), 0);
+		CU_ASSERT_EQUAL(simple_reply(fd, 3, NULL, 0), 0);
+		CU_ASSERT_EQUAL(request(fd, 0, NBD_CMD_FLUSH, 4, 0, 0, NULL), 0);
+		CU_ASSERT_EQUAL(simple_reply(fd, 4, NULL, 0), 0);
+	}
+	CU_ASSERT_EQUAL_FATAL(cap_server_stats(v.s, "vm1", &f), 0);
+	CU_ASSERT_EQUAL_FATAL(f.ndisks, 1);
+	/* The flush after the lone writes followed the last of them: with
+	 * pairs 1-3 that makes four, so pairs 4..N are anticipated. */
+	CU_ASSERT_EQUAL(f.disks[0].flushes_anticipated, N - 3);
+	CU_ASSERT_EQUAL(f.disks[0].flushes, N + 1);
+	cap_store_figures_free(&f);
+	CU_ASSERT_EQUAL(request(fd, 0, NBD_CMD_DISC, 5, 0, 0, NULL), 0);
+	close(fd);
+	CU_ASSERT_EQUAL(srv_stop(&v), 0);
+
+	/* N writes, a marker, then N (write, marker) pairs, in seq order */
+	struct jr_reader *r = NULL;
+	struct jr_rec rec;
+	struct jr_loc loc;
+	const void *payload;
+	uint8_t want[2 * N + N + 1];
+	size_t n = 0;
+	for (int i = 0; i < N; i++)
+		want[n++] = JR_WRITE;
+	want[n++] = JR_FLUSH;
+	for (int i = 0; i < N; i++) {
+		want[n++] = JR_WRITE;
+		want[n++] = JR_FLUSH;
+	}
+	size_t k = 0;
+	uint64_t last = 0;
+	CU_ASSERT_EQUAL_FATAL(jr_reader_open(&r, jdir, 0), 0);
+	while (jr_reader_next(r, &rec, &loc, &payload) == 1) {
+		CU_ASSERT(rec.seq > last);
+		last = rec.seq;
+		CU_ASSERT_FATAL(k < n);
+		CU_ASSERT_EQUAL(rec.type, want[k]);
+		if (k > N && rec.type == JR_WRITE) {
+			CU_ASSERT_FATAL(payload != NULL);
+			CU_ASSERT_EQUAL(((const uint8_t *)payload)[0], (k - N) / 2 + 1);
+		}
+		k++;
+	}
+	jr_reader_close(r);
+	CU_ASSERT_EQUAL(k, n);
+	tu_rmrf(dir);
+	free(dir);
+}
+
 int main(void)
 {
 	rw_log_set_level(RW_LOG_ERROR);
@@ -473,6 +574,8 @@ int main(void)
 		     test_server_inprocess,
 		     "pipelined writes to one block sent in one go: journal and "
 		     "index in send order", test_server_pipelined_batch,
+		     "flush anticipation: write+flush pairs at queue depth 1",
+		     test_flush_anticipation,
 		     NULL);
 	return tu_run();
 }

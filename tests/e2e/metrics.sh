@@ -143,6 +143,8 @@ expect_eq "write_bytes_total delta" "$(d 'rewind_write_bytes_total{disk="vm1"}')
 expect_eq "flushes_total delta" "$(d 'rewind_flushes_total{disk="vm1"}')" $K
 expect_eq "zero_bytes_total delta" "$(d 'rewind_zero_bytes_total{disk="vm1"}')" $ZB
 expect_eq "trim_bytes_total delta" "$(d 'rewind_trim_bytes_total{disk="vm1"}')" $TB
+expect_eq "flushes_anticipated_total delta (no write+flush run of 4)" \
+	"$(d 'rewind_flushes_anticipated_total{disk="vm1"}')" 0
 expect_eq "flush histogram count delta" "$(d 'rewind_flush_duration_seconds_count{disk="vm1"}')" $K
 expect_eq "errors_total{journal}" "$(get "$TMP/b.json" 'rewind_errors_total{disk="vm1",kind="journal"}')" 0
 expect_eq "vm2 writes_total unchanged" "$(d 'rewind_writes_total{disk="vm2"}')" 0
@@ -165,12 +167,28 @@ check "compression ratio $cr > 1 (repetitive data)"
 # --- rewind stats --json with the server: the same numbers
 "$REWIND" stats --json >"$TMP/s.json" || fail "rewind stats --json"
 expect_eq "stats: server" "$("$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["server"])' <"$TMP/s.json")" True
-for k in journal_bytes journal_records journal_segments writes_total write_bytes_total flushes_total zero_bytes_total trim_bytes_total; do
+for k in journal_bytes journal_records journal_segments writes_total write_bytes_total flushes_total flushes_anticipated_total zero_bytes_total trim_bytes_total; do
 	expect_eq "stats --json $k" "$(jget "$TMP/s.json" vm1 $k)" "$(get "$TMP/b.json" "rewind_$k{disk=\"vm1\"}")"
 done
 "$REWIND" stats vm1 | grep -q "server running" || fail "rewind stats text"
 "$REWIND" stats nosuch >/dev/null 2>&1 && fail "stats of an unknown disk succeeded"
 check "rewind stats of an unknown disk fails"
+
+# --- a guest flushing after every write, one request at a time: after
+# four such pairs the server syncs ahead of each flush (pairs 5..8)
+run_nbdsh -u "$U" -c '
+for i in range(8):
+    h.pwrite(bytes([i + 1]) * 4096, 65536 * i)
+    h.flush()
+' || fail "nbdsh write+flush pairs"
+prom "$(M /metrics)" >"$TMP/f.json" || fail "scrape after the pairs does not parse"
+expect_eq "flushes_anticipated_total after 8 write+flush pairs" \
+	"$(( $(get "$TMP/f.json" 'rewind_flushes_anticipated_total{disk="vm1"}') - $(get "$TMP/b.json" 'rewind_flushes_anticipated_total{disk="vm1"}') ))" 4
+run_nbdsh -u "$U" -c '
+for i in range(8):
+    assert h.pread(4096, 65536 * i) == bytes([i + 1]) * 4096
+' || fail "the pairs' data read back"
+check "the pairs' data reads back"
 
 # --- bad requests get their codes; the server stays up
 expect_eq "unknown path" "$(code "$(M /nope)")" 404
