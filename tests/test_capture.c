@@ -330,6 +330,49 @@ static void test_server_inprocess(void)
 	free(dir);
 }
 
+/*
+ * Creates a store under dir with a disk vm1 (SIZE bytes), starts an
+ * in-process server on dir/t.sock and connects to vm1 (EXPORT_NAME, no
+ * zeroes).  Fills store, sock and jdir (vm1's journal: 512, 600, 700
+ * bytes).  Returns the connected socket, or -1 (then v is not running).
+ */
+static int vm1_serve(const char *dir, char *store, char *sock, char *jdir,
+		     struct srv *v)
+{
+	struct ix *ix = NULL;
+	uint8_t er[10];
+
+	snprintf(store, 512, "%s/s", dir);
+	snprintf(sock, 600, "%s/t.sock", dir);
+	snprintf(jdir, 700, "%s/disks/vm1/journal", store);
+	if (ix_store_init(store) || ix_open(&ix, store, IX_LOCK))
+		return -1;
+	int err = ix_disk_create(ix, "vm1", SIZE, 4096, NULL, NULL);
+	ix_close(ix);
+	if (err || srv_start(v, store, sock))
+		return -1;
+	int fd = dial(sock);
+	if (fd >= 0 &&
+	    (greet(fd, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES) < 0 ||
+	     send_opt(fd, NBD_OPT_EXPORT_NAME, "vm1", 3) ||
+	     xfer(fd, er, sizeof(er), false))) {
+		close(fd);
+		fd = -1;
+	}
+	if (fd < 0)
+		(void)srv_stop(v);
+	return fd;
+}
+
+/* Disconnects fd (NBD_CMD_DISC) and stops v.  0 or the first error. */
+static int vm1_stop(int fd, struct srv *v)
+{
+	int err = request(fd, 0, NBD_CMD_DISC, 99, 0, 0, NULL);
+	close(fd);
+	int e2 = srv_stop(v);
+	return err ? err : e2;
+}
+
 static int count_version(void *arg, uint64_t block, const struct ix_version *v)
 {
 	(void)v;
@@ -355,24 +398,11 @@ static void test_server_pipelined_batch(void)
 	struct ix *ix = NULL;
 	struct srv v = { 0 };
 	static uint8_t out[(N + 1) * (28 + 4096)];
-	uint8_t rbuf[4096], er[10];
+	uint8_t rbuf[4096];
 	size_t o = 0;
 
-	snprintf(store, sizeof(store), "%s/s", dir);
-	snprintf(sock, sizeof(sock), "%s/t.sock", dir);
-	snprintf(jdir, sizeof(jdir), "%s/disks/vm1/journal", store);
-	CU_ASSERT_EQUAL_FATAL(ix_store_init(store), 0);
-	CU_ASSERT_EQUAL_FATAL(ix_open(&ix, store, IX_LOCK), 0);
-	CU_ASSERT_EQUAL_FATAL(ix_disk_create(ix, "vm1", SIZE, 4096, NULL, NULL), 0);
-	ix_close(ix);
-	ix = NULL;
-	CU_ASSERT_EQUAL_FATAL(srv_start(&v, store, sock), 0);
-
-	int fd = dial(sock);
+	int fd = vm1_serve(dir, store, sock, jdir, &v);
 	CU_ASSERT_FATAL(fd >= 0);
-	CU_ASSERT(greet(fd, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES) >= 0);
-	CU_ASSERT_EQUAL(send_opt(fd, NBD_OPT_EXPORT_NAME, "vm1", 3), 0);
-	CU_ASSERT_EQUAL(xfer(fd, er, 10, false), 0);
 
 	for (int i = 0; i < N; i++) {
 		uint8_t *h = out + o;
@@ -417,9 +447,7 @@ static void test_server_pipelined_batch(void)
 	CU_ASSERT_EQUAL(simple_reply(fd, 1, rbuf, 4096), 0);
 	CU_ASSERT_EQUAL(rbuf[0], N);
 	CU_ASSERT_EQUAL(rbuf[4095], N);
-	CU_ASSERT_EQUAL(request(fd, 0, NBD_CMD_DISC, 2, 0, 0, NULL), 0);
-	close(fd);
-	CU_ASSERT_EQUAL(srv_stop(&v), 0);
+	CU_ASSERT_EQUAL(vm1_stop(fd, &v), 0);
 
 	/* The journal: the writes in the order sent, and the flush. */
 	struct jr_reader *r = NULL;
@@ -463,6 +491,21 @@ static void test_server_pipelined_batch(void)
 	free(dir);
 }
 
+/* Writes 4 KiB of `byte` at block `block`, waits for the reply, then
+ * (flush) sends a FLUSH and waits for its reply. */
+static void write_4k(int fd, uint64_t block, uint8_t byte, bool flush)
+{
+	uint8_t b[4096];
+
+	memset(b, byte, sizeof(b));
+	CU_ASSERT_EQUAL(request(fd, 0, NBD_CMD_WRITE, 1, 4096 * block, 4096, b), 0);
+	CU_ASSERT_EQUAL(simple_reply(fd, 1, NULL, 0), 0);
+	if (!flush)
+		return;
+	CU_ASSERT_EQUAL(request(fd, 0, NBD_CMD_FLUSH, 2, 0, 0, NULL), 0);
+	CU_ASSERT_EQUAL(simple_reply(fd, 2, NULL, 0), 0);
+}
+
 /*
  * Flush anticipation (capture/conn.c rd_run, disk.c flush_behind): a
  * client writing and flushing one request at a time.  After FLUSH_HIST
@@ -477,48 +520,21 @@ static void test_flush_anticipation(void)
 	enum { N = 12 };
 	char *dir = tu_tmpdir("capf");
 	char store[512], sock[600], jdir[700];
-	struct ix *ix = NULL;
 	struct srv v = { 0 };
-	uint8_t wbuf[4096], er[10];
 	struct cap_store_figures f;
 
-	snprintf(store, sizeof(store), "%s/s", dir);
-	snprintf(sock, sizeof(sock), "%s/t.sock", dir);
-	snprintf(jdir, sizeof(jdir), "%s/disks/vm1/journal", store);
-	CU_ASSERT_EQUAL_FATAL(ix_store_init(store), 0);
-	CU_ASSERT_EQUAL_FATAL(ix_open(&ix, store, IX_LOCK), 0);
-	CU_ASSERT_EQUAL_FATAL(ix_disk_create(ix, "vm1", SIZE, 4096, NULL, NULL), 0);
-	ix_close(ix);
-	ix = NULL;
-	CU_ASSERT_EQUAL_FATAL(srv_start(&v, store, sock), 0);
-
-	int fd = dial(sock);
+	int fd = vm1_serve(dir, store, sock, jdir, &v);
 	CU_ASSERT_FATAL(fd >= 0);
-	CU_ASSERT(greet(fd, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES) >= 0);
-	CU_ASSERT_EQUAL(send_opt(fd, NBD_OPT_EXPORT_NAME, "vm1", 3), 0);
-	CU_ASSERT_EQUAL(xfer(fd, er, 10, false), 0);
 	/* writes alone first: no flush follows them, nothing anticipated */
-	for (int i = 0; i < N; i++) {
-		memset(wbuf, 0x80 + i, sizeof(wbuf));
-		CU_ASSERT_EQUAL(request(fd, 0, NBD_CMD_WRITE, 1, 4096 * (uint64_t)i,
-					4096, wbuf), 0);
-		CU_ASSERT_EQUAL(simple_reply(fd, 1, NULL, 0), 0);
-	}
-	CU_ASSERT_EQUAL(request(fd, 0, NBD_CMD_FLUSH, 2, 0, 0, NULL), 0);
-	CU_ASSERT_EQUAL(simple_reply(fd, 2, NULL, 0), 0);
+	for (int i = 0; i < N; i++)
+		write_4k(fd, (uint64_t)i, (uint8_t)(0x80 + i), i == N - 1);
 	CU_ASSERT_EQUAL_FATAL(cap_server_stats(v.s, "vm1", &f), 0);
 	CU_ASSERT_EQUAL_FATAL(f.ndisks, 1);
 	CU_ASSERT_EQUAL(f.disks[0].flushes_anticipated, 0);
 	cap_store_figures_free(&f);
 	/* then write + flush pairs, one request at a time */
-	for (int i = 0; i < N; i++) {
-		memset(wbuf, i + 1, sizeof(wbuf));
-		CU_ASSERT_EQUAL(request(fd, 0, NBD_CMD_WRITE, 3, 4096 * (uint64_t)i,
-					4096, wbuf), 0);
-		CU_ASSERT_EQUAL(simple_reply(fd, 3, NULL, 0), 0);
-		CU_ASSERT_EQUAL(request(fd, 0, NBD_CMD_FLUSH, 4, 0, 0, NULL), 0);
-		CU_ASSERT_EQUAL(simple_reply(fd, 4, NULL, 0), 0);
-	}
+	for (int i = 0; i < N; i++)
+		write_4k(fd, (uint64_t)i, (uint8_t)(i + 1), true);
 	CU_ASSERT_EQUAL_FATAL(cap_server_stats(v.s, "vm1", &f), 0);
 	CU_ASSERT_EQUAL_FATAL(f.ndisks, 1);
 	/* The flush after the lone writes followed the last of them: with
@@ -526,9 +542,7 @@ static void test_flush_anticipation(void)
 	CU_ASSERT_EQUAL(f.disks[0].flushes_anticipated, N - 3);
 	CU_ASSERT_EQUAL(f.disks[0].flushes, N + 1);
 	cap_store_figures_free(&f);
-	CU_ASSERT_EQUAL(request(fd, 0, NBD_CMD_DISC, 5, 0, 0, NULL), 0);
-	close(fd);
-	CU_ASSERT_EQUAL(srv_stop(&v), 0);
+	CU_ASSERT_EQUAL(vm1_stop(fd, &v), 0);
 
 	/* N writes, a marker, then N (write, marker) pairs, in seq order */
 	struct jr_reader *r = NULL;
