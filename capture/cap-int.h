@@ -143,6 +143,9 @@ struct cap_wreq {
 	uint32_t len;
 	const void *data;                 /* len bytes for JR_WRITE */
 	struct jr_cctx *cc;               /* may be NULL */
+	bool kick;                        /* a flush is expected next: start
+	                                   * the journal's data write at once
+	                                   * (jr_writer_start_writeback) */
 	/* out */
 	int err;                          /* 0 or the request's error */
 	char *msg;                        /* with err: what failed (malloc'ed,

@@ -486,7 +486,7 @@ static void execute_read(struct tx *tx, struct job *j)
  * backlog: requests still queued behind the batch.
  */
 static void execute_batch(struct worker *wk, struct job **v, size_t n,
-			  unsigned backlog)
+			  unsigned backlog, bool kick)
 {
 	struct tx *tx = wk->tx;
 	struct cap_disk *d = tx->d;
@@ -520,6 +520,7 @@ static void execute_batch(struct worker *wk, struct job **v, size_t n,
 			.type = type,
 			.flags = (uint16_t)(j->flags & ~NBD_CMD_FLAG_FUA),
 			.off = j->off, .len = j->count, .data = j->data, .cc = cc,
+			.kick = kick,
 		};
 	}
 	if (nw)
@@ -657,7 +658,7 @@ static void *worker_main(void *arg)
 		if (v[0]->type == NBD_CMD_READ)
 			execute_read(tx, v[0]);
 		else
-			execute_batch(wk, v, n, backlog);
+			execute_batch(wk, v, n, backlog, false);
 
 		uint64_t cost = 0;
 		for (size_t i = 0; i < n; i++)
@@ -754,17 +755,22 @@ static void rd_run(struct rd *rd)
 	rd->lone_write = rd->n == 1 && !backlog && !rd->tx->d->ro &&
 			 j0->type == NBD_CMD_WRITE &&
 			 !(j0->flags & NBD_CMD_FLAG_FUA);
-	execute_batch(&rd->wk, rd->v, rd->n, backlog);
+	bool expect = rd->lone_write &&
+		      rd->flush_hist == (1u << FLUSH_HIST) - 1;
+	execute_batch(&rd->wk, rd->v, rd->n, backlog, expect);
 	rd->n = 0;
 	/*
 	 * Flush anticipation: a guest at queue depth 1 that flushed after
 	 * each of its last FLUSH_HIST writes will flush after this one too.
-	 * Sync now, while the reply travels and the FLUSH comes back: the
+	 * The write's record went to the device as soon as it was written
+	 * out (cap_wreq.kick: head.img and the reply overlap that write);
+	 * sync now, while the reply travels and the FLUSH comes back: the
 	 * flush then finds its writes durable and only appends its marker.
-	 * One miss stops it for FLUSH_HIST writes.
+	 * One miss stops it for FLUSH_HIST writes.  Measured, interleaved
+	 * 4 KiB QD1 write+flush: sync after the reply +12-29%; starting the
+	 * data write before head and the reply another +0-22% (median 7%).
 	 */
-	if (rd->lone_write && rd->flush_hist == (1u << FLUSH_HIST) - 1 &&
-	    rd->end == rd->start)
+	if (expect && rd->end == rd->start)
 		(void)cap_disk_presync(rd->tx->d); /* sticky: the flush says */
 }
 

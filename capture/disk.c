@@ -648,6 +648,10 @@ void cap_disk_write_batch(struct cap_disk *d, struct cap_wreq *v, size_t n)
 			v[i].appended = false;
 			wreq_fail(&v[i], err);
 		}
+		/* The device writes the record while head and the reply
+		 * take their turn (flush anticipation, conn.c). */
+		if (!err && v[0].kick)
+			(void)jr_writer_start_writeback(d->w);
 	}
 	/* Head, in seq order.  After a failure head has diverged: the rest
 	 * of the batch fails with the same error (head_failed is sticky). */

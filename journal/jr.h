@@ -357,6 +357,16 @@ int jr_writer_write_out(struct jr_writer *w);
  */
 int jr_writer_flush(struct jr_writer *w);
 
+/*
+ * A hint ahead of a flush the caller expects: asks the kernel to start
+ * writing what was written out to the current segment since its last
+ * sync (sync_file_range SYNC_FILE_RANGE_WRITE), and returns without
+ * waiting for it.  Nothing becomes durable by it and nothing is counted
+ * as durable; the next jr_writer_flush then finds the data write under
+ * way or done.  0, or -errno (harmless: the flush does the work).
+ */
+int jr_writer_start_writeback(struct jr_writer *w);
+
 /* Seals the current segment if it is older than segment_age_ns.  0 or error. */
 int jr_writer_tick(struct jr_writer *w);
 

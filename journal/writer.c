@@ -1023,6 +1023,22 @@ int jr_writer_flush(struct jr_writer *w)
 	return drain(w, true);
 }
 
+int jr_writer_start_writeback(struct jr_writer *w)
+{
+	int err = 0;
+
+	pthread_mutex_lock(&w->mu);
+	/* The mutex keeps a seal from closing fd; a leader writing right
+	 * now only adds pages that its own sync will write. */
+	if (!w->err && w->fd >= 0 && w->poff > w->sync_end &&
+	    sync_file_range(w->fd, (off_t)w->sync_end,
+			    (off_t)(w->poff - w->sync_end),
+			    SYNC_FILE_RANGE_WRITE))
+		err = -errno;
+	pthread_mutex_unlock(&w->mu);
+	return err;
+}
+
 int jr_writer_tick(struct jr_writer *w)
 {
 	int err = 0;
