@@ -934,7 +934,8 @@ int cap_server_close(struct cap_server *s)
 		}
 		jr_writer_stats(d->w, &st);
 		rw_log(RW_LOG_INFO, "disk '%s': %llu writes (%llu compressed), "
-		       "%llu zeroes, %llu trims, %llu flushes, %llu reads; "
+		       "%llu zeroes, %llu trims, %llu flushes (%llu anticipated "
+		       "by %llu early syncs), %llu reads; "
 		       "journal %llu records, %llu bytes logical, %llu stored, "
 		       "durable to seq %llu, head synced to seq %llu",
 		       d->meta.name,
@@ -943,6 +944,8 @@ int cap_server_close(struct cap_server *s)
 		       (unsigned long long)atomic_load(&d->n_zeroes),
 		       (unsigned long long)atomic_load(&d->n_trims),
 		       (unsigned long long)atomic_load(&d->n_flushes),
+		       (unsigned long long)atomic_load(&d->n_flushes_ahead),
+		       (unsigned long long)atomic_load(&d->n_presyncs),
 		       (unsigned long long)atomic_load(&d->n_reads),
 		       (unsigned long long)st.records,
 		       (unsigned long long)st.logical_bytes,
