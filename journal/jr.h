@@ -285,7 +285,9 @@ struct jr_writer_stats {
 	uint64_t written_seq;       /* newest seq in the file */
 	uint64_t durable_seq;       /* newest seq covered by an fdatasync */
 	uint64_t oldest_unsynced_ns;/* append time (rw_clock_ns) of the oldest
-				     * record not yet durable; 0 when none */
+				     * WRITE, ZERO or TRIM record not yet
+				     * durable; 0 when none (a FLUSH marker
+				     * carries no data and is not counted) */
 	uint64_t records;           /* records appended since open */
 	uint64_t logical_bytes;     /* logical bytes of WRITE records since open */
 	uint64_t stored_bytes;      /* payload bytes stored since open */

@@ -712,7 +712,9 @@ static int place_copy(struct jr_writer *w, struct jr_job *job,
 	w->seg_nrec++;
 	w->seg_last_seq = w->placed_seq = r->seq;
 	w->seg_last_ts = r->ts_ns;
-	if (!w->fresh_ns)
+	/* A FLUSH marker holds no guest data: one waiting for its sync
+	 * (flush anticipation) is no write at risk (oldest_unsynced_ns). */
+	if (!w->fresh_ns && r->type != JR_FLUSH)
 		w->fresh_ns = job->now ? job->now : 1;
 	w->st.stored_bytes += r->stored_len;
 	return 0;

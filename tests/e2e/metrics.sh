@@ -184,6 +184,8 @@ for i in range(8):
 prom "$(M /metrics)" >"$TMP/f.json" || fail "scrape after the pairs does not parse"
 expect_eq "flushes_anticipated_total after 8 write+flush pairs" \
 	"$(( $(get "$TMP/f.json" 'rewind_flushes_anticipated_total{disk="vm1"}') - $(get "$TMP/b.json" 'rewind_flushes_anticipated_total{disk="vm1"}') ))" 4
+expect_eq "capture lag after the pairs (the last marker holds no data)" \
+	"$(get "$TMP/f.json" 'rewind_capture_lag_seconds{disk="vm1"}')" 0
 run_nbdsh -u "$U" -c '
 for i in range(8):
     assert h.pread(4096, 65536 * i) == bytes([i + 1]) * 4096
