@@ -412,7 +412,7 @@ void jr_reader_close(struct jr_reader *r)
 }
 
 /* Opens r->at_fd on segment seg (path) unless it is open.  0 or error. */
-static int at_open(struct jr_reader *r, uint64_t seg, const char *path)
+static int at_open_seg(struct jr_reader *r, uint64_t seg, const char *path)
 {
 	struct jr_seghdr h;
 
@@ -437,11 +437,28 @@ static int at_open(struct jr_reader *r, uint64_t seg, const char *path)
 	return 0;
 }
 
-/* Whether loc's offset can hold a record of the largest size at all. */
-static bool at_offset_ok(const struct jr_loc *loc)
+/*
+ * The common start of the read_at functions: clears rec, names loc's
+ * segment in path (PATH_MAX bytes), opens it (see at_open_seg) and checks
+ * that its offset can hold a record of the largest size at all.  0, the
+ * open's error, or RW_ECORRUPT with *why (for at_done).
+ */
+static int at_open(struct jr_reader *r, const struct jr_loc *loc,
+		   char path[PATH_MAX], struct jr_rec *rec, const char **why)
 {
-	return loc->offset >= JR_SEG_HDR_SIZE &&
-	       loc->offset <= (uint64_t)INT64_MAX - JR_HDR_SIZE - JR_MAX_STORED;
+	char name[32];
+
+	memset(rec, 0, sizeof(*rec));
+	jr_segment_name(loc->segment, name);
+	snprintf(path, PATH_MAX, "%s/%s", r->dir, name);
+	int err = at_open_seg(r, loc->segment, path);
+	if (err)
+		return err;
+	if (loc->offset >= JR_SEG_HDR_SIZE &&
+	    loc->offset <= (uint64_t)INT64_MAX - JR_HDR_SIZE - JR_MAX_STORED)
+		return 0;
+	*why = "offset out of range";
+	return RW_ECORRUPT;
 }
 
 /* Decodes the header at loc into rec and checks that a record (not a PAD)
@@ -486,21 +503,14 @@ static int at_room(const struct jr_rec *rec, const char *path, size_t bufsz)
 int jr_reader_read_at(struct jr_reader *r, const struct jr_loc *loc,
 		      struct jr_rec *rec, void *buf, size_t bufsz)
 {
-	char path[PATH_MAX], name[32];
+	char path[PATH_MAX];
 	uint8_t hdr[JR_HDR_SIZE];
 	const char *why = NULL;
 	ssize_t n;
 	int err = 0;
 
-	jr_segment_name(loc->segment, name);
-	snprintf(path, sizeof(path), "%s/%s", r->dir, name);
-	if ((err = at_open(r, loc->segment, path)))
-		return err;
-	if (!at_offset_ok(loc)) {
-		why = "offset out of range";
-		err = RW_ECORRUPT;
+	if ((err = at_open(r, loc, path, rec, &why)))
 		goto out;
-	}
 	n = rw_sys_pread_full(r->at_fd, hdr, JR_HDR_SIZE, (off_t)loc->offset);
 	if (n < 0) {
 		err = rw_err_set((int)n, "cannot read segment '%s': %s", path,
@@ -645,21 +655,14 @@ int jr_reader_map_at(struct jr_reader *r, const struct jr_loc *loc,
 		     struct jr_rec *rec, const uint8_t **payload, void *buf,
 		     size_t bufsz)
 {
-	char path[PATH_MAX], name[32];
+	char path[PATH_MAX];
 	const uint8_t *base = NULL;
 	const char *why = NULL;
 	int err;
 
 	*payload = NULL;
-	jr_segment_name(loc->segment, name);
-	snprintf(path, sizeof(path), "%s/%s", r->dir, name);
-	if ((err = at_open(r, loc->segment, path)))
-		return err;
-	if (!at_offset_ok(loc)) {
-		why = "offset out of range";
-		err = RW_ECORRUPT;
+	if ((err = at_open(r, loc, path, rec, &why)))
 		goto out;
-	}
 	err = map_get(r, loc->segment, path, loc->offset + JR_HDR_SIZE, &base);
 	if (err == 1) {
 		why = "no record header at this offset";

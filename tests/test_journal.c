@@ -1147,11 +1147,92 @@ static void test_faults_pool(void)
 
 /* ------------------------------------------------ 6. power loss */
 
+/*
+ * The history of a power-loss trial up to the crash: n1 random records
+ * (compressed with cc unless NULL) with flushes at random, a flush, then
+ * n2 records written out but never synced.  The crash is the first sync
+ * of the close, which fails.  m marks what was flushed.  Returns the
+ * writer's durable_seq just before the crash (a rollover may have synced
+ * beyond the last flush).
+ */
+static uint64_t crash_after_history(uint64_t *st, const char *dir,
+				    enum jr_backend b, uint64_t seg_bytes,
+				    struct jr_clock *clk, struct jr_cctx *cc,
+				    struct model *m, int n1, int n2,
+				    uint32_t maxlen)
+{
+	struct jr_writer_stats ws;
+	int err;
+	struct jr_writer *w = open_writer(dir, b, seg_bytes, clk, NULL, &err);
+
+	CU_ASSERT_FATAL(w != NULL);
+	for (int i = 0; i < n1; i++) {
+		CU_ASSERT_EQUAL(append_random(st, w, cc, m, maxlen), 0);
+		if (tu_rand(st) % 5 == 0) {
+			CU_ASSERT_EQUAL(jr_writer_flush(w), 0);
+			model_mark_flushed(m);
+		}
+	}
+	CU_ASSERT_EQUAL(jr_writer_flush(w), 0);
+	model_mark_flushed(m);
+	for (int i = 0; i < n2; i++)
+		CU_ASSERT_EQUAL(append_random(st, w, cc, m, maxlen), 0);
+	CU_ASSERT_EQUAL(jr_writer_write_out(w), 0);
+	jr_writer_stats(w, &ws);
+	rw_fault_arm(RW_OP_FSYNC, 1, -EIO, true);
+	CU_ASSERT_NOT_EQUAL(jr_writer_close(w), 0);
+	rw_fault_reset();
+	return ws.durable_seq;
+}
+
+/*
+ * After the loss was simulated on the files: recovery opens dir, the
+ * journal takes an append and closes, and every flushed record of m
+ * reads back intact.  Returns the failures (each printed, naming trial t
+ * of test `what`); adds the lost unflushed records to *lost and the
+ * segments recovery set aside to *aside.
+ */
+static size_t recover_and_check(uint64_t *st, const char *dir,
+				enum jr_backend b, uint64_t seg_bytes,
+				struct jr_clock *clk, struct model *m,
+				const char *what, int t, size_t *lost,
+				size_t *aside)
+{
+	struct jr_recovery rep = { 0 };
+	size_t bad = 0, count, mism;
+	int err;
+	struct jr_writer *w = open_writer(dir, b, seg_bytes, clk, &rep, &err);
+
+	if (!w) {
+		fprintf(stderr, "%s trial %d: %s (%s)\n", what, t,
+			rw_strerror(err), rw_err_msg());
+		bad++;
+	}
+	*aside += rep.set_aside;
+	if (w && append_random(st, w, NULL, m, 500))
+		bad++;
+	if (w && jr_writer_close(w))
+		bad++;
+	err = read_all(dir, 0, m, &count, &mism);
+	if (err || mism) {
+		fprintf(stderr, "%s trial %d: read %s (%s), %zu mismatches\n",
+			what, t, rw_strerror(err), rw_err_msg(), mism);
+		bad++;
+	}
+	for (size_t i = 0; i < m->n; i++) {
+		if (m->v[i].flushed && !m->v[i].seen)
+			bad++;
+		if (!m->v[i].flushed && !m->v[i].seen)
+			(*lost)++;
+	}
+	return bad;
+}
+
 static void test_power_loss(void)
 {
 	char *tmp = tu_tmpdir("jr-power");
 	uint64_t st = 6;
-	size_t bad = 0, trials = 0, lost_unflushed = 0;
+	size_t bad = 0, trials = 0, lost_unflushed = 0, aside = 0;
 
 	for (int t = 0; t < 120; t++) {
 		char *dir = NULL;
@@ -1159,40 +1240,19 @@ static void test_power_loss(void)
 		struct model m = { 0 };
 		struct jr_clock *clk;
 		struct jr_cctx *cc;
-		int err;
 
 		if (asprintf(&dir, "%s/j%d", tmp, t) < 0)
 			abort();
 		jr_clock_new(&clk, 1, 0);
 		jr_cctx_new(&cc, JR_ZSTD_LEVEL_DEFAULT);
 		enum jr_backend b = t % 2 ? uring_or_sync() : JR_BACKEND_SYNC;
-		struct jr_writer *w = open_writer(dir, b, 8192, clk, NULL, &err);
-		CU_ASSERT_FATAL(w != NULL);
 		int n1 = 3 + (int)(tu_rand(&st) % 20);
-		for (int i = 0; i < n1; i++) {
-			CU_ASSERT_EQUAL(append_random(&st, w, cc, &m, 1200), 0);
-			if (tu_rand(&st) % 5 == 0) {
-				CU_ASSERT_EQUAL(jr_writer_flush(w), 0);
-				model_mark_flushed(&m);
-			}
-		}
-		CU_ASSERT_EQUAL(jr_writer_flush(w), 0);
-		model_mark_flushed(&m);
-		/* Unflushed records, written to the file but never synced:
-		 * the crash is the failing sync at close. */
 		int n2 = 1 + (int)(tu_rand(&st) % 6);
-		for (int i = 0; i < n2; i++)
-			CU_ASSERT_EQUAL(append_random(&st, w, cc, &m, 1200), 0);
-		CU_ASSERT_EQUAL(jr_writer_write_out(w), 0);
-		struct jr_writer_stats ws;
-		jr_writer_stats(w, &ws);
-		rw_fault_arm(RW_OP_FSYNC, 1, -EIO, true);
-		CU_ASSERT_EQUAL(jr_writer_close(w), -EIO);
-		rw_fault_reset();
+		uint64_t durable = crash_after_history(&st, dir, b, 8192, clk, cc,
+						       &m, n1, n2, 1200);
 		jr_cctx_free(cc);
-		/* Rollovers sync, so durable_seq may exceed the last flush. */
 		for (size_t i = 0; i < m.n; i++)
-			if (m.v[i].seq <= ws.durable_seq)
+			if (m.v[i].seq <= durable)
 				m.v[i].flushed = true;
 		/* The durable boundary inside the last segment. */
 		const struct mrec *lastrec = &m.v[m.n - 1];
@@ -1223,28 +1283,8 @@ static void test_power_loss(void)
 		}
 		close(fd);
 
-		struct jr_recovery rep;
-		w = open_writer(dir, b, 8192, clk, &rep, &err);
-		if (!w) {
-			fprintf(stderr, "power loss trial %d mode %d: %s (%s)\n", t,
-				mode, rw_strerror(err), rw_err_msg());
-			bad++;
-		}
-		/* Appending after recovery works. */
-		if (w && append_random(&st, w, NULL, &m, 500))
-			bad++;
-		if (w && jr_writer_close(w))
-			bad++;
-		size_t count, mism;
-		err = read_all(dir, 0, &m, &count, &mism);
-		if (err || mism)
-			bad++;
-		for (size_t i = 0; i < m.n; i++) {
-			if (m.v[i].flushed && !m.v[i].seen)
-				bad++;
-			if (!m.v[i].flushed && !m.v[i].seen)
-				lost_unflushed++;
-		}
+		bad += recover_and_check(&st, dir, b, 8192, clk, &m,
+					 "power loss", t, &lost_unflushed, &aside);
 		trials++;
 		jr_clock_free(clk);
 		model_free(&m);
@@ -2404,33 +2444,16 @@ static void test_lazy_power_loss(void)
 		struct model m = { 0 };
 		struct jr_seginfo *segs = NULL;
 		struct jr_clock *clk;
-		int err;
 
 		if (asprintf(&dir, "%s/j%d", tmp, t) < 0)
 			abort();
 		jr_clock_new(&clk, 1, 0);
 		enum jr_backend b = t % 2 ? uring_or_sync() : JR_BACKEND_SYNC;
-		struct jr_writer *w = open_writer(dir, b, 2048, clk, NULL, &err);
-		CU_ASSERT_FATAL(w != NULL);
 		int n1 = 3 + (int)(tu_rand(&st) % 12);
-		for (int i = 0; i < n1; i++) {
-			CU_ASSERT_EQUAL(append_random(&st, w, NULL, &m, 700), 0);
-			if (tu_rand(&st) % 5 == 0) {
-				CU_ASSERT_EQUAL(jr_writer_flush(w), 0);
-				model_mark_flushed(&m);
-			}
-		}
-		CU_ASSERT_EQUAL(jr_writer_flush(w), 0);
-		model_mark_flushed(&m);
 		int n2 = 4 + (int)(tu_rand(&st) % 30);
-		for (int i = 0; i < n2; i++)
-			CU_ASSERT_EQUAL(append_random(&st, w, NULL, &m, 700), 0);
-		CU_ASSERT_EQUAL(jr_writer_write_out(w), 0);
-		/* The crash: the first sync at close fails, nothing after the
-		 * last flush was synced. */
-		rw_fault_arm(RW_OP_FSYNC, 1, -EIO, true);
-		CU_ASSERT_NOT_EQUAL(jr_writer_close(w), 0);
-		rw_fault_reset();
+		/* Nothing after the last flush was synced (no rollover syncs). */
+		(void)crash_after_history(&st, dir, b, 2048, clk, NULL, &m, n1,
+					  n2, 700);
 		/* The durable boundary: the end of the last flushed record. */
 		const struct mrec *lf = NULL;
 		for (size_t i = 0; i < m.n; i++)
@@ -2477,32 +2500,8 @@ static void test_lazy_power_loss(void)
 		}
 		free(segs);
 
-		struct jr_recovery rep;
-		w = open_writer(dir, b, 2048, clk, &rep, &err);
-		if (!w) {
-			fprintf(stderr, "lazy power loss trial %d: %s (%s)\n", t,
-				rw_strerror(err), rw_err_msg());
-			bad++;
-		}
-		aside += rep.set_aside;
-		if (w && append_random(&st, w, NULL, &m, 500))
-			bad++;
-		if (w && jr_writer_close(w))
-			bad++;
-		size_t count, mism;
-		err = read_all(dir, 0, &m, &count, &mism);
-		if (err || mism) {
-			fprintf(stderr, "lazy power loss trial %d: read %s (%s), "
-				"%zu mismatches\n", t, rw_strerror(err),
-				rw_err_msg(), mism);
-			bad++;
-		}
-		for (size_t i = 0; i < m.n; i++) {
-			if (m.v[i].flushed && !m.v[i].seen)
-				bad++;
-			if (!m.v[i].flushed && !m.v[i].seen)
-				lost++;
-		}
+		bad += recover_and_check(&st, dir, b, 2048, clk, &m,
+					 "lazy power loss", t, &lost, &aside);
 		trials++;
 		jr_clock_free(clk);
 		model_free(&m);

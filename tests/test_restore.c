@@ -893,6 +893,27 @@ static void test_rollback_store_over_base(void)
  * naming the segment; a location past the end of its segment is
  * RW_ECORRUPT; after jr_reader_unmap the reader maps again.
  */
+/*
+ * Flips the bits `mask` of payload byte `at` of the record at loc in
+ * journal directory jdir (a second call undoes it); names the segment
+ * file in name.
+ */
+static void flip_payload_bits(const char *jdir, const struct jr_loc *loc,
+			      unsigned at, uint8_t mask, char name[32])
+{
+	char seg[4200];
+	uint8_t x;
+
+	jr_segment_name(loc->segment, name);
+	snprintf(seg, sizeof(seg), "%s/%s", jdir, name);
+	int fd = open(seg, O_RDWR);
+	off_t o = (off_t)(loc->offset + JR_HDR_SIZE + at);
+	CU_ASSERT_FATAL(fd >= 0 && pread(fd, &x, 1, o) == 1);
+	x ^= mask;
+	CU_ASSERT(pwrite(fd, &x, 1, o) == 1);
+	close(fd);
+}
+
 static void test_map_at(void)
 {
 	struct world W;
@@ -942,25 +963,18 @@ static void test_map_at(void)
 
 	/* A damaged payload byte. */
 	CU_ASSERT_FATAL(victim.segment != 0);
-	char seg[4200], name[32];
-	jr_segment_name(victim.segment, name);
-	snprintf(seg, sizeof(seg), "%s/%s", path, name);
-	int fd = open(seg, O_RDWR);
-	uint8_t x;
-	off_t at = (off_t)victim.offset + JR_HDR_SIZE + 5;
-	CU_ASSERT_FATAL(fd >= 0 && pread(fd, &x, 1, at) == 1);
-	x ^= 0x10;
-	CU_ASSERT(pwrite(fd, &x, 1, at) == 1);
+	char name[32];
+	flip_payload_bits(path, &victim, 5, 0x10, name);
 	const uint8_t *pl;
 	CU_ASSERT_EQUAL(jr_reader_map_at(r2, &victim, &b, &pl, buf2, JR_MAX_WRITE),
 			RW_ECORRUPT);
 	CU_ASSERT_PTR_NOT_NULL(strstr(rw_err_msg(), name));
-	x ^= 0x10;
-	CU_ASSERT(pwrite(fd, &x, 1, at) == 1);
-	close(fd);
+	flip_payload_bits(path, &victim, 5, 0x10, name); /* undone */
 	CU_ASSERT(jr_reader_map_at(r2, &victim, &b, &pl, buf2, JR_MAX_WRITE) == 0);
 	/* Past the end of the segment. */
+	char seg[4200];
 	struct stat st;
+	snprintf(seg, sizeof(seg), "%s/%s", path, name);
 	CU_ASSERT_FATAL(stat(seg, &st) == 0);
 	struct jr_loc past = { victim.segment, (uint64_t)st.st_size - 8 };
 	CU_ASSERT_EQUAL(jr_reader_map_at(r2, &past, &b, &pl, buf2, JR_MAX_WRITE),
@@ -1053,16 +1067,8 @@ static void test_rollback_store_corrupt_late(void)
 	ix_close(W.ix);
 	W.ix = NULL;
 	CU_ASSERT_FATAL(victim.segment != 0);
-	char seg[4200], name[32];
-	jr_segment_name(victim.segment, name);
-	snprintf(seg, sizeof(seg), "%s/%s", path, name);
-	int fd = open(seg, O_RDWR);
-	uint8_t x;
-	off_t at = (off_t)victim.offset + JR_HDR_SIZE + 1;
-	CU_ASSERT_FATAL(fd >= 0 && pread(fd, &x, 1, at) == 1);
-	x ^= 0x01;
-	CU_ASSERT(pwrite(fd, &x, 1, at) == 1);
-	close(fd);
+	char name[32];
+	flip_payload_bits(path, &victim, 1, 0x01, name);
 
 	rs_rollback_step_bytes = 2 * BS;
 	rs_rollback_window_bytes = 64 * BS;

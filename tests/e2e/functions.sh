@@ -135,6 +135,24 @@ d = [x for x in json.load(sys.stdin)["disks"] if x["name"] == sys.argv[1]][0]
 print(d["journal"][sys.argv[2]] if sys.argv[2] in d["journal"] else d[sys.argv[2]])' "$1" "$2" <"$TMP/journal.json"
 }
 
+# last_seq DISK — the newest seq in DISK's journal (header-only scan).
+last_seq() {
+	"$REWIND" journal "$1" --summary --json --headers | "$PYTHON" -c \
+		'import json,sys; print(json.load(sys.stdin)["summary"]["last_seq"])'
+}
+
+# sha_of FILE — its SHA-256, hex.
+sha_of() { sha256sum <"$1" | cut -c1-64; }
+
+# live_sha URI — SHA-256 of what an NBD client reads from URI now.
+live_sha() { nbdcopy "$1" "$TMP/live.img" && sha_of "$TMP/live.img"; }
+
+# restore_sha DISK AT — SHA-256 of `rewind restore DISK --at AT`.
+restore_sha() {
+	"$REWIND" restore "$1" --at "$2" --out "$TMP/r.img" --force >/dev/null &&
+		sha_of "$TMP/r.img"
+}
+
 # expect_eq WHAT GOT WANT
 expect_eq() {
 	[ "$2" = "$3" ] || fail "$1: got '$2', want '$3'"

@@ -18,19 +18,16 @@ rw_setup
 start_server
 U=$(uri vm1)
 
-last_seq() { "$REWIND" journal vm1 --summary --json | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["summary"]["last_seq"])'; }
-live_sha() { nbdcopy "$U" "$TMP/live.img" && sha256sum <"$TMP/live.img" | cut -c1-64; }
-restore_sha() { "$REWIND" restore vm1 --at "$1" --out "$TMP/r.img" --force >/dev/null && sha256sum <"$TMP/r.img" | cut -c1-64; }
 
 # History: A, then B (unaligned data, zeroes, a trim) after the point P1.
 qemu-io -f raw -c 'write -P 0xaa 0 4M' -c 'write -P 0x11 10M 1M' -c flush "$U" >/dev/null
 sleep 0.1
-P1=$(last_seq)
+P1=$(last_seq vm1)
 qemu-io -f raw -c 'write -P 0xbb 1000 9000' -c 'write -z 2M 1M' -c 'discard 10M 64K' \
 	-c 'write -P 0xcc 20M 512' -c flush "$U" >/dev/null
 sleep 0.1
-before=$(live_sha)
-P2=$(last_seq)
+before=$(live_sha "$U")
+P2=$(last_seq vm1)
 check "history written: point P1 = seq $P1, newest = seq $P2"
 
 # Blocks (4 KiB) touched by records after P1, from the journal itself.
@@ -51,7 +48,7 @@ if "$REWIND" rollback vm1 --at "seq:$P1" 2>"$TMP/busy.err"; then
 fi
 grep -q "client connected" "$TMP/busy.err" || fail "no clear refusal: $(cat "$TMP/busy.err")"
 wait $holder || true
-[ "$(live_sha)" = "$before" ] || fail "a refused rollback changed the disk"
+[ "$(live_sha "$U")" = "$before" ] || fail "a refused rollback changed the disk"
 check "rollback refused while a client is connected, disk unchanged"
 
 # 2. Live rollback: exact, and touches only the blocks written after P1.
@@ -59,12 +56,12 @@ check "rollback refused while a client is connected, disk unchanged"
 got_blocks=$("$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))["blocks"])' "$TMP/rb.json")
 undo=$("$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))["undo_seq"])' "$TMP/rb.json")
 expect_eq "blocks rewritten by the rollback" "$got_blocks" "$want_blocks"
-[ "$(live_sha)" = "$(restore_sha "seq:$P1")" ] || fail "live disk after rollback differs from a restore as-of P1"
+[ "$(live_sha "$U")" = "$(restore_sha vm1 "seq:$P1")" ] || fail "live disk after rollback differs from a restore as-of P1"
 check "live disk after rollback = restore as-of P1"
 
 # 3. Undo: back to the exact image of before the rollback.
 "$REWIND" rollback vm1 --at "seq:$undo" >/dev/null || fail "undo"
-[ "$(live_sha)" = "$before" ] || fail "undo did not give back the image of before the rollback"
+[ "$(live_sha "$U")" = "$before" ] || fail "undo did not give back the image of before the rollback"
 check "undo (rollback to seq:$undo) restored the image of before the rollback"
 
 # 4. Export as-of P1: reads like a restore, read-only, EPERM on writes.
@@ -78,7 +75,7 @@ EU="nbd+unix:///vm1?socket=$ES"
 nbdinfo "$EU" | grep -q 'is_read_only: true' || fail "export is not advertised read-only"
 nbdinfo --list "nbd+unix:///?socket=$ES" | grep -q 'export="vm1"' || fail "NBD_OPT_LIST does not name the export"
 nbdcopy "$EU" "$TMP/exp.img"
-[ "$(sha256sum <"$TMP/exp.img" | cut -c1-64)" = "$(restore_sha "seq:$P1")" ] || fail "export differs from restore"
+[ "$(sha_of "$TMP/exp.img")" = "$(restore_sha vm1 "seq:$P1")" ] || fail "export differs from restore"
 check "export as-of P1 = restore as-of P1, read-only, listed"
 if have_nbdsh; then
 	# Strict mode off: libnbd would refuse locally on a read-only export;
@@ -111,18 +108,18 @@ got_blocks=$("$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))["
 undo=$("$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))["undo_seq"])' "$TMP/rb.json")
 expect_eq "blocks rewritten by the offline rollback" "$got_blocks" "$want_blocks"
 start_server
-[ "$(live_sha)" = "$(restore_sha "seq:$P1")" ] || fail "offline rollback is not exact"
+[ "$(live_sha "$U")" = "$(restore_sha vm1 "seq:$P1")" ] || fail "offline rollback is not exact"
 stop_server
 "$REWIND" rollback vm1 --at "seq:$undo" >/dev/null || fail "offline undo"
 start_server
-[ "$(live_sha)" = "$before" ] || fail "offline undo did not give back the image of before the rollback"
+[ "$(live_sha "$U")" = "$before" ] || fail "offline undo did not give back the image of before the rollback"
 check "offline rollback exact ($got_blocks blocks), offline undo gave back the image of before"
 qemu-io -f raw -c 'write -P 0xdd 30M 64K' -c flush "$U" >/dev/null
 kill -9 "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
 SERVER_PID=
 "$REWIND" rollback vm1 --at "seq:$P1" >/dev/null 2>"$TMP/rb.err" || { cat "$TMP/rb.err"; fail "offline rollback after a server crash"; }
 start_server
-[ "$(live_sha)" = "$(restore_sha "seq:$P1")" ] || fail "offline rollback after a crash is not exact"
+[ "$(live_sha "$U")" = "$(restore_sha vm1 "seq:$P1")" ] || fail "offline rollback after a crash is not exact"
 check "offline rollback after a server crash (kill -9) exact; server restarts on the rolled-back disk"
 "$REWIND" verify vm1 >/dev/null || fail "verify after rollbacks"
 check "verify clean after rollbacks"

@@ -24,20 +24,17 @@ rw_setup
 start_server
 U=$(uri vm1)
 
-last_seq() { "$REWIND" journal vm1 --summary --json --headers | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["summary"]["last_seq"])'; }
-live_sha() { nbdcopy "$U" "$TMP/live.img" && sha256sum <"$TMP/live.img" | cut -c1-64; }
-restore_sha() { "$REWIND" restore vm1 --at "$1" --out "$TMP/r.img" --force >/dev/null && sha256sum <"$TMP/r.img" | cut -c1-64; }
 
 qemu-io -f raw -c 'write -P 0xaa 0 16M' -c 'write -P 0x11 20M 4M' -c flush "$U" >/dev/null
 sleep 0.1
-P1=$(last_seq)
+P1=$(last_seq vm1)
 qemu-io -f raw -c 'write -P 0xbb 1M 6M' -c 'write -z 9M 3M' -c 'write -P 0xcc 14M 2M' \
 	-c 'write -P 0xdd 21M 5M' -c 'write -P 0xee 3000 9000' -c flush "$U" >/dev/null
 sleep 0.1
-P2=$(last_seq)
+P2=$(last_seq vm1)
 stop_server
-want=$(restore_sha "seq:$P1")
-newest=$(restore_sha "seq:$P2")
+want=$(restore_sha vm1 "seq:$P1")
+newest=$(restore_sha vm1 "seq:$P2")
 check "history: point P1 = seq $P1, newest = seq $P2"
 
 round=0
@@ -52,8 +49,8 @@ for ms in 0 5 15 30 45 60 75 90 110 130 160 200; do
 	if [ $((round % 2)) -eq 1 ]; then
 		# Recovered by the server: head must match the journal.
 		start_server
-		now=$(last_seq)
-		[ "$(live_sha)" = "$(restore_sha "seq:$now")" ] ||
+		now=$(last_seq vm1)
+		[ "$(live_sha "$U")" = "$(restore_sha vm1 "seq:$now")" ] ||
 			fail "kill -9 after $ms ms: the served disk differs from a restore as-of its newest record (seq $now)"
 		stop_server
 	fi
@@ -61,14 +58,14 @@ for ms in 0 5 15 30 45 60 75 90 110 130 160 200; do
 	"$REWIND" rollback vm1 --at "seq:$P1" >"$TMP/rb.log" 2>&1 ||
 		{ cat "$TMP/rb.log"; fail "kill -9 after $ms ms: the rollback run again failed"; }
 	start_server
-	now=$(last_seq)
-	[ "$(live_sha)" = "$want" ] || fail "kill -9 after $ms ms: the completed rollback is not exact"
-	[ "$(restore_sha "seq:$now")" = "$want" ] || fail "kill -9 after $ms ms: a restore as-of the newest record is not the point's image"
+	now=$(last_seq vm1)
+	[ "$(live_sha "$U")" = "$want" ] || fail "kill -9 after $ms ms: the completed rollback is not exact"
+	[ "$(restore_sha vm1 "seq:$now")" = "$want" ] || fail "kill -9 after $ms ms: a restore as-of the newest record is not the point's image"
 	stop_server
 	# Forward again, for the next round (undoing is a rollback as well).
 	"$REWIND" rollback vm1 --at "seq:$P2" >/dev/null 2>&1 || fail "rolling forward to seq $P2"
 	start_server
-	[ "$(live_sha)" = "$newest" ] || fail "kill -9 after $ms ms: rolling forward did not give back the newest image"
+	[ "$(live_sha "$U")" = "$newest" ] || fail "kill -9 after $ms ms: rolling forward did not give back the newest image"
 	stop_server
 	check "kill -9 after $ms ms ($at): recovered consistent, rollback exact, forward again exact"
 done
