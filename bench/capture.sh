@@ -18,10 +18,23 @@
 # (segment file bytes / logical bytes written, from the store) for each
 # rewind write job, median over runs.
 #
+# Last, the disk under the images, measured on the same file system in
+# the same run, because it bounds what any server that keeps every guest
+# byte can do: sustained sequential write (dd oflag=direct, 2 GiB) — the
+# most a journal can absorb once the page cache's dirty limit is reached
+# (qemu-nbd overwriting one 256 MiB range in the page cache is not bound
+# by it) — and 4 KiB write + fdatasync at QD1 (fio psync), overwriting
+# written blocks (one data write and one cache flush per cycle: the floor
+# of a flush after every write) and into a fresh sparse file (every write
+# allocates, so every fdatasync also commits the file system's journal:
+# what nbdkit's file plugin pays).
+#
 # Env: RUNTIME (s per job, default 5), RUNS (default 3), JOBS (a subset:
 # space-separated job names from the table), RAW=FILE (append every
 # measurement as a line, for later analysis), NO_RSS=1 (skip the RSS
-# measurement).
+# measurement), NO_DISK=1 (skip the disk measurement).  A longer RUNTIME
+# (e.g. RUNTIME=20 JOBS=sw64k-qd8) shows the sequential write jobs at
+# the disk's sustained rate instead of the page cache's.
 set -u
 B=${1:-build}
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -162,7 +175,35 @@ for srv in "${SERVERS_RSS[@]}"; do
 	stop_server
 done
 
-python3 - "$OUT" "$RSS" "$RUNS" <<'EOF'
+# The disk itself (see the header).
+DISKF=$T/disk
+: >"$DISKF"
+if [ -z "${NO_DISK:-}" ]; then
+	dd if=/dev/zero of="$T/dd.img" bs=1M count=2048 oflag=direct 2>&1 |
+		awk '/copied/ { for (i = 1; i <= NF; i++) if ($i == "s,") s = $(i - 1)
+				print "seq", 2048 / s }' >>"$DISKF"
+	rm -f "$T/dd.img"
+	disk_fio() { # NAME: 4 KiB randwrite + fdatasync, QD1, on $T/df.img
+		timeout -s KILL $((RUNTIME + 60)) fio --name=d --filename="$T/df.img" \
+			--ioengine=psync --rw=randwrite --bs=4k --size=256M \
+			--fdatasync=1 --time_based --runtime=$RUNTIME \
+			--output-format=json 2>/dev/null | python3 -c '
+import json, sys
+t = sys.stdin.read()
+try:
+    print(sys.argv[1], "%.0f" % json.loads(t[t.index("{"):])["jobs"][0]["write"]["iops"])
+except Exception:
+    pass' "$1" >>"$DISKF"
+	}
+	rm -f "$T/df.img"
+	truncate -s 256M "$T/df.img"
+	disk_fio fsync-alloc
+	dd if=/dev/zero of="$T/df.img" bs=1M count=256 conv=fdatasync 2>/dev/null
+	disk_fio fsync-overwrite
+	rm -f "$T/df.img"
+fi
+
+python3 - "$OUT" "$RSS" "$RUNS" "$DISKF" <<'EOF'
 import sys, statistics as st
 res, rss, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
 data, jr, order = {}, {}, []
@@ -193,4 +234,10 @@ print(", ".join("%s %.1f (peak %.1f)" % (l.split()[0], int(l.split()[1]) / 1024,
 if jr:
     print("journal bytes per guest byte (median): " +
           ", ".join("%s %.4f" % (n, st.median(v)) for n, v in jr.items()))
+dk = dict(l.split() for l in open(sys.argv[4]) if len(l.split()) == 2)
+if dk:
+    print("the disk itself: sustained write %s MiB/s (dd oflag=direct); "
+          "4 KiB write+fdatasync QD1: %s/s overwriting, %s/s allocating" %
+          tuple("%.0f" % float(dk[k]) if k in dk else "-"
+                for k in ("seq", "fsync-overwrite", "fsync-alloc")))
 EOF
