@@ -95,6 +95,8 @@ struct cap_disk {
 	atomic_uint_fast64_t n_presyncs;       /* cap_disk_presync calls */
 	atomic_uint_fast64_t n_flushes_ahead;  /* flushes an earlier presync
 	                                        * had covered already */
+	atomic_bool presynced;                 /* a presync ran since the
+	                                        * last flush */
 	atomic_uint_fast64_t n_compressed, n_uncompressed;
 	atomic_uint_fast64_t flush_marker_seq; /* seq of the newest FLUSH
 	                                        * marker appended */

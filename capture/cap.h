@@ -53,6 +53,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct ix;
+struct ix_disk;
+
 /*
  * A read-only export whose bytes come from a callback instead of a disk's
  * head (rewind export serves a disk as-of a moment this way).  read() is
@@ -79,8 +82,24 @@ struct cap_ro_export {
 	void *arg;
 };
 
+/*
+ * Rewrites, in head_fd, every block of disk d that has an index version
+ * in (after, upto] with its content as-of after, and sets *blocks to how
+ * many.  0 or an error.  The server calls it (cap_server_opts.repair_head)
+ * when a disk's journal ends at `after` but the index holds records up to
+ * `upto`: records a power loss took before they were flushed, whose bytes
+ * head.img may hold.  The CLI supplies restore's rollback (capture knows
+ * nothing of as-of reads).
+ */
+typedef int (*cap_repair_fn)(void *arg, struct ix *ix, const struct ix_disk *d,
+			     uint64_t after, uint64_t upto, int head_fd,
+			     uint64_t *blocks);
+
 struct cap_server_opts {
 	const char *store_dir;          /* required */
+	cap_repair_fn repair_head;      /* NULL: head.img is not repaired
+					 * after a lost journal tail (logged) */
+	void *repair_arg;
 	const struct cap_ro_export *ro_exports; /* read-only mode when set:
 					 * serve these and never open the
 					 * store for writing */
@@ -270,7 +289,6 @@ struct cap_metrics_cfg {
 	unsigned history_warn_pct;
 };
 
-struct ix;
 /*
  * Collects the figures of every disk of the store ix is open on (only disk
  * name when name != NULL: RW_ENOTFOUND if unknown).  s may be NULL (no

@@ -435,6 +435,7 @@ static void disk_init_common(struct cap_disk *d, bool writable)
 	atomic_init(&d->n_flushes, 0);
 	atomic_init(&d->n_presyncs, 0);
 	atomic_init(&d->n_flushes_ahead, 0);
+	atomic_init(&d->presynced, false);
 	atomic_init(&d->n_compressed, 0);
 	atomic_init(&d->n_uncompressed, 0);
 	atomic_init(&d->n_unchanged, 0);
@@ -754,9 +755,14 @@ static int flush_behind(struct cap_disk *d, uint64_t before)
 {
 	struct jr_writer_stats st;
 
+	/* Counted as anticipated only when a presync did the work: a flush
+	 * with nothing new to cover (right after open, say) is not. */
+	bool pre = atomic_exchange(&d->presynced, false);
+
 	jr_writer_stats(d->w, &st);
 	if (!st.error && st.durable_seq >= before) {
-		atomic_fetch_add(&d->n_flushes_ahead, 1);
+		if (pre)
+			atomic_fetch_add(&d->n_flushes_ahead, 1);
 		return jr_writer_write_out(d->w);
 	}
 	return jr_writer_flush(d->w);
@@ -765,7 +771,9 @@ static int flush_behind(struct cap_disk *d, uint64_t before)
 int cap_disk_presync(struct cap_disk *d)
 {
 	atomic_fetch_add(&d->n_presyncs, 1);
-	return jr_writer_flush(d->w);
+	int err = jr_writer_flush(d->w);
+	atomic_store(&d->presynced, true);
+	return err;
 }
 
 int cap_disk_flush_n(struct cap_disk *d, unsigned nreq)

@@ -485,6 +485,126 @@ static void free_server(struct cap_server *s)
 	free(s);
 }
 
+/*
+ * Seqs of the records other disks' journals hold in (after, upto], for
+ * ix_disk_drop_lost's time map: the range belongs to every disk (one
+ * clock), and only disk i lost its records there.  0 and *out (malloc'ed,
+ * ascending; the caller frees) / *n, or error.
+ */
+static int other_seqs(struct cap_server *s, size_t i, uint64_t after,
+		      uint64_t upto, uint64_t **out, size_t *n)
+{
+	uint64_t *v = NULL;
+	size_t nv = 0, cap = 0;
+	int err = 0;
+
+	for (size_t j = 0; !err && j < s->ndisks; j++) {
+		struct jr_reader *r = NULL;
+		struct jr_rec rec;
+		struct jr_loc loc;
+		int k;
+
+		if (j == i)
+			continue;
+		err = jr_reader_open(&r, s->disks[j].journal_dir,
+				     JR_READ_HEADERS);
+		if (!err)
+			err = jr_reader_seek(r, after + 1);
+		while (!err && (k = jr_reader_next(r, &rec, &loc, NULL)) != 0) {
+			if (k < 0) {
+				err = k;
+				break;
+			}
+			if (rec.seq > upto)
+				break;
+			if (nv == cap) {
+				size_t nc = cap ? cap * 2 : 64;
+				uint64_t *nb = realloc(v, nc * sizeof(*nb));
+				if (!nb) {
+					err = -ENOMEM;
+					break;
+				}
+				v = nb;
+				cap = nc;
+			}
+			v[nv++] = rec.seq;
+		}
+		jr_reader_close(r);
+	}
+	if (err) {
+		free(v);
+		return err;
+	}
+	qsort(v, nv, sizeof(*v), rw_u64_cmp);
+	*out = v;
+	*n = nv;
+	return 0;
+}
+
+/*
+ * Disk i's journal ends at seq jlast (after recovery), but the index may
+ * hold records after it: a power loss took them before any flush covered
+ * them (the index takes records in once they are written out, not once
+ * they are durable), or recovery set their segments aside.  Their bytes
+ * may have reached head.img, and the index would point restores at
+ * records that no longer exist.  So: every block they touched is
+ * rewritten in head.img as it was at the journal's end (o.repair_head),
+ * head is fsynced, then the index forgets them (ix_disk_drop_lost, one
+ * transaction) and re-indexes the disk from its journal.  Records folded
+ * into base.img by compaction (seq <= base_seq) are not lost.  A crash
+ * in the middle is repaired again by the next open: both steps are
+ * idempotent and the index still names the lost records until the last.
+ * Records written out but not yet indexed when the power went are not
+ * seen here (at most an index interval of writes that no flush covered).
+ */
+static int repair_lost_tail(struct cap_server *s, size_t i, uint64_t jlast)
+{
+	struct cap_disk *d = &s->disks[i];
+	uint64_t after = jlast > d->meta.base_seq ? jlast : d->meta.base_seq;
+	uint64_t upto = d->meta.last_indexed_seq;
+	uint64_t blocks = 0, deleted = 0, *keep = NULL;
+	size_t nkeep = 0;
+	int err;
+
+	if (upto <= after)
+		return 0;
+	rw_log(RW_LOG_WARN, "disk '%s': the journal ends at seq %llu but the "
+	       "index holds records up to seq %llu: a power loss took them "
+	       "before any flush covered them; setting head.img back to seq "
+	       "%llu and dropping them from the index", d->meta.name,
+	       (unsigned long long)jlast, (unsigned long long)upto,
+	       (unsigned long long)after);
+	if (s->o.repair_head) {
+		err = s->o.repair_head(s->o.repair_arg, s->ix, &d->meta, after,
+				       upto, d->head_fd, &blocks);
+		if (!err && (err = rw_sys_fsync(d->head_fd)))
+			err = rw_err_set(err, "cannot fsync '%s': %s",
+					 d->head_path, rw_strerror(err));
+		if (err)
+			return err;
+	} else {
+		rw_log(RW_LOG_WARN, "disk '%s': no head repair configured: "
+		       "head.img may still hold bytes of the lost records",
+		       d->meta.name);
+	}
+	err = other_seqs(s, i, after, upto, &keep, &nkeep);
+	if (!err)
+		err = ix_disk_drop_lost(s->ix, d->meta.id, after, upto, keep,
+					nkeep, &deleted);
+	free(keep);
+	if (!err)
+		err = ix_disk_get_id(s->ix, d->meta.id, &d->meta);
+	if (err)
+		return err;
+	d->head_synced_seq = d->meta.head_synced_seq;
+	rw_log(RW_LOG_INFO, "disk '%s': rewrote %llu blocks of head.img as of "
+	       "seq %llu; the index dropped %llu time entries and now ends at "
+	       "seq %llu", d->meta.name, (unsigned long long)blocks,
+	       (unsigned long long)after, (unsigned long long)deleted,
+	       (unsigned long long)d->meta.last_indexed_seq);
+	return 0;
+}
+
 static int recover(struct cap_server *s)
 {
 	struct ix_disk *list = NULL;
@@ -499,12 +619,14 @@ static int recover(struct cap_server *s)
 		free(list);
 		return -ENOMEM;
 	}
-	err = jr_clock_new(&s->clock, 1, 0);
+	uint64_t *jlast = calloc(s->ndisks ? s->ndisks : 1, sizeof(*jlast));
+	err = jlast ? jr_clock_new(&s->clock, 1, 0) : -ENOMEM;
 	for (size_t i = 0; !err && i < s->ndisks; i++) {
 		struct jr_recovery rep = { 0 };
 		err = cap_disk_open(&s->disks[i], s->ix, &list[i], s->clock, &rep);
 		if (err)
 			break;
+		jlast[i] = rep.last_seq;
 		s->disks[i].skip_unchanged = s->o.skip_unchanged;
 		s->disks[i].budget = s->o.max_journal;
 		s->nopen++;
@@ -529,19 +651,28 @@ static int recover(struct cap_server *s)
 		       (unsigned long long)rep.last_seq);
 	}
 	free(list);
-	if (err)
+	if (err) {
+		free(jlast);
 		return err;
+	}
 
+	/* The clock continues after every seq the index ever named, lost
+	 * ones included: a seq means one record, for good. */
 	struct ix_read *rd = NULL;
 	uint64_t seq, ts;
 	err = ix_read_begin(s->ix, &rd);
+	if (!err) {
+		err = ix_latest(rd, &seq, &ts);
+		ix_read_end(rd);
+		if (!err)
+			jr_clock_observe(s->clock, seq, ts);
+		else if (err == RW_ENOTFOUND)
+			err = 0;
+	}
+	for (size_t i = 0; !err && i < s->ndisks; i++)
+		err = repair_lost_tail(s, i, jlast[i]);
+	free(jlast);
 	if (err)
-		return err;
-	err = ix_latest(rd, &seq, &ts);
-	ix_read_end(rd);
-	if (!err)
-		jr_clock_observe(s->clock, seq, ts);
-	else if (err != RW_ENOTFOUND)
 		return err;
 
 	for (size_t i = 0; i < s->ndisks; i++) {

@@ -147,6 +147,7 @@ static int cmd_rollback(int argc, char **argv)
 		cap_server_opts_default(&o);
 		o.store_dir = store;
 		o.no_listen = true;
+		o.repair_head = cli_repair_head;
 		rw_err_clear();
 		err = cap_server_open(&s, &o);
 		if (err == RW_EBUSY)

@@ -128,6 +128,7 @@ static int cmd_serve(int argc, char **argv)
 	struct cli_compact_job *job = NULL;
 
 	cap_server_opts_default(&o);
+	o.repair_head = cli_repair_head;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "s:u:l:vh", opts, NULL)) != -1) {
 		switch (c) {

@@ -434,3 +434,47 @@ int cli_control_index(const char *store_dir)
 	return rw_err_set(-EIO, "the server could not bring its index up to "
 			  "date: %s", resp);
 }
+
+/* ------------------------------------------------- lost tail: head repair */
+
+struct repair_sink {
+	int fd;
+	const char *name;
+};
+
+static int repair_write(void *arg, uint64_t off, uint32_t len, const void *data)
+{
+	static const uint8_t zeroes[64 << 10];
+	struct repair_sink *rs = arg;
+
+	if (!data && fallocate(rs->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			       (off_t)off, (off_t)len) == 0)
+		return 0;
+	for (uint32_t done = 0; done < len;) {
+		uint32_t n = len - done;
+		const void *p = data ? (const uint8_t *)data + done : zeroes;
+		if (!data && n > sizeof(zeroes))
+			n = sizeof(zeroes);
+		int err = rw_sys_pwrite_full(rs->fd, p, n, (off_t)(off + done));
+		if (err)
+			return rw_err_set(err, "disk '%s': cannot rewrite head.img "
+					  "at offset %" PRIu64 ": %s", rs->name,
+					  off + done, rw_strerror(err));
+		done += n;
+	}
+	return 0;
+}
+
+int cli_repair_head(void *arg, struct ix *ix, const struct ix_disk *d,
+		    uint64_t after, uint64_t upto, int head_fd,
+		    uint64_t *blocks)
+{
+	struct repair_sink rs = { head_fd, d->name };
+	struct rs_rollback_stats st = { 0 };
+	int err;
+
+	(void)arg;
+	err = rs_undo_lost(ix, d, after, upto, repair_write, &rs, &st);
+	*blocks = st.blocks;
+	return err;
+}

@@ -39,6 +39,17 @@ struct cli_rollback_result {
 int cli_rollback_exec(struct cap_server *s, const char *name, const char *when,
 		      struct cli_rollback_result *res);
 
+/*
+ * cap_repair_fn for cap_server_opts.repair_head: rewrites in head_fd every
+ * block of d with an index version in (after, upto] as it was at after
+ * (restore's rs_undo_lost as the source; zero runs punched as holes, or
+ * written as zeroes where the file system cannot punch), and counts them
+ * in *blocks.  arg is unused.  0 or error naming head.img.
+ */
+int cli_repair_head(void *arg, struct ix *ix, const struct ix_disk *d,
+		    uint64_t after, uint64_t upto, int head_fd,
+		    uint64_t *blocks);
+
 struct cli_control;
 
 /* Starts serving STORE/control.sock for s.  0 and *out, or error. */

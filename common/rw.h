@@ -213,6 +213,9 @@ void rw_log_timestamps(bool on);
  */
 int rw_parse_size(const char *s, uint64_t *out);
 
+/* qsort/bsearch comparator of two uint64_t: -1, 0 or 1. */
+int rw_u64_cmp(const void *a, const void *b);
+
 /*
  * Parses a duration like "90s", "10m", "2h", "7d", "1w", "250ms" or plain
  * seconds, into nanoseconds.  Returns 0 or RW_EPARSE.

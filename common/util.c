@@ -14,6 +14,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+int rw_u64_cmp(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
 int rw_parse_size(const char *s, uint64_t *out)
 {
 	const char *p = s;

@@ -722,6 +722,19 @@ static int drop_prefix(MDB_txn *txn, MDB_dbi dbi, uint32_t disk, size_t keylen)
 	return rc == MDB_NOTFOUND || rc == EINVAL ? 0 : rc;
 }
 
+/* A disk's block versions and segment entries, all of them.  0 or an
+ * LMDB code. */
+static int drop_disk_entries(struct ix *ix, MDB_txn *txn, uint32_t id)
+{
+	int rc = drop_prefix(txn, ix->db_versions, id, IX_VKEY);
+
+	if (!rc)
+		rc = drop_prefix(txn, ix->db_vmap, id, IX_VKEY);
+	if (!rc)
+		rc = drop_prefix(txn, ix->db_segments, id, IX_SKEY);
+	return rc;
+}
+
 static int reindex_fn(struct ix *ix, MDB_txn *txn, void *arg)
 {
 	uint32_t id = *(uint32_t *)arg;
@@ -730,12 +743,136 @@ static int reindex_fn(struct ix *ix, MDB_txn *txn, void *arg)
 
 	if (rc == MDB_NOTFOUND)
 		return rw_err_set(RW_ENOTFOUND, "store '%s': no disk with id %u", ix->dir, id);
-	if (rc || (rc = drop_prefix(txn, ix->db_versions, id, IX_VKEY)) ||
-	    (rc = drop_prefix(txn, ix->db_vmap, id, IX_VKEY)) ||
-	    (rc = drop_prefix(txn, ix->db_segments, id, IX_SKEY)))
+	if (rc || (rc = drop_disk_entries(ix, txn, id)))
 		return rc;
 	d.last_indexed_seq = 0;
 	return ix_disk_store(ix, txn, &d);
+}
+
+struct lost_ctx {
+	uint32_t id;
+	uint64_t after, upto;
+	const uint64_t *keep;
+	size_t nkeep;
+	uint64_t deleted;
+};
+
+static bool seq_kept(const struct lost_ctx *lc, uint64_t seq)
+{
+	size_t lo = 0, hi = lc->nkeep;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (lc->keep[mid] == seq)
+			return true;
+		if (lc->keep[mid] < seq)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return false;
+}
+
+/* Time map entries in (after, upto] not kept, ascending: the buckets are
+ * read from the newest back to the first one that ends at or below
+ * after (lost records are at the tail).  0 and *out, *n, or error. */
+static int lost_times(struct ix *ix, MDB_txn *txn, const struct lost_ctx *lc,
+		      struct ix_tent **out, size_t *n)
+{
+	struct ix_tent cur[IX_TBUCKET], *v = NULL;
+	size_t nv = 0, cap = 0;
+	MDB_cursor *c = NULL;
+	MDB_val k, val;
+	int rc = mdb_cursor_open(txn, ix->db_time, &c);
+
+	*out = NULL;
+	*n = 0;
+	if (rc)
+		return rc;
+	for (rc = mdb_cursor_get(c, &k, &val, MDB_LAST); rc == 0;
+	     rc = mdb_cursor_get(c, &k, &val, MDB_PREV)) {
+		size_t m = 0;
+		if (ix_tm_decode(&k, &val, cur, &m)) {
+			rc = rw_err_set(RW_ECORRUPT, "store '%s': corrupt time "
+					"map entry", ix->dir);
+			break;
+		}
+		for (size_t i = m; i-- > 0;) {
+			if (cur[i].seq <= lc->after || cur[i].seq > lc->upto ||
+			    seq_kept(lc, cur[i].seq))
+				continue;
+			if (nv == cap) {
+				size_t nc = cap ? cap * 2 : 64;
+				struct ix_tent *nb = realloc(v, nc * sizeof(*nb));
+				if (!nb) {
+					rc = -ENOMEM;
+					goto out;
+				}
+				v = nb;
+				cap = nc;
+			}
+			v[nv++] = cur[i];
+		}
+		if (cur[0].seq <= lc->after)
+			break;
+	}
+	if (rc == MDB_NOTFOUND)
+		rc = 0;
+out:
+	mdb_cursor_close(c);
+	if (rc) {
+		free(v);
+		return rc;
+	}
+	/* Collected newest first: ix_tm_del wants them ascending. */
+	for (size_t i = 0; i < nv / 2; i++) {
+		struct ix_tent t = v[i];
+		v[i] = v[nv - 1 - i];
+		v[nv - 1 - i] = t;
+	}
+	*out = v;
+	*n = nv;
+	return 0;
+}
+
+static int drop_lost_fn(struct ix *ix, MDB_txn *txn, void *arg)
+{
+	struct lost_ctx *lc = arg;
+	struct ix_tent *e = NULL;
+	size_t n = 0;
+	struct ix_disk d;
+	int rc = ix_disk_load(ix, txn, lc->id, &d);
+
+	lc->deleted = 0;
+	if (rc == MDB_NOTFOUND)
+		return rw_err_set(RW_ENOTFOUND, "store '%s': no disk with id %u",
+				  ix->dir, lc->id);
+	if (rc || (rc = lost_times(ix, txn, lc, &e, &n)))
+		return rc;
+	rc = ix_tm_del(txn, ix->db_time, e, n, &lc->deleted);
+	free(e);
+	if (rc || (rc = drop_disk_entries(ix, txn, lc->id)))
+		return rc;
+	d.last_indexed_seq = 0;
+	if (d.head_synced_seq > lc->after)
+		d.head_synced_seq = lc->after;
+	return ix_disk_store(ix, txn, &d);
+}
+
+int ix_disk_drop_lost(struct ix *ix, uint32_t id, uint64_t after,
+		      uint64_t upto, const uint64_t *keep, size_t nkeep,
+		      uint64_t *deleted)
+{
+	struct lost_ctx lc = { id, after, upto, keep, nkeep, 0 };
+	int rc = ix_write(ix, drop_lost_fn, &lc,
+			  "dropping records the journal lost");
+
+	if (deleted)
+		*deleted = lc.deleted;
+	if (rc)
+		return rc;
+	rc = ix_catch_up(ix, NULL, NULL);
+	return rc < 0 ? rc : 0;
 }
 
 int ix_disk_reindex(struct ix *ix, uint32_t id)

@@ -198,6 +198,22 @@ int ix_rebuild(struct ix *ix);
  */
 int ix_disk_reindex(struct ix *ix, uint32_t id);
 
+/*
+ * For a disk whose journal lost its tail (a power loss took records the
+ * index had already taken in): in one transaction, removes the time map
+ * entries with seq in (after, upto] except the seqs in keep[0..nkeep)
+ * (ascending: other disks' records that survived), drops the disk's block
+ * versions and segment entries, sets its last_indexed_seq to 0 and its
+ * head_synced_seq to at most after; then ix_catch_up() (without replay)
+ * re-indexes it from what the journal holds.  *deleted (may be NULL)
+ * receives the number of time map entries removed.  Idempotent: a crash
+ * in between leaves a state that running it again finishes.  0 or error;
+ * RW_ENOTFOUND for an unknown id.  keep is borrowed.
+ */
+int ix_disk_drop_lost(struct ix *ix, uint32_t id, uint64_t after,
+		      uint64_t upto, const uint64_t *keep, size_t nkeep,
+		      uint64_t *deleted);
+
 /* -------------------------------------------------------------- lookups */
 
 /* One version of one block. */

@@ -257,13 +257,6 @@ static int vrec_cmp(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-static int u64_cmp(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-
-	return x < y ? -1 : x > y;
-}
-
 static const struct vrec *find_rec(struct vctx *vc, uint64_t seq)
 {
 	struct vrec key = { .seq = seq };
@@ -476,7 +469,7 @@ static int time_pass(struct vctx *vc, MDB_txn *txn)
 	if (rc)
 		return ix_fail(vc->ix, rc, "verifying");
 	if (vc->nall)
-		qsort(vc->allseq, vc->nall, sizeof(*vc->allseq), u64_cmp);
+		qsort(vc->allseq, vc->nall, sizeof(*vc->allseq), rw_u64_cmp);
 	vc->d = NULL;
 	for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
 	     rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
@@ -490,7 +483,7 @@ static int time_pass(struct vctx *vc, MDB_txn *txn)
 		for (size_t i = 0; i < n; i++) {
 			uint64_t seq = e[i].seq;
 			vc->rep->time_entries++;
-			if (!vc->nall || !bsearch(&seq, vc->allseq, vc->nall, sizeof(seq), u64_cmp))
+			if (!vc->nall || !bsearch(&seq, vc->allseq, vc->nall, sizeof(seq), rw_u64_cmp))
 				problem(vc, UINT64_MAX, seq, NULL,
 					"time map entry ts %llu -> seq %llu names no readable journal record",
 					(unsigned long long)e[i].ts, (unsigned long long)seq);

@@ -468,10 +468,40 @@ static bool entry_zero(const struct rb *r, size_t i, uint64_t part)
 	return !r->src[i] || rw_all_zero(r->src[i], part);
 }
 
-int rs_rollback_runs(struct ix *ix, const struct ix_disk *d, uint64_t seq,
-		     uint64_t upto, rs_runs_fn fn, void *arg,
-		     rs_progress_fn progress, void *parg,
-		     struct rs_rollback_stats *st)
+/* ix_versions_range callback: marks the block in the blockset. */
+static int mark_version(void *arg, uint64_t block, const struct ix_version *v)
+{
+	struct rs_blockset *c = arg;
+	uint64_t bit = 1ull << (block % 64);
+
+	(void)v;
+	if (block >= c->nbits)
+		return 0;
+	if (!(c->w[block / 64] & bit)) {
+		c->w[block / 64] |= bit;
+		c->set++;
+	}
+	return 0;
+}
+
+/* Marks in c the blocks of d with an index version in (seq, upto]: for
+ * records the journal no longer holds.  0 or error. */
+static int indexed_blocks(struct ix *ix, const struct ix_disk *d,
+			  uint64_t seq, uint64_t upto, struct rs_blockset *c)
+{
+	struct ix_read *rd = NULL;
+	int err = ix_read_begin(ix, &rd);
+
+	if (!err)
+		err = ix_versions_range(rd, d->id, seq, upto, mark_version, c);
+	ix_read_end(rd);
+	return err;
+}
+
+static int rollback_runs(struct ix *ix, const struct ix_disk *d, uint64_t seq,
+			 uint64_t upto, bool lost, rs_runs_fn fn, void *arg,
+			 rs_progress_fn progress, void *parg,
+			 struct rs_rollback_stats *st)
 {
 	struct rs_rollback_stats s = { 0 };
 	struct rs_blockset c = { 0 };
@@ -493,7 +523,8 @@ int rs_rollback_runs(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 	if ((err = rs_blockset_init(&c, d->size, bs)))
 		return err;
 	if ((err = ix_disk_path(ix, d->name, "journal", jdir, sizeof(jdir))) ||
-	    (err = changed_blocks(d, jdir, seq, upto, &c)))
+	    (err = lost ? indexed_blocks(ix, d, seq, upto, &c) :
+			  changed_blocks(d, jdir, seq, upto, &c)))
 		goto out;
 	if (!c.set)
 		goto done;
@@ -645,6 +676,15 @@ static int runs_to_sink(void *arg, const struct rs_run *runs, size_t n,
 	return 0;
 }
 
+int rs_rollback_runs(struct ix *ix, const struct ix_disk *d, uint64_t seq,
+		     uint64_t upto, rs_runs_fn fn, void *arg,
+		     rs_progress_fn progress, void *parg,
+		     struct rs_rollback_stats *st)
+{
+	return rollback_runs(ix, d, seq, upto, false, fn, arg, progress, parg,
+			     st);
+}
+
 int rs_rollback(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 		uint64_t upto, rs_sink_fn sink, void *arg,
 		rs_progress_fn progress, void *parg,
@@ -652,6 +692,16 @@ int rs_rollback(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 {
 	struct one_by_one o = { sink, arg };
 
-	return rs_rollback_runs(ix, d, seq, upto, runs_to_sink, &o, progress,
-				parg, st);
+	return rollback_runs(ix, d, seq, upto, false, runs_to_sink, &o,
+			     progress, parg, st);
+}
+
+int rs_undo_lost(struct ix *ix, const struct ix_disk *d, uint64_t seq,
+		 uint64_t upto, rs_sink_fn sink, void *arg,
+		 struct rs_rollback_stats *st)
+{
+	struct one_by_one o = { sink, arg };
+
+	return rollback_runs(ix, d, seq, upto, true, runs_to_sink, &o, NULL,
+			     NULL, st);
 }

@@ -179,6 +179,17 @@ int rs_rollback(struct ix *ix, const struct ix_disk *d, uint64_t seq,
 		rs_progress_fn progress, void *parg,
 		struct rs_rollback_stats *st);
 
+/*
+ * rs_rollback() for records the journal lost (a power loss after the
+ * index took them in): the blocks come from the index's versions in
+ * (seq, upto] instead of the journal's records, and each is handed to the
+ * sink as-of seq, built from what the journal still holds.  Used to set
+ * head.img back when a disk's journal ends at seq.  Same returns.
+ */
+int rs_undo_lost(struct ix *ix, const struct ix_disk *d, uint64_t seq,
+		 uint64_t upto, rs_sink_fn sink, void *arg,
+		 struct rs_rollback_stats *st);
+
 /* One rewrite of a rollback: len bytes at off, data NULL meaning zeroes. */
 struct rs_run {
 	uint64_t off;
