@@ -535,7 +535,8 @@ static int other_seqs(struct cap_server *s, size_t i, uint64_t after,
 		free(v);
 		return err;
 	}
-	qsort(v, nv, sizeof(*v), rw_u64_cmp);
+	if (nv)
+		qsort(v, nv, sizeof(*v), rw_u64_cmp);
 	*out = v;
 	*n = nv;
 	return 0;

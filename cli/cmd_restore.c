@@ -2,20 +2,25 @@
  * cmd_restore.c — `rewind restore`: write a disk as-of a moment to a file.
  *
  * Opens the store with its lock when it can (no server running): then the
- * index is caught up first and head may be used for a backward restore.
+ * index is caught up first and head may be used for a backward restore;
+ * a store whose journal lost records its index names (a power loss) is
+ * recovered first, as `rewind serve` would.
  * When a server holds the lock the store is opened read-only and the
  * restore goes forward from base over indexed records, which is exact for
  * any point up to when the command started.
  */
+#include "capture/cap.h"
 #include "cli/cli.h"
 #include "cli/control.h"
 #include "common/rw.h"
 #include "index/ix.h"
+#include "journal/jr.h"
 #include "restore/rs.h"
 
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static void usage(FILE *f)
@@ -36,12 +41,94 @@ static void progress(void *arg, uint64_t done, uint64_t total)
 	cli_progress_update(arg, done > total ? total : done);
 }
 
+/*
+ * True when some disk's journal ends before the newest record its index
+ * names (a power loss took records the index had taken in; see
+ * capture/server.c, repair_lost_tail): head.img and the index then show
+ * writes the journal no longer has, until a server recovers the store.
+ * Reads record headers from the segment holding that record only.
+ * Returns 1, 0, or error.
+ */
+static int lost_tail(struct ix *ix)
+{
+	struct ix_disk *list = NULL;
+	int n = ix_disk_list(ix, &list), lost = 0;
+
+	if (n < 0)
+		return n;
+	for (int i = 0; i < n && !lost; i++) {
+		struct jr_reader *r = NULL;
+		struct jr_rec rec;
+		char jdir[4096];
+		uint64_t want = list[i].last_indexed_seq;
+
+		if (want <= list[i].base_seq)
+			continue;
+		int err = ix_disk_path(ix, list[i].name, "journal", jdir,
+				       sizeof(jdir));
+		if (!err)
+			err = jr_reader_open(&r, jdir, JR_READ_HEADERS);
+		if (!err)
+			err = jr_reader_seek(r, want);
+		if (!err) {
+			int k = jr_reader_next(r, &rec, NULL, NULL);
+			if (k < 0)
+				err = k;
+			else if (k == 0 || rec.seq != want)
+				lost = 1;
+		}
+		jr_reader_close(r);
+		if (err)
+			lost = err;
+	}
+	free(list);
+	return lost;
+}
+
+/* Recovers a store a crash left unclean as `rewind serve` would (journal
+ * tails, lost records, head replay), then closes it cleanly.  0 or
+ * error. */
+static int recover_store(const char *store)
+{
+	struct cap_server_opts o;
+	struct cap_server *s = NULL;
+
+	cap_server_opts_default(&o);
+	o.store_dir = store;
+	o.no_listen = true;
+	o.repair_head = cli_repair_head;
+	int err = cap_server_open(&s, &o);
+	if (err)
+		return err;
+	return cap_server_close(s);
+}
+
 /* Opens the store for a reader that prefers the lock; *locked says which. */
 int cli_open_store_for_read(const char *store, struct ix **ix, bool *locked);
 
 int cli_open_store_for_read(const char *store, struct ix **ix, bool *locked)
 {
 	int err = ix_open(ix, store, IX_LOCK);
+
+	/* A journal that lost its tail is repaired before anything reads
+	 * head.img or the index (the repair needs the lock too). */
+	if (!err) {
+		int lost = lost_tail(*ix);
+		if (lost == 1) {
+			ix_close(*ix);
+			*ix = NULL;
+			rw_log(RW_LOG_INFO, "store '%s': a journal ends before "
+			       "records its index names (a power loss): "
+			       "recovering the store first", store);
+			if ((err = recover_store(store)))
+				return err;
+			err = ix_open(ix, store, IX_LOCK);
+		} else if (lost < 0) {
+			ix_close(*ix);
+			*ix = NULL;
+			return lost;
+		}
+	}
 
 	*locked = false;
 	if (err == RW_EBUSY) {

@@ -90,4 +90,31 @@ b = open(sys.argv[1], "rb").read()
 assert b[4096:8192] == b"\x21" * 4096 and b[8192:12288] == b"\x22" * 4096
 ' "$TMP/v2.img" || fail "vm2 restored wrong"
 check "vm2 restores with its record from inside the lost range"
+
+# Once more on vm2, and this time a restore is the first to open the
+# store: it must recover it (as the server would) before reading.
+start_server
+run_nbdsh -c "
+h = nbd.NBD(); h.connect_uri('$(uri vm2)')
+h.pwrite(b'\x23' * 4096, 3 * 4096); h.flush()
+h.pwrite(b'\x24' * 4096, 1 * 4096); h.flush(); h.shutdown()
+" || fail "vm2 writes"
+stop_server
+"$REWIND" journal vm2 --json --headers >"$TMP/j2.json" || fail "journal vm2"
+read -r seg at < <("$PYTHON" -c '
+import json, sys
+r = [x for x in json.load(open(sys.argv[1]))["records"] if x["type"] == "write"]
+print(r[-1]["segment"], r[-1]["at"])' "$TMP/j2.json")
+truncate -s "$at" "$STORE/disks/vm2/journal/$(printf %020d "$seg")" || fail "truncate vm2"
+"$REWIND" restore vm2 --at now --out "$TMP/v2b.img" --force >/dev/null 2>"$TMP/restore.err" ||
+	{ cat "$TMP/restore.err"; fail "restore of a store that lost its tail"; }
+grep -q "recovering the store first" "$TMP/restore.err" || fail "restore did not recover the store"
+grep -q "disk 'vm2': rewrote 1 blocks of head.img" "$TMP/restore.err" || fail "restore's recovery did not repair head"
+"$PYTHON" -c '
+import sys
+b = open(sys.argv[1], "rb").read()
+assert b[4096:8192] == b"\x21" * 4096 and b[12288:16384] == b"\x23" * 4096
+' "$TMP/v2b.img" || fail "vm2 restored with the lost write"
+"$REWIND" verify >"$TMP/verify.txt" 2>&1 || { cat "$TMP/verify.txt"; fail "verify after the restore's recovery"; }
+check "a restore opening the store first recovers it, then restores without the lost write"
 echo "PASS"
