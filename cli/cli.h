@@ -53,6 +53,17 @@ int cli_fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3))
 int cli_usage_error(const char *cmd, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 
+struct ix;
+/*
+ * Opens the store for a reader (cmd_restore.c).  Without a server it takes
+ * the store's lock (*locked true), recovers the store first when a power
+ * loss left a journal shorter than its index (as `rewind serve` would),
+ * and catches the index up; with a server running it has the server index
+ * everything it wrote and opens the index read-only (*locked false).
+ * 0 and *ix (ix_close() it), or error.
+ */
+int cli_open_store_for_read(const char *store, struct ix **ix, bool *locked);
+
 /* Writes s as a JSON string literal (with quotes) to f. */
 void cli_json_str(FILE *f, const char *s);
 

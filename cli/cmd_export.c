@@ -158,11 +158,17 @@ static int cmd_export(int argc, char **argv)
 	char sockbuf[4096];
 	uint64_t ts;
 	store = cli_store_dir(store);
-	/* With a server running, make its index current first (as restore). */
-	if ((err = cli_control_index(store)) < 0) {
+	/* As restore: with a server running, make its index current first;
+	 * without one, recover a store a power loss left unclean and catch
+	 * the index up.  Then let go of the lock: an export runs for long and
+	 * must not keep a server from starting. */
+	struct ix *rix = NULL;
+	bool locked;
+	if ((err = cli_open_store_for_read(store, &rix, &locked))) {
 		rc = cli_fail(err, "cannot export '%s'", name);
 		goto out;
 	}
+	ix_close(rix);
 	if ((err = ix_open(&p.ix, store, IX_RDONLY))) {
 		rc = cli_fail(err, "cannot open store '%s'", store);
 		goto out;

@@ -103,9 +103,6 @@ static int recover_store(const char *store)
 	return cap_server_close(s);
 }
 
-/* Opens the store for a reader that prefers the lock; *locked says which. */
-int cli_open_store_for_read(const char *store, struct ix **ix, bool *locked);
-
 int cli_open_store_for_read(const char *store, struct ix **ix, bool *locked)
 {
 	int err = ix_open(ix, store, IX_LOCK);

@@ -37,9 +37,6 @@
 
 extern char **environ;
 
-/* cli/cmd_restore.c */
-int cli_open_store_for_read(const char *store, struct ix **ix, bool *locked);
-
 #define MAX_DISKS 64
 
 static void vm_usage(FILE *f)
