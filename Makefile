@@ -152,4 +152,7 @@ bench-restore:
 clean:
 	rm -rf build build-san
 
--include $(shell find build build-san -name '*.d' 2>/dev/null)
+# Header dependencies of every build directory, B=... ones included (a
+# build dir whose .d files are not read rebuilds nothing when a header
+# changes: stale objects with an old struct layout).
+-include $(shell find $(sort build build-san $(B)) -name '*.d' 2>/dev/null)
