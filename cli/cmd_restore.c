@@ -85,22 +85,14 @@ static int lost_tail(struct ix *ix)
 	return lost;
 }
 
-/* Recovers a store a crash left unclean as `rewind serve` would (journal
- * tails, lost records, head replay), then closes it cleanly.  0 or
- * error. */
+/* Recovers a store a crash left unclean as `rewind serve` would, then
+ * closes it cleanly.  0 or error. */
 static int recover_store(const char *store)
 {
-	struct cap_server_opts o;
 	struct cap_server *s = NULL;
+	int err = cli_open_offline(&s, store);
 
-	cap_server_opts_default(&o);
-	o.store_dir = store;
-	o.no_listen = true;
-	o.repair_head = cli_repair_head;
-	int err = cap_server_open(&s, &o);
-	if (err)
-		return err;
-	return cap_server_close(s);
+	return err ? err : cap_server_close(s);
 }
 
 int cli_open_store_for_read(const char *store, struct ix **ix, bool *locked)

@@ -142,14 +142,9 @@ static int cmd_rollback(int argc, char **argv)
 			goto done;
 		}
 		/* Not shut down cleanly: recover it as a server would. */
-		struct cap_server_opts o;
 		struct cap_server *s = NULL;
-		cap_server_opts_default(&o);
-		o.store_dir = store;
-		o.no_listen = true;
-		o.repair_head = cli_repair_head;
 		rw_err_clear();
-		err = cap_server_open(&s, &o);
+		err = cli_open_offline(&s, store);
 		if (err == RW_EBUSY)
 			return cli_fail(err, "cannot roll back disk '%s' (a server "
 					"holds the store but does not answer on "

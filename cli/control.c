@@ -478,3 +478,14 @@ int cli_repair_head(void *arg, struct ix *ix, const struct ix_disk *d,
 	*blocks = st.blocks;
 	return err;
 }
+
+int cli_open_offline(struct cap_server **out, const char *store_dir)
+{
+	struct cap_server_opts o;
+
+	cap_server_opts_default(&o);
+	o.store_dir = store_dir;
+	o.no_listen = true;
+	o.repair_head = cli_repair_head;
+	return cap_server_open(out, &o);
+}

@@ -50,6 +50,15 @@ int cli_repair_head(void *arg, struct ix *ix, const struct ix_disk *d,
 		    uint64_t after, uint64_t upto, int head_fd,
 		    uint64_t *blocks);
 
+/*
+ * Opens the store in store_dir as a server that listens nowhere: that
+ * recovers a store a crash or a power loss left unclean, exactly as
+ * `rewind serve` would (journal tails, records the journal lost, head
+ * replay, index catch-up).  0 and *out (cap_server_close() it), RW_EBUSY
+ * when a server holds the store, or error.
+ */
+int cli_open_offline(struct cap_server **out, const char *store_dir);
+
 struct cli_control;
 
 /* Starts serving STORE/control.sock for s.  0 and *out, or error. */

@@ -759,22 +759,12 @@ struct lost_ctx {
 
 static bool seq_kept(const struct lost_ctx *lc, uint64_t seq)
 {
-	size_t lo = 0, hi = lc->nkeep;
-
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		if (lc->keep[mid] == seq)
-			return true;
-		if (lc->keep[mid] < seq)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return false;
+	return lc->nkeep && bsearch(&seq, lc->keep, lc->nkeep, sizeof(seq),
+				    rw_u64_cmp);
 }
 
 /* Time map entries in (after, upto] not kept, ascending: the buckets are
- * read from the newest back to the first one that ends at or below
+ * read from the newest back to the first one that starts at or below
  * after (lost records are at the tail).  0 and *out, *n, or error. */
 static int lost_times(struct ix *ix, MDB_txn *txn, const struct lost_ctx *lc,
 		      struct ix_tent **out, size_t *n)

@@ -468,22 +468,6 @@ static bool entry_zero(const struct rb *r, size_t i, uint64_t part)
 	return !r->src[i] || rw_all_zero(r->src[i], part);
 }
 
-/* ix_versions_range callback: marks the block in the blockset. */
-static int mark_version(void *arg, uint64_t block, const struct ix_version *v)
-{
-	struct rs_blockset *c = arg;
-	uint64_t bit = 1ull << (block % 64);
-
-	(void)v;
-	if (block >= c->nbits)
-		return 0;
-	if (!(c->w[block / 64] & bit)) {
-		c->w[block / 64] |= bit;
-		c->set++;
-	}
-	return 0;
-}
-
 /* Marks in c the blocks of d with an index version in (seq, upto]: for
  * records the journal no longer holds.  0 or error. */
 static int indexed_blocks(struct ix *ix, const struct ix_disk *d,
@@ -493,7 +477,7 @@ static int indexed_blocks(struct ix *ix, const struct ix_disk *d,
 	int err = ix_read_begin(ix, &rd);
 
 	if (!err)
-		err = ix_versions_range(rd, d->id, seq, upto, mark_version, c);
+		err = ix_versions_range(rd, d->id, seq, upto, rs_blockset_add, c);
 	ix_read_end(rd);
 	return err;
 }
