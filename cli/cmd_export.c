@@ -162,14 +162,17 @@ static int cmd_export(int argc, char **argv)
 	 * without one, recover a store a power loss left unclean and catch
 	 * the index up.  Then let go of the lock: an export runs for long and
 	 * must not keep a server from starting. */
-	struct ix *rix = NULL;
 	bool locked;
-	if ((err = cli_open_store_for_read(store, &rix, &locked))) {
+	if ((err = cli_open_store_for_read(store, &p.ix, &locked))) {
 		rc = cli_fail(err, "cannot export '%s'", name);
 		goto out;
 	}
-	ix_close(rix);
-	if ((err = ix_open(&p.ix, store, IX_RDONLY))) {
+	if (locked) {
+		ix_close(p.ix);
+		p.ix = NULL;
+		err = ix_open(&p.ix, store, IX_RDONLY);
+	}
+	if (err) {
 		rc = cli_fail(err, "cannot open store '%s'", store);
 		goto out;
 	}
